@@ -1,0 +1,386 @@
+//! The thread-local cache: each thread keeps, per pool, a stack of the
+//! objects it released last, under one byte budget for all pools
+//! (`pool_set_cache_size`, 512 KiB by default).
+//!
+//! Each cache has a lock word. Its own thread takes it for a few
+//! instructions per operation (an uncontended `xchg` on a line no other
+//! core touches); other threads take it only to steal an idle object when a
+//! pool is at its limit, to drain a pool (destroy, gc) or to count. That is
+//! what lets an allocation find idle objects in the cache of a thread that
+//! is blocked.
+//!
+//! Eviction is least-recently-used first: each pool's stack is ordered by
+//! recency, and each pool's slot is stamped when the thread last released
+//! into it. Over budget, the thread sends the older half of the stack of
+//! the pool it used least recently to the shared cache, and repeats until
+//! it is back to 7/8 of its budget.
+
+use crate::pool::Pool;
+use crate::shared::{next_of, set_next, Link};
+use crate::sync::Spin;
+use std::cell::{Cell, UnsafeCell};
+use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// How many pools can have a thread cache; the others work without one.
+pub(crate) const MAX_POOLS: usize = 256;
+/// The cache index of a pool that has no thread cache.
+pub(crate) const NO_INDEX: usize = MAX_POOLS;
+
+/// Per-thread byte budget, all pools together.
+static BUDGET: AtomicUsize = AtomicUsize::new(512 * 1024);
+
+/// The pool that owns each cache index (null: free index).
+static SLOTS: [AtomicPtr<Pool>; MAX_POOLS] = [const { AtomicPtr::new(null_mut()) }; MAX_POOLS];
+
+/// Every live thread cache. Lock order: `CACHES`, then a cache's own lock.
+static CACHES: Mutex<Vec<CachePtr>> = Mutex::new(Vec::new());
+
+struct CachePtr(*const ThreadCache);
+// SAFETY: a cache is shared between threads only through its lock word.
+unsafe impl Send for CachePtr {}
+
+#[derive(Clone, Copy)]
+struct Head {
+    top: *mut Link,
+    count: u32,
+    /// `Local::tick` when this thread last released into this pool.
+    stamp: u64,
+}
+
+struct Local {
+    bytes: usize,
+    tick: u64,
+    heads: [Head; MAX_POOLS],
+}
+
+pub(crate) struct ThreadCache {
+    lock: AtomicBool,
+    local: UnsafeCell<Local>,
+}
+
+thread_local! {
+    static CURRENT: Cell<*const ThreadCache> = const { Cell::new(null()) };
+    static EXITED: Cell<bool> = const { Cell::new(false) };
+    static GUARD: ExitGuard = const { ExitGuard };
+}
+
+fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
+    CACHES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ThreadCache {
+    #[inline(always)]
+    fn lock(&self) {
+        // Acquire: pairs with the Release of `unlock`, so we see the last holder's writes.
+        if self.lock.swap(true, Ordering::Acquire) {
+            self.lock_contended();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        let mut spin = Spin::new();
+        loop {
+            spin.wait();
+            if !self.lock.load(Ordering::Relaxed) && !self.lock.swap(true, Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn unlock(&self) {
+        // Release: hands our writes to `Local` to the next holder.
+        self.lock.store(false, Ordering::Release);
+    }
+
+    /// # Safety
+    /// The caller holds `self.lock` and keeps no other reference to `Local`.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn local(&self) -> &mut Local {
+        // SAFETY: exclusive access is what the lock gives (caller guarantee).
+        unsafe { &mut *self.local.get() }
+    }
+
+    /// Runs `f` on the stack of pool `idx` under the lock.
+    fn with_head<R>(&self, idx: usize, f: impl FnOnce(&mut Head, &mut Local) -> R) -> R {
+        self.lock();
+        // SAFETY: we hold the lock.
+        let local = unsafe { self.local() };
+        let mut head = local.heads[idx];
+        let r = f(&mut head, local);
+        local.heads[idx] = head;
+        self.unlock();
+        r
+    }
+}
+
+/// Takes an idle object of `pool` from this thread's cache; null if none.
+#[inline(always)]
+pub(crate) fn take(pool: &Pool) -> *mut u8 {
+    let idx = pool.cache_idx;
+    let tc = CURRENT.with(Cell::get);
+    if idx >= MAX_POOLS || tc.is_null() {
+        return null_mut();
+    }
+    // SAFETY: CURRENT is non-null only while this thread's cache is alive.
+    let tc = unsafe { &*tc };
+    tc.lock();
+    // SAFETY: we hold the lock, and idx < MAX_POOLS was checked above.
+    let local = unsafe { tc.local() };
+    let head = unsafe { local.heads.get_unchecked_mut(idx) };
+    let item = head.top;
+    if !item.is_null() {
+        // SAFETY: `item` is idle in our own stack and we hold its lock.
+        head.top = unsafe { next_of(item) };
+        head.count = head.count.wrapping_sub(1);
+        local.bytes = local.bytes.wrapping_sub(pool.size);
+    }
+    tc.unlock();
+    item.cast()
+}
+
+/// Keeps a released object in this thread's cache. Returns false when it
+/// cannot stay here (the pool has no thread cache, the object is larger than
+/// the budget, or the thread is exiting): the caller releases it instead.
+#[inline(always)]
+pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> bool {
+    let idx = pool.cache_idx;
+    let budget = BUDGET.load(Ordering::Relaxed);
+    if idx >= MAX_POOLS || pool.size > budget {
+        return false;
+    }
+    let mut tc = CURRENT.with(Cell::get);
+    if tc.is_null() {
+        tc = attach();
+        if tc.is_null() {
+            return false;
+        }
+    }
+    // SAFETY: CURRENT is non-null only while this thread's cache is alive.
+    let tc = unsafe { &*tc };
+    tc.lock();
+    // SAFETY: we hold the lock, and idx < MAX_POOLS was checked above.
+    let local = unsafe { tc.local() };
+    let head = unsafe { local.heads.get_unchecked_mut(idx) };
+    // SAFETY: the caller gave the object back; it is ours until pushed.
+    unsafe { set_next(ptr.cast(), head.top) };
+    head.top = ptr.cast();
+    head.count = head.count.wrapping_add(1);
+    local.tick += 1;
+    head.stamp = local.tick;
+    local.bytes += pool.size;
+    let over = local.bytes > budget;
+    tc.unlock();
+    if over {
+        evict(tc, budget);
+    }
+    true
+}
+
+/// Brings this thread's cache back to 7/8 of `budget`, least recently used first.
+#[cold]
+#[inline(never)]
+fn evict(tc: &ThreadCache, budget: usize) {
+    let target = budget - budget / 8;
+    loop {
+        tc.lock();
+        // SAFETY: we hold the lock.
+        let local = unsafe { tc.local() };
+        let victim = local
+            .heads
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.count > 0)
+            .min_by_key(|(_, h)| h.stamp)
+            .map(|(i, _)| i);
+        let (idx, pool) = match victim {
+            Some(i) if local.bytes > target => (i, SLOTS[i].load(Ordering::Acquire)),
+            _ => {
+                tc.unlock();
+                return;
+            }
+        };
+        // SAFETY: a pool keeps its index until every cache is drained of it,
+        // and this cache still holds objects of it.
+        let size = unsafe { (*pool).size };
+        let head = &mut local.heads[idx];
+        let (chain, n) = detach_older_half(head);
+        local.bytes -= n as usize * size;
+        tc.unlock();
+        // SAFETY: the objects left our cache but still count as out of the
+        // pool's shared layer, so the pool cannot be destroyed under us.
+        unsafe { (*pool).release_chain(chain) };
+    }
+}
+
+/// Cuts the older half (rounded up) off a stack; returns it and its length.
+fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
+    let keep = head.count / 2;
+    let evicted = head.count - keep;
+    head.count = keep;
+    if keep == 0 {
+        return (std::mem::replace(&mut head.top, null_mut()), evicted);
+    }
+    let mut last_kept = head.top;
+    for _ in 1..keep {
+        // SAFETY: the stack holds `count` linked objects, under our lock.
+        last_kept = unsafe { next_of(last_kept) };
+    }
+    // SAFETY: as above; `last_kept` is the keep-th object.
+    let chain = unsafe { next_of(last_kept) };
+    // SAFETY: as above.
+    unsafe { set_next(last_kept, null_mut()) };
+    (chain, evicted)
+}
+
+/// Creates and registers this thread's cache; null when the thread exits.
+#[cold]
+#[inline(never)]
+fn attach() -> *const ThreadCache {
+    if EXITED.with(Cell::get) {
+        return null();
+    }
+    let empty = Head { top: null_mut(), count: 0, stamp: 0 };
+    let tc = Box::into_raw(Box::new(ThreadCache {
+        lock: AtomicBool::new(false),
+        local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS] }),
+    }));
+    if GUARD.try_with(|_| ()).is_err() {
+        // Thread-local destructors are running: no cache for this thread.
+        // SAFETY: `tc` was never shared.
+        drop(unsafe { Box::from_raw(tc) });
+        return null();
+    }
+    caches().push(CachePtr(tc));
+    CURRENT.with(|c| c.set(tc));
+    tc
+}
+
+/// Gives a thread's cached objects back when the thread exits.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        EXITED.with(|e| e.set(true));
+        let tc = CURRENT.with(|c| c.replace(null()));
+        if tc.is_null() {
+            return;
+        }
+        caches().retain(|p| p.0 != tc);
+        // SAFETY: `tc` is out of the registry, so no other thread can reach
+        // it any more; this thread made it with Box::into_raw.
+        let tc = unsafe { Box::from_raw(tc as *mut ThreadCache) };
+        for idx in 0..MAX_POOLS {
+            let (chain, _) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
+            if !chain.is_null() {
+                let pool = SLOTS[idx].load(Ordering::Acquire);
+                // SAFETY: the pool holds its index while objects of it are cached.
+                unsafe { (*pool).release_chain(chain) };
+            }
+        }
+    }
+}
+
+fn detach_all(head: &mut Head, local: &mut Local, idx: usize) -> (*mut Link, u32) {
+    let n = head.count;
+    if n == 0 {
+        return (null_mut(), 0);
+    }
+    let pool = SLOTS[idx].load(Ordering::Acquire);
+    // SAFETY: the pool holds its index while objects of it are cached.
+    local.bytes -= n as usize * unsafe { (*pool).size };
+    head.count = 0;
+    (std::mem::replace(&mut head.top, null_mut()), n)
+}
+
+/// Takes one idle object of `pool` from any thread's cache (the limit path).
+pub(crate) fn steal(pool: &Pool) -> *mut u8 {
+    let idx = pool.cache_idx;
+    if idx >= MAX_POOLS {
+        return null_mut();
+    }
+    for tc in caches().iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        let tc = unsafe { &*tc.0 };
+        let item = tc.with_head(idx, |head, local| {
+            let item = head.top;
+            if !item.is_null() {
+                // SAFETY: idle in this stack, under its lock.
+                head.top = unsafe { next_of(item) };
+                head.count -= 1;
+                local.bytes -= pool.size;
+            }
+            item
+        });
+        if !item.is_null() {
+            return item.cast();
+        }
+    }
+    null_mut()
+}
+
+/// Detaches every idle object of `pool` from every thread's cache and hands
+/// each chain to `f`. Returns how many objects were detached.
+pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
+    let idx = pool.cache_idx;
+    if idx >= MAX_POOLS {
+        return 0;
+    }
+    let mut total = 0;
+    for tc in caches().iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        let tc = unsafe { &*tc.0 };
+        let (chain, n) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
+        total += n as usize;
+        if !chain.is_null() {
+            f(chain);
+        }
+    }
+    total
+}
+
+/// How many idle objects of `pool` sit in thread caches.
+pub(crate) fn idle(pool: &Pool) -> usize {
+    let idx = pool.cache_idx;
+    if idx >= MAX_POOLS {
+        return 0;
+    }
+    caches()
+        .iter()
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        .map(|tc| unsafe { &*tc.0 }.with_head(idx, |h, _| h.count as usize))
+        .sum()
+}
+
+/// Gives `pool` a cache index; `NO_INDEX` when all are taken.
+/// Called under the pool registry lock.
+pub(crate) fn claim_index(pool: *mut Pool) -> usize {
+    for (i, slot) in SLOTS.iter().enumerate() {
+        if slot.load(Ordering::Relaxed).is_null() {
+            // Release: evicting threads that read the slot see the whole pool.
+            slot.store(pool, Ordering::Release);
+            return i;
+        }
+    }
+    NO_INDEX
+}
+
+/// Frees a cache index once every cache is drained of its pool.
+pub(crate) fn release_index(idx: usize) {
+    if idx < MAX_POOLS {
+        SLOTS[idx].store(null_mut(), Ordering::Release);
+    }
+}
+
+pub(crate) fn set_budget(bytes: usize) {
+    BUDGET.store(bytes, Ordering::Relaxed);
+}
+
+pub(crate) fn budget() -> usize {
+    BUDGET.load(Ordering::Relaxed)
+}

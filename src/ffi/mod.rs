@@ -1,0 +1,6 @@
+//! The C face of bufpool: argument checks and conversions, no logic of its
+//! own. Every doc comment here is copied by cbindgen into `include/bufpool.h`.
+
+mod pools;
+
+pub use pools::*;

@@ -1,0 +1,254 @@
+//! The pool functions of the C face (SPEC section 2).
+
+
+use crate::pool::{self, Pool};
+use core::ffi::{c_char, c_int, c_uint, c_ulong, c_ulonglong, c_void, CStr};
+use std::ptr::null_mut;
+
+/// Pool flag: the pool may be merged with another pool of the same
+/// (rounded) size, the same alignment and the same flags.
+pub const MEM_F_SHARED: u32 = 0x1;
+/// Pool flag: never round the object size up (sizes are otherwise rounded
+/// up to a multiple of 16 bytes).
+pub const MEM_F_EXACT: u32 = 0x2;
+/// Shared-cache algorithm (the default when no `POOL_F_SHARED_*` is given):
+/// a self-locked head, taken by exchanging it with a busy marker. Immune to
+/// the read-after-unmap race of the lock-free list.
+pub const POOL_F_SHARED_XCHG: u32 = 0x10;
+/// Shared-cache algorithm: a lock around the list.
+pub const POOL_F_SHARED_LOCKED: u32 = 0x20;
+/// Shared-cache algorithm: the old lock-free list (pointer + counter,
+/// double-width CAS). Racy when objects go back to the OS: kept only to
+/// reproduce that bug and to compare speed.
+pub const POOL_F_SHARED_DWCAS: u32 = 0x40;
+/// Shared-cache algorithm: none; released objects go back to the OS.
+pub const POOL_F_SHARED_NONE: u32 = 0x80;
+/// Pool flag: no thread-local cache for this pool.
+pub const POOL_F_NO_LOCAL_CACHE: u32 = 0x100;
+
+/// Converts a pool handle from C; None for NULL.
+#[inline(always)]
+fn pool_ref<'a>(p: *const Pool) -> Option<&'a Pool> {
+    // SAFETY: a non-null handle is one create_pool returned and pool_destroy
+    // has not freed: the C contract of every function taking a pool.
+    unsafe { p.as_ref() }
+}
+
+/// Creates a pool of objects of `size` bytes named `name` (copied, at most
+/// 31 bytes kept; NULL gives an empty name). `flags` is a combination of
+/// `MEM_F_*` and at most one `POOL_F_SHARED_*`, plus `POOL_F_NO_LOCAL_CACHE`.
+/// With `MEM_F_SHARED`, an existing pool of the same rounded size, alignment
+/// and flags is returned instead (it counts one more user).
+/// Returns NULL when `size` is 0 or above 2 GiB, when flags are unknown or
+/// name two algorithms, or when memory is short.
+#[no_mangle]
+pub extern "C" fn create_pool(name: *const c_char, size: c_uint, flags: c_uint) -> *mut Pool {
+    create_aligned_pool(name, size, 0, flags)
+}
+
+/// Like `create_pool`, with every object aligned on `align` bytes: a power
+/// of two up to 1 MiB, or 0 for malloc's own alignment (16 bytes). Returns
+/// NULL for any other `align`.
+#[no_mangle]
+pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: c_uint, flags: c_uint) -> *mut Pool {
+    let name = if name.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: a non-null name is a NUL-terminated string (C contract).
+        unsafe { CStr::from_ptr(name) }.to_bytes()
+    };
+    pool::create(name, size, align, flags)
+}
+
+/// Destroys a pool. Returns NULL once done: the pool is freed, or, for a
+/// merged pool, one user fewer remains. Returns `pool` itself, untouched,
+/// while callers still hold objects of it. NULL, or a pointer that is not a
+/// live pool, is ignored and gives NULL.
+#[no_mangle]
+pub extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
+    if pool.is_null() {
+        return null_mut();
+    }
+    pool::destroy(pool).cast()
+}
+
+/// Destroys every pool whose objects are all back, whatever its number of
+/// users (for the end of a process). Pools still in use stay valid.
+#[no_mangle]
+pub extern "C" fn pool_destroy_all() {
+    pool::destroy_all()
+}
+
+/// Takes an object from the pool: this thread's cache first, then the
+/// shared cache, then the OS. Returns NULL when the pool is at its limit with
+/// every object held by callers, when the OS has no memory, or when `pool`
+/// is NULL. The contents are undefined.
+#[no_mangle]
+pub extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
+    match pool_ref(pool) {
+        Some(p) => p.alloc().cast(),
+        None => null_mut(),
+    }
+}
+
+/// Like `pool_alloc`, with the object's `size` bytes set to zero.
+#[no_mangle]
+pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
+    let Some(p) = pool_ref(pool) else { return null_mut() };
+    let obj = p.alloc();
+    if !obj.is_null() {
+        // SAFETY: a fresh object of this pool is at least `size` bytes.
+        unsafe { obj.write_bytes(0, p.size) };
+    }
+    obj.cast()
+}
+
+/// Gives an object back to its pool. `ptr` NULL is a no-op, and so is a
+/// NULL `pool` (the object is then leaked). `ptr` must come from `pool`.
+#[no_mangle]
+pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
+    if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
+        // SAFETY: `ptr` came from `pool` and the caller gives it up (C contract).
+        unsafe { p.free(ptr.cast()) }
+    }
+}
+
+/// Takes a new object from the OS, bypassing both caches. At the pool's
+/// limit it hands out an idle object instead, if there is one. NULL on
+/// failure or for a NULL pool.
+#[no_mangle]
+pub extern "C" fn pool_alloc_nocache(pool: *mut Pool) -> *mut c_void {
+    match pool_ref(pool) {
+        Some(p) => p.alloc_nocache().cast(),
+        None => null_mut(),
+    }
+}
+
+/// Frees an object of the pool straight to the OS. NULL `ptr` or `pool`: no-op.
+#[no_mangle]
+pub extern "C" fn pool_free_nocache(pool: *mut Pool, ptr: *mut c_void) {
+    if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
+        // SAFETY: `ptr` came from `pool` and the caller gives it up (C contract).
+        unsafe { p.free_nocache(ptr.cast()) }
+    }
+}
+
+/// Frees every idle object of the pool's shared cache to the OS (objects
+/// idle in thread caches stay there). NULL: no-op.
+#[no_mangle]
+pub extern "C" fn pool_flush(pool: *mut Pool) {
+    if let Some(p) = pool_ref(pool) {
+        p.flush()
+    }
+}
+
+/// For every pool: moves the idle objects of every thread's cache (the
+/// caller's included) to the shared cache, frees idle objects above the
+/// pool's minavail to the OS, then asks malloc to return free memory to the
+/// OS. `pool_ctx` is ignored (HAProxy's signature).
+#[no_mangle]
+pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
+    let _ = pool_ctx;
+    pool::gc_all()
+}
+
+/// Caps the number of objects of the pool, held and idle alike; 0 means
+/// unlimited. Idle objects never make an allocation fail: at the limit they
+/// are handed out from wherever they sit, another thread's cache included.
+#[no_mangle]
+pub extern "C" fn pool_set_limit(pool: *mut Pool, max_objects: c_uint) {
+    if let Some(p) = pool_ref(pool) {
+        p.set_limit(max_objects as usize)
+    }
+}
+
+/// Sets how many idle objects the pool keeps before releasing to the OS.
+#[no_mangle]
+pub extern "C" fn pool_set_minavail(pool: *mut Pool, min_idle: c_uint) {
+    if let Some(p) = pool_ref(pool) {
+        p.set_minavail(min_idle as usize)
+    }
+}
+
+/// Sets the per-thread cache budget in bytes, all pools together (512 KiB by
+/// default). Objects larger than the budget are never cached in a thread. A
+/// cache above a lowered budget shrinks at its thread's next release.
+#[no_mangle]
+pub extern "C" fn pool_set_cache_size(bytes: usize) {
+    crate::cache::set_budget(bytes)
+}
+
+/// Objects taken from the OS and alive (held, or idle in any cache). 0 for NULL.
+#[no_mangle]
+pub extern "C" fn pool_allocated(pool: *const Pool) -> c_ulong {
+    pool_ref(pool).map_or(0, |p| p.allocated() as c_ulong)
+}
+
+/// Objects held by callers (idle objects in thread caches are not). Exact
+/// when no call is in flight. It visits every thread cache: not for a hot
+/// loop. 0 for NULL.
+#[no_mangle]
+pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
+    pool_ref(pool).map_or(0, |p| p.used() as c_ulong)
+}
+
+/// The moving average of the objects the pool needed recently (held by
+/// callers or thread caches), over about 1024 releases. 0 for NULL.
+#[no_mangle]
+pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
+    pool_ref(pool).map_or(0, |p| p.needed_avg() as c_ulong)
+}
+
+/// Allocations of the pool that returned NULL. 0 for NULL.
+#[no_mangle]
+pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
+    pool_ref(pool).map_or(0, |p| p.failed() as c_ulong)
+}
+
+/// Bytes allocated by all pools (objects times object size).
+#[no_mangle]
+pub extern "C" fn pool_total_allocated() -> c_ulonglong {
+    pool::total_bytes().0
+}
+
+/// Bytes held by callers in all pools.
+#[no_mangle]
+pub extern "C" fn pool_total_used() -> c_ulonglong {
+    pool::total_bytes().1
+}
+
+/// Writes the state of every pool to `fd`, one line a pool, in the style of
+/// HAProxy's `show pools`, then a total line. A bad fd is ignored.
+#[no_mangle]
+pub extern "C" fn dump_pools_to_fd(fd: c_int) {
+    let text = pool::dump();
+    let mut buf = text.as_bytes();
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd just fails.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        buf = &buf[n as usize..];
+    }
+}
+
+/// Applies debug options at run time, like `BUFPOOL_DEBUG` (a comma-separated
+/// list). Returns 0, or -1 on an unknown word (then nothing changes, and
+/// the word is reported on stderr). NULL returns -1.
+#[no_mangle]
+pub extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
+    if opts.is_null() {
+        return -1;
+    }
+    crate::debug::init_from_env();
+    // SAFETY: a non-null `opts` is a NUL-terminated string (C contract).
+    let s = unsafe { CStr::from_ptr(opts) }.to_string_lossy();
+    match crate::debug::apply(&s) {
+        Ok(()) => 0,
+        Err(word) => {
+            eprintln!("bufpool: unknown debug word '{word}' (try \"help\")");
+            -1
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The pool core: what a pool is, where its objects come from and go to,
+//! and its counters.
+//!
+//! An object is always in exactly one of four places: held by a caller,
+//! idle in a thread cache, idle in the pool's shared cache, or back with
+//! the OS. The pool counts `allocated` (taken from the OS, alive) and `out`
+//! (out of the shared layer: held by callers or idle in thread caches);
+//! `used` is `out` minus what the thread caches hold, computed on demand so
+//! that the fast path touches no shared counter.
+
+use crate::cache::{self, NO_INDEX};
+use crate::debug;
+use crate::ffi::{
+    MEM_F_EXACT, MEM_F_SHARED, POOL_F_NO_LOCAL_CACHE, POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE,
+    POOL_F_SHARED_XCHG,
+};
+use crate::shared::{next_of, xchg::XchgList, Link, Shared};
+use crossbeam_utils::CachePadded;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+/// Largest object size a pool accepts (2 GiB).
+pub(crate) const MAX_SIZE: u32 = 1 << 31;
+/// Largest alignment a pool accepts (1 MiB).
+pub(crate) const MAX_ALIGN: u32 = 1 << 20;
+/// Smallest object the pool asks of the OS: room for an idle object's link.
+const MIN_OBJECT: usize = 16;
+/// Object sizes are rounded up to this unless `MEM_F_EXACT`.
+const SIZE_ROUND: usize = 16;
+/// Samples in the moving average of the need.
+const NEED_SAMPLES: usize = 1024;
+const NAME_LEN: usize = 32;
+
+const ALGO_FLAGS: u32 = POOL_F_SHARED_XCHG | POOL_F_SHARED_LOCKED | POOL_F_SHARED_DWCAS | POOL_F_SHARED_NONE;
+const KNOWN_FLAGS: u32 = MEM_F_SHARED | MEM_F_EXACT | ALGO_FLAGS | POOL_F_NO_LOCAL_CACHE;
+
+/// A pool of objects of one size. C sees it as the opaque `struct pool_head`.
+pub struct Pool {
+    /// Object size as callers see it.
+    pub(crate) size: usize,
+    /// Bytes asked of the OS for each object.
+    alloc_size: usize,
+    /// Alignment asked of the OS; 0 for malloc's own.
+    align: usize,
+    flags: u32,
+    /// This pool's slot in every thread cache, or `NO_INDEX`.
+    pub(crate) cache_idx: usize,
+    pub(crate) shared: Shared,
+    name: [u8; NAME_LEN],
+    users: AtomicUsize,
+    limit: AtomicUsize,
+    minavail: AtomicUsize,
+    c: CachePadded<Counters>,
+}
+
+/// Statistics and accounting. Relaxed throughout: they count objects and
+/// guard no memory; exactness at quiescence comes from the caller's own
+/// synchronisation (thread join, locks) with the threads that moved objects.
+struct Counters {
+    allocated: AtomicUsize,
+    out: AtomicUsize,
+    failed: AtomicUsize,
+    /// Moving sum of `out` sampled at each release; the average is sum / NEED_SAMPLES.
+    need_sum: AtomicUsize,
+}
+
+struct PoolPtr(*mut Pool);
+// SAFETY: pools are shared by design; all their mutable state is atomic.
+unsafe impl Send for PoolPtr {}
+
+/// Every live pool. Lock order: `POOLS`, then the thread-cache registry.
+static POOLS: Mutex<Vec<PoolPtr>> = Mutex::new(Vec::new());
+
+fn pools() -> MutexGuard<'static, Vec<PoolPtr>> {
+    POOLS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    // ---- the fast path -------------------------------------------------
+
+    /// Takes an object: from this thread's cache if it has one, else the slow path.
+    #[inline(always)]
+    pub(crate) fn alloc(&self) -> *mut u8 {
+        let p = cache::take(self);
+        if !p.is_null() {
+            return p;
+        }
+        self.alloc_slow()
+    }
+
+    /// Gives an object back: to this thread's cache if it fits, else released.
+    ///
+    /// # Safety
+    /// `ptr` came from this pool and the caller holds it.
+    #[inline(always)]
+    pub(crate) unsafe fn free(&self, ptr: *mut u8) {
+        if !cache::put(self, ptr) {
+            self.release(ptr.cast());
+        }
+    }
+
+    // ---- the slow path -------------------------------------------------
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(&self) -> *mut u8 {
+        let p = self.shared.pop();
+        if !p.is_null() {
+            self.c.out.fetch_add(1, Relaxed);
+            return p.cast();
+        }
+        self.alloc_new_or_idle()
+    }
+
+    /// Takes a new object from the OS, or, at the limit, any idle object.
+    fn alloc_new_or_idle(&self) -> *mut u8 {
+        if self.reserve_one() {
+            let p = self.os_alloc();
+            if p.is_null() {
+                self.c.allocated.fetch_sub(1, Relaxed);
+                self.c.failed.fetch_add(1, Relaxed);
+            } else {
+                self.c.out.fetch_add(1, Relaxed);
+            }
+            return p;
+        }
+        // At the limit, idle objects must not make us fail, wherever they sit.
+        let p = cache::steal(self);
+        if !p.is_null() {
+            return p; // it was already counted out
+        }
+        let p = self.shared.pop();
+        if !p.is_null() {
+            self.c.out.fetch_add(1, Relaxed);
+            return p.cast();
+        }
+        self.c.failed.fetch_add(1, Relaxed);
+        null_mut()
+    }
+
+    /// Counts one more allocated object if the limit allows it.
+    fn reserve_one(&self) -> bool {
+        let limit = self.limit.load(Relaxed);
+        self.c
+            .allocated
+            .fetch_update(Relaxed, Relaxed, |a| (limit == 0 || a < limit).then_some(a + 1))
+            .is_ok()
+    }
+
+    /// Sends an object out of the caller's hands or a thread cache to the
+    /// shared cache, or to the OS when the pool is crowded.
+    ///
+    /// # Safety
+    /// `item` is an object of this pool counted in `out` that the caller owns.
+    pub(crate) unsafe fn release(&self, item: *mut Link) {
+        let out = self.c.out.load(Relaxed);
+        self.sample_need(out);
+        // SAFETY: forwarded caller guarantee.
+        if self.is_crowded() || !unsafe { self.shared.push(item) } {
+            // SAFETY: the object is ours and in no list.
+            unsafe { self.os_free(item.cast()) };
+            self.c.allocated.fetch_sub(1, Relaxed);
+        }
+        self.c.out.fetch_sub(1, Relaxed);
+    }
+
+    /// `release` for each object of a null-terminated chain.
+    ///
+    /// # Safety
+    /// Every object of the chain is of this pool, counted out, owned by the caller.
+    pub(crate) unsafe fn release_chain(&self, mut p: *mut Link) {
+        while !p.is_null() {
+            // SAFETY: the chain is ours; read the link before `release` reuses it.
+            let next = unsafe { next_of(p) };
+            // SAFETY: forwarded caller guarantee.
+            unsafe { self.release(p) };
+            p = next;
+        }
+    }
+
+    /// Lost updates under contention only nudge the average; it is an estimate.
+    fn sample_need(&self, out: usize) {
+        let s = self.c.need_sum.load(Relaxed);
+        self.c.need_sum.store(s - s / NEED_SAMPLES + out, Relaxed);
+    }
+
+    pub(crate) fn needed_avg(&self) -> usize {
+        self.c.need_sum.load(Relaxed) / NEED_SAMPLES
+    }
+
+    /// Crowded: at least `minavail` idle objects in the shared cache, and a
+    /// quarter more objects allocated than the recent need.
+    fn is_crowded(&self) -> bool {
+        let allocated = self.c.allocated.load(Relaxed);
+        let idle = allocated.saturating_sub(self.c.out.load(Relaxed));
+        let need = self.needed_avg();
+        idle >= self.minavail.load(Relaxed) && allocated >= need + need / 4
+    }
+
+    // ---- the OS --------------------------------------------------------
+
+    fn os_alloc(&self) -> *mut u8 {
+        if self.align == 0 {
+            // SAFETY: malloc has no precondition; a null result is handled.
+            return unsafe { libc::malloc(self.alloc_size) }.cast();
+        }
+        let mut p = null_mut();
+        // SAFETY: align is a power of two and a multiple of the pointer size (checked at creation).
+        if unsafe { libc::posix_memalign(&mut p, self.align, self.alloc_size) } != 0 {
+            return null_mut();
+        }
+        p.cast()
+    }
+
+    /// # Safety
+    /// `p` came from `os_alloc` of this pool and is in no list.
+    unsafe fn os_free(&self, p: *mut u8) {
+        // SAFETY: caller guarantee; malloc and posix_memalign blocks both go to free.
+        unsafe { libc::free(p.cast()) }
+    }
+
+    // ---- the other entry points -----------------------------------------
+
+    pub(crate) fn alloc_nocache(&self) -> *mut u8 {
+        self.alloc_new_or_idle()
+    }
+
+    /// # Safety
+    /// `ptr` came from this pool and the caller holds it.
+    pub(crate) unsafe fn free_nocache(&self, ptr: *mut u8) {
+        // SAFETY: caller guarantee.
+        unsafe { self.os_free(ptr) };
+        self.c.allocated.fetch_sub(1, Relaxed);
+        self.c.out.fetch_sub(1, Relaxed);
+    }
+
+    /// Frees every idle object of the shared cache to the OS.
+    pub(crate) fn flush(&self) {
+        let mut p = self.shared.take_all();
+        while !p.is_null() {
+            // SAFETY: the detached chain is ours alone.
+            let next = unsafe { next_of(p) };
+            // SAFETY: idle object of this pool, in no list any more.
+            unsafe { self.os_free(p.cast()) };
+            self.c.allocated.fetch_sub(1, Relaxed);
+            p = next;
+        }
+    }
+
+    /// Moves every thread cache's idle objects of this pool to the shared
+    /// cache, then frees idle objects above `minavail` to the OS.
+    fn gc(&self) {
+        cache::drain(self, |chain| {
+            let mut p = chain;
+            while !p.is_null() {
+                // SAFETY: the drained chain is ours; read the link before reuse.
+                let next = unsafe { next_of(p) };
+                // SAFETY: an idle object of this pool, ours, in no list.
+                if !unsafe { self.shared.push(p) } {
+                    // SAFETY: as above.
+                    unsafe { self.os_free(p.cast()) };
+                    self.c.allocated.fetch_sub(1, Relaxed);
+                }
+                self.c.out.fetch_sub(1, Relaxed);
+                p = next;
+            }
+        });
+        let keep = self.minavail.load(Relaxed);
+        while self.c.allocated.load(Relaxed).saturating_sub(self.c.out.load(Relaxed)) > keep {
+            let p = self.shared.pop();
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: popped, so ours and in no list.
+            unsafe { self.os_free(p.cast()) };
+            self.c.allocated.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn set_limit(&self, n: usize) {
+        self.limit.store(n, Relaxed);
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Relaxed)
+    }
+
+    pub(crate) fn set_minavail(&self, n: usize) {
+        self.minavail.store(n, Relaxed);
+    }
+
+    pub(crate) fn allocated(&self) -> usize {
+        self.c.allocated.load(Relaxed)
+    }
+
+    /// Objects held by callers. Counts the thread caches under their locks:
+    /// call it off the fast path.
+    pub(crate) fn used(&self) -> usize {
+        self.c.out.load(Relaxed).saturating_sub(cache::idle(self))
+    }
+
+    pub(crate) fn failed(&self) -> usize {
+        self.c.failed.load(Relaxed)
+    }
+
+    fn name(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        std::str::from_utf8(&self.name[..n]).unwrap_or("?")
+    }
+}
+
+/// Creates a pool, or returns the pool it merges with. Null on bad input.
+pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Pool {
+    debug::init_from_env();
+    let algo = flags & ALGO_FLAGS;
+    if size == 0
+        || size > MAX_SIZE
+        || align > MAX_ALIGN
+        || (align != 0 && !align.is_power_of_two())
+        || flags & !KNOWN_FLAGS != 0
+        || algo.count_ones() > 1
+    {
+        return null_mut();
+    }
+    let size = if flags & MEM_F_EXACT != 0 { size as usize } else { (size as usize).next_multiple_of(SIZE_ROUND) };
+    // Alignments up to malloc's own (16 on the 64-bit targets) come free.
+    let align = if align as usize <= 16 { 0 } else { align as usize };
+
+    let mut reg = pools();
+    if flags & MEM_F_SHARED != 0 {
+        for p in reg.iter() {
+            // SAFETY: registered pools are alive while POOLS is locked.
+            let q = unsafe { &*p.0 };
+            if q.flags == flags && q.size == size && q.align == align {
+                q.users.fetch_add(1, Relaxed);
+                return p.0;
+            }
+        }
+    }
+    let shared = if debug::no_global() {
+        Shared::None
+    } else {
+        match algo {
+            POOL_F_SHARED_NONE => Shared::None,
+            _ => Shared::Xchg(XchgList::new()),
+        }
+    };
+    let mut stored = [0u8; NAME_LEN];
+    let n = name.len().min(NAME_LEN - 1);
+    stored[..n].copy_from_slice(&name[..n]);
+    let pool = Box::into_raw(Box::new(Pool {
+        size,
+        alloc_size: size.max(MIN_OBJECT),
+        align,
+        flags,
+        cache_idx: NO_INDEX,
+        shared,
+        name: stored,
+        users: AtomicUsize::new(1),
+        limit: AtomicUsize::new(0),
+        minavail: AtomicUsize::new(0),
+        c: CachePadded::new(Counters {
+            allocated: AtomicUsize::new(0),
+            out: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            need_sum: AtomicUsize::new(0),
+        }),
+    }));
+    if flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() {
+        // SAFETY: not yet shared with anyone.
+        unsafe { (*pool).cache_idx = cache::claim_index(pool) };
+    }
+    reg.push(PoolPtr(pool));
+    pool
+}
+
+/// Destroys a pool whose objects are all back: null once freed (or when
+/// other users of a merged pool remain), the pool itself while in use.
+pub(crate) fn destroy(p: *mut Pool) -> *mut Pool {
+    let mut reg = pools();
+    let Some(pos) = reg.iter().position(|q| q.0 == p) else {
+        return null_mut(); // not a live pool: nothing to do
+    };
+    // SAFETY: registered, hence alive while POOLS is locked.
+    let pool = unsafe { &*p };
+    if pool.used() != 0 {
+        return p;
+    }
+    if pool.users.fetch_sub(1, Relaxed) > 1 {
+        return null_mut();
+    }
+    reg.swap_remove(pos);
+    drop(reg);
+    free_pool(p);
+    null_mut()
+}
+
+/// Frees a pool that is out of the registry and has no object in use.
+fn free_pool(p: *mut Pool) {
+    // SAFETY: the caller took it out of the registry; we are its last user.
+    let pool = unsafe { &*p };
+    cache::drain(pool, |mut c| {
+        while !c.is_null() {
+            // SAFETY: drained objects are ours.
+            let next = unsafe { next_of(c) };
+            // SAFETY: idle object of this pool.
+            unsafe { pool.os_free(c.cast()) };
+            c = next;
+        }
+    });
+    pool.flush();
+    cache::release_index(pool.cache_idx);
+    // SAFETY: made by Box::into_raw in `create`, now unreachable.
+    drop(unsafe { Box::from_raw(p) });
+}
+
+/// Destroys every pool with no object in use, whatever its number of users.
+pub(crate) fn destroy_all() {
+    let mut reg = pools();
+    let mut keep = Vec::new();
+    for p in reg.drain(..) {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        if unsafe { &*p.0 }.used() == 0 {
+            free_pool(p.0);
+        } else {
+            keep.push(p);
+        }
+    }
+    *reg = keep;
+}
+
+/// Runs `f` on every live pool, under the registry lock.
+pub(crate) fn for_each(mut f: impl FnMut(&Pool)) {
+    for p in pools().iter() {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        f(unsafe { &*p.0 });
+    }
+}
+
+/// Is `p` a live pool? (For inputs that can afford a registry look-up.)
+pub(crate) fn is_live(p: *const Pool) -> bool {
+    pools().iter().any(|q| q.0 as *const Pool == p)
+}
+
+/// Releases idle objects above `minavail` in every pool, then trims malloc.
+pub(crate) fn gc_all() {
+    for_each(|p| p.gc());
+    // SAFETY: malloc_trim has no precondition.
+    unsafe { libc::malloc_trim(0) };
+}
+
+pub(crate) fn total_bytes() -> (u64, u64) {
+    let (mut alloc, mut used) = (0u64, 0u64);
+    for_each(|p| {
+        alloc += (p.allocated() * p.size) as u64;
+        used += (p.used() * p.size) as u64;
+    });
+    (alloc, used)
+}
+
+/// The `show pools` text.
+pub(crate) fn dump() -> String {
+    use std::fmt::Write;
+    let mut s = String::from("Dumping pools usage.\n");
+    let (mut n, mut alloc, mut used) = (0usize, 0usize, 0usize);
+    for_each(|p| {
+        let (a, u) = (p.allocated(), p.used());
+        let _ = writeln!(
+            s,
+            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, needed_avg {}, {} failures, {} users, shared={}{}{} @{:p}",
+            p.name(),
+            p.size,
+            a,
+            a * p.size,
+            u,
+            p.needed_avg(),
+            p.failed(),
+            p.users.load(Relaxed),
+            p.shared.name(),
+            if p.flags & MEM_F_SHARED != 0 { " [SHARED]" } else { "" },
+            if p.cache_idx == NO_INDEX { " [NOCACHE]" } else { "" },
+            p as *const Pool,
+        );
+        n += 1;
+        alloc += a * p.size;
+        used += u * p.size;
+    });
+    let _ = writeln!(s, "Total: {n} pools, {alloc} bytes allocated, {used} used.");
+    s
+}

@@ -1,0 +1,86 @@
+//! One place that decides where atomics, cells and spinning come from:
+//! `std` in the real build, `loom` under `cfg(loom)` so that the lock-free
+//! pieces can be model-checked with the very same source.
+
+#[cfg(loom)]
+#[allow(unused_imports)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+#[cfg(not(loom))]
+#[allow(unused_imports)]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+
+pub(crate) use std::sync::atomic::Ordering;
+
+/// Backs off in a spin wait: a few `pause` first, then `sched_yield()`, so
+/// that 16 threads on 2 cores do not spin out whole time slices while the
+/// holder of a lock is descheduled. Under loom it yields to the model.
+pub(crate) struct Spin {
+    #[cfg(not(loom))]
+    backoff: crossbeam_utils::Backoff,
+}
+
+impl Spin {
+    #[inline]
+    pub(crate) fn new() -> Self {
+        Spin {
+            #[cfg(not(loom))]
+            backoff: crossbeam_utils::Backoff::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn wait(&mut self) {
+        #[cfg(not(loom))]
+        self.backoff.snooze();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+}
+
+/// A cell whose accesses loom can see; a plain `UnsafeCell` otherwise.
+/// `repr(transparent)` in the real build: it lays over an object's first word.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct RawCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> RawCell<T> {
+    #[allow(dead_code)]
+    pub(crate) const fn new(v: T) -> Self {
+        RawCell(core::cell::UnsafeCell::new(v))
+    }
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell as RawCell;
+
+/// Releases a lock word. A plain store is the right thing on hardware;
+/// under loom a spinner never sees a plain store "happen" in a bounded
+/// model, so the release is a swap there (as the project notes require).
+#[inline(always)]
+pub(crate) fn release_store<T>(p: &AtomicPtr<T>, v: *mut T) {
+    #[cfg(not(loom))]
+    p.store(v, Ordering::Release);
+    #[cfg(loom)]
+    {
+        p.swap(v, Ordering::Release);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn release_flag(b: &AtomicBool) {
+    #[cfg(not(loom))]
+    b.store(false, Ordering::Release);
+    #[cfg(loom)]
+    {
+        b.swap(false, Ordering::Release);
+    }
+}
