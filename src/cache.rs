@@ -384,3 +384,32 @@ pub(crate) fn set_budget(bytes: usize) {
 pub(crate) fn budget() -> usize {
     BUDGET.load(Ordering::Relaxed)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::RawCell;
+
+    #[test]
+    fn older_half_is_cut_off_the_bottom() {
+        let nodes: Vec<*mut Link> =
+            (0..5).map(|_| Box::into_raw(Box::new(Link { next: RawCell::new(null_mut()) }))).collect();
+        let mut head = Head { top: null_mut(), count: 0, stamp: 0 };
+        for &n in &nodes {
+            // SAFETY: test-owned nodes, pushed once each.
+            unsafe { set_next(n, head.top) };
+            head.top = n;
+            head.count += 1;
+        }
+        let (chain, n) = detach_older_half(&mut head);
+        assert_eq!((n, head.count), (3, 2));
+        assert_eq!(head.top, nodes[4], "the newest stays on top");
+        // SAFETY: nodes are alive until freed below.
+        assert_eq!(unsafe { next_of(nodes[3]) }, null_mut(), "the kept part is cut");
+        assert_eq!(chain, nodes[2], "the evicted part starts with the newest of the old");
+        for n in nodes {
+            // SAFETY: made by Box::into_raw above.
+            drop(unsafe { Box::from_raw(n) });
+        }
+    }
+}

@@ -103,3 +103,207 @@ impl XchgList {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::shared::next_of;
+
+    fn nodes(n: usize) -> Vec<*mut Link> {
+        (0..n).map(|_| Box::into_raw(Box::new(Link { next: crate::sync::RawCell::new(core::ptr::null_mut()) }))).collect()
+    }
+
+    fn free(v: &[*mut Link]) {
+        for &p in v {
+            // SAFETY: made by Box::into_raw in `nodes`, no longer in any list.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+
+    #[test]
+    fn lifo_and_empty() {
+        let l = XchgList::new();
+        let v = nodes(3);
+        assert!(l.pop().is_null());
+        for &p in &v {
+            // SAFETY: test-owned nodes, each pushed once.
+            unsafe { l.push(p) };
+        }
+        assert_eq!(l.pop(), v[2]);
+        let chain = l.take_all();
+        assert_eq!(chain, v[1]);
+        // SAFETY: the detached chain is ours.
+        assert_eq!(unsafe { next_of(chain) }, v[0]);
+        assert!(l.pop().is_null() && l.take_all().is_null());
+        free(&v);
+    }
+
+    /// Many threads pop and push the same objects: none is lost or duplicated.
+    #[test]
+    fn threads_never_lose_or_duplicate() {
+        let l = XchgList::new();
+        let v = nodes(64);
+        for &p in &v {
+            // SAFETY: test-owned nodes, each pushed once.
+            unsafe { l.push(p) };
+        }
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut held = Vec::new();
+                    for i in 0..20_000 {
+                        if i % 3 != 2 {
+                            let p = l.pop();
+                            if !p.is_null() {
+                                held.push(p as usize);
+                            }
+                        } else if let Some(p) = held.pop() {
+                            // SAFETY: popped by this thread, so owned by it.
+                            unsafe { l.push(p as *mut Link) };
+                        }
+                    }
+                    for p in held {
+                        // SAFETY: as above.
+                        unsafe { l.push(p as *mut Link) };
+                    }
+                });
+            }
+        });
+        let mut seen = Vec::new();
+        let mut p = l.take_all();
+        while !p.is_null() {
+            seen.push(p as usize);
+            // SAFETY: the detached chain is ours.
+            p = unsafe { next_of(p) };
+        }
+        seen.sort_unstable();
+        let mut want: Vec<usize> = v.iter().map(|&p| p as usize).collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        free(&v);
+    }
+}
+
+/// Loom model: pushes, pops and flushes from 2-3 threads never lose or
+/// duplicate an object, and a popper reads a link only while it holds the
+/// head (loom reports a data race on the link otherwise).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::shared::next_of;
+    use crate::sync::RawCell;
+    use loom::sync::Arc;
+
+    struct Nodes(Vec<usize>);
+
+    fn node() -> usize {
+        Box::into_raw(Box::new(Link { next: RawCell::new(core::ptr::null_mut()) })) as usize
+    }
+
+    fn drain(l: &XchgList, out: &mut Vec<usize>) {
+        let mut p = l.take_all();
+        while !p.is_null() {
+            out.push(p as usize);
+            // SAFETY: the detached chain is ours.
+            p = unsafe { next_of(p) };
+        }
+    }
+
+    fn check(mut got: Vec<usize>, nodes: Nodes) {
+        got.sort_unstable();
+        let mut want = nodes.0;
+        want.sort_unstable();
+        assert_eq!(got, want, "an object was lost or duplicated");
+        for p in want {
+            // SAFETY: made by Box::into_raw in `node`, out of every list now.
+            drop(unsafe { Box::from_raw(p as *mut Link) });
+        }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.max_branches = 100_000;
+        b.check(f);
+    }
+
+    #[test]
+    fn loom_pop_races_push() {
+        model(|| {
+            let l = Arc::new(XchgList::new());
+            let (a, b) = (node(), node());
+            // SAFETY: fresh node, owned here.
+            unsafe { l.push(a as *mut Link) };
+            let l1 = l.clone();
+            let t = loom::thread::spawn(move || l1.pop() as usize);
+            // SAFETY: fresh node, owned here.
+            unsafe { l.push(b as *mut Link) };
+            let popped = t.join().unwrap();
+            let mut got = vec![];
+            if popped != 0 {
+                got.push(popped);
+            }
+            drain(&l, &mut got);
+            check(got, Nodes(vec![a, b]));
+        });
+    }
+
+    #[test]
+    fn loom_two_pops_and_a_push() {
+        model(|| {
+            let l = Arc::new(XchgList::new());
+            let (a, b, c) = (node(), node(), node());
+            // SAFETY: fresh nodes, owned here.
+            unsafe {
+                l.push(a as *mut Link);
+                l.push(b as *mut Link);
+            }
+            let (l1, l2) = (l.clone(), l.clone());
+            let t1 = loom::thread::spawn(move || l1.pop() as usize);
+            let t2 = loom::thread::spawn(move || {
+                let p = l2.pop();
+                if !p.is_null() {
+                    // Give it straight back, as a thread cache eviction would.
+                    // SAFETY: popped, so owned by this thread.
+                    unsafe { l2.push(p) };
+                }
+            });
+            // SAFETY: fresh node, owned here.
+            unsafe { l.push(c as *mut Link) };
+            let p1 = t1.join().unwrap();
+            t2.join().unwrap();
+            let mut got = vec![];
+            if p1 != 0 {
+                got.push(p1);
+            }
+            drain(&l, &mut got);
+            check(got, Nodes(vec![a, b, c]));
+        });
+    }
+
+    #[test]
+    fn loom_flush_races_pop_and_push() {
+        model(|| {
+            let l = Arc::new(XchgList::new());
+            let (a, b) = (node(), node());
+            // SAFETY: fresh node, owned here.
+            unsafe { l.push(a as *mut Link) };
+            let (l1, l2) = (l.clone(), l.clone());
+            let t1 = loom::thread::spawn(move || {
+                let mut v = vec![];
+                drain(&l1, &mut v);
+                v
+            });
+            let t2 = loom::thread::spawn(move || l2.pop() as usize);
+            // SAFETY: fresh node, owned here.
+            unsafe { l.push(b as *mut Link) };
+            let mut got = t1.join().unwrap();
+            let p = t2.join().unwrap();
+            if p != 0 {
+                got.push(p);
+            }
+            drain(&l, &mut got);
+            check(got, Nodes(vec![a, b]));
+        });
+    }
+}
