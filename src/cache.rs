@@ -20,7 +20,7 @@ use crate::shared::{next_of, set_next, Link};
 use crate::sync::Spin;
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{null, null_mut};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// How many pools can have a thread cache; the others work without one.
@@ -52,18 +52,94 @@ struct Head {
 struct Local {
     bytes: usize,
     tick: u64,
-    heads: [Head; MAX_POOLS],
+    /// One more than `MAX_POOLS`: `NO_INDEX` names an always-empty head,
+    /// so `take` needs no bounds check.
+    heads: [Head; MAX_POOLS + 1],
 }
 
 pub(crate) struct ThreadCache {
-    lock: AtomicBool,
+    /// 1 while held. A u32, not a bool, so that taking it is one `lock bts`.
+    lock: AtomicU32,
     local: UnsafeCell<Local>,
 }
 
 thread_local! {
-    static CURRENT: Cell<*const ThreadCache> = const { Cell::new(null()) };
     static EXITED: Cell<bool> = const { Cell::new(false) };
     static GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// The pointer to this thread's cache, in one thread-local word.
+///
+/// On x86-64 Linux the word lives in the static TLS block (initial-exec
+/// model), read with two instructions. Rust's own `thread_local!` in a
+/// shared object goes through `__tls_get_addr`, a call that costs more than
+/// the rest of the fast path. mimalloc makes the same choice; glibc keeps
+/// spare static TLS for libraries loaded with `dlopen`, and one word fits.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+mod current {
+    use super::ThreadCache;
+
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 3",
+        ".globl bufpool_tls_cache",
+        ".hidden bufpool_tls_cache",
+        ".type bufpool_tls_cache, @object",
+        ".size bufpool_tls_cache, 8",
+        "bufpool_tls_cache:",
+        ".zero 8",
+        ".popsection",
+    );
+
+    #[inline(always)]
+    pub(super) fn get() -> *const ThreadCache {
+        let p: *const ThreadCache;
+        // SAFETY: reads this thread's own word of the static TLS block defined
+        // above; the GOT entry holds its offset from the thread pointer.
+        unsafe {
+            core::arch::asm!(
+                "mov {p}, qword ptr [rip + bufpool_tls_cache@GOTTPOFF]",
+                "mov {p}, qword ptr fs:[{p}]",
+                p = out(reg) p,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        p
+    }
+
+    #[inline(always)]
+    pub(super) fn set(p: *const ThreadCache) {
+        // SAFETY: writes this thread's own word of the static TLS block.
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, qword ptr [rip + bufpool_tls_cache@GOTTPOFF]",
+                "mov qword ptr fs:[{t}], {p}",
+                t = out(reg) _,
+                p = in(reg) p,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Portable fallback: Rust's `thread_local!`.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+mod current {
+    use super::ThreadCache;
+    use std::cell::Cell;
+
+    thread_local! {
+        static CURRENT: Cell<*const ThreadCache> = const { Cell::new(std::ptr::null()) };
+    }
+
+    #[inline(always)]
+    pub(super) fn get() -> *const ThreadCache {
+        CURRENT.with(Cell::get)
+    }
+
+    pub(super) fn set(p: *const ThreadCache) {
+        CURRENT.with(|c| c.set(p))
+    }
 }
 
 fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
@@ -71,10 +147,20 @@ fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
 }
 
 impl ThreadCache {
+    /// Takes the lock if it is free. The owner never waits on the fast
+    /// path: when another thread holds the lock for a moment, the operation
+    /// goes to the slow path, which is as correct and rare.
+    #[inline(always)]
+    fn try_lock(&self) -> bool {
+        // Acquire: pairs with the Release of `unlock`, so we see the last holder's writes.
+        // A fetch_or whose other bits are unused compiles to `lock bts` + `jc`.
+        self.lock.fetch_or(1, Ordering::Acquire) & 1 == 0
+    }
+
     #[inline(always)]
     fn lock(&self) {
         // Acquire: pairs with the Release of `unlock`, so we see the last holder's writes.
-        if self.lock.swap(true, Ordering::Acquire) {
+        if !self.try_lock() {
             self.lock_contended();
         }
     }
@@ -85,7 +171,7 @@ impl ThreadCache {
         let mut spin = Spin::new();
         loop {
             spin.wait();
-            if !self.lock.load(Ordering::Relaxed) && !self.lock.swap(true, Ordering::Acquire) {
+            if self.lock.load(Ordering::Relaxed) == 0 && self.try_lock() {
                 return;
             }
         }
@@ -94,7 +180,7 @@ impl ThreadCache {
     #[inline(always)]
     fn unlock(&self) {
         // Release: hands our writes to `Local` to the next holder.
-        self.lock.store(false, Ordering::Release);
+        self.lock.store(0, Ordering::Release);
     }
 
     /// # Safety
@@ -122,17 +208,15 @@ impl ThreadCache {
 /// Takes an idle object of `pool` from this thread's cache; null if none.
 #[inline(always)]
 pub(crate) fn take(pool: &Pool) -> *mut u8 {
-    let idx = pool.cache_idx;
-    let tc = CURRENT.with(Cell::get);
-    if idx >= MAX_POOLS || tc.is_null() {
+    let tc = current::get();
+    // SAFETY: the pointer is non-null only while this thread's cache is alive.
+    let Some(tc) = (unsafe { tc.as_ref() }) else { return null_mut() };
+    if !tc.try_lock() {
         return null_mut();
     }
-    // SAFETY: CURRENT is non-null only while this thread's cache is alive.
-    let tc = unsafe { &*tc };
-    tc.lock();
-    // SAFETY: we hold the lock, and idx < MAX_POOLS was checked above.
+    // SAFETY: we hold the lock; cache_idx <= NO_INDEX, and heads has NO_INDEX + 1 entries.
     let local = unsafe { tc.local() };
-    let head = unsafe { local.heads.get_unchecked_mut(idx) };
+    let head = unsafe { local.heads.get_unchecked_mut(pool.cache_idx) };
     let item = head.top;
     if !item.is_null() {
         // SAFETY: `item` is idle in our own stack and we hold its lock.
@@ -144,42 +228,95 @@ pub(crate) fn take(pool: &Pool) -> *mut u8 {
     item.cast()
 }
 
-/// Keeps a released object in this thread's cache. Returns false when it
-/// cannot stay here (the pool has no thread cache, the object is larger than
-/// the budget, or the thread is exiting): the caller releases it instead.
+/// What `put` did with an object.
+pub(crate) enum Put {
+    /// Cached.
+    Done,
+    /// Cached, and the cache is now over budget: call `evict_current`.
+    OverBudget,
+    /// Not cached: call `put_slow`.
+    Refused,
+}
+
+/// Keeps a released object in this thread's cache, if it can without waiting.
 #[inline(always)]
-pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> bool {
-    let idx = pool.cache_idx;
+pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> Put {
     let budget = BUDGET.load(Ordering::Relaxed);
-    if idx >= MAX_POOLS || pool.size > budget {
-        return false;
+    let tc = current::get();
+    // `cache_size` is the object size, or usize::MAX for a pool without a thread cache.
+    if pool.cache_size > budget || tc.is_null() {
+        return Put::Refused;
     }
-    let mut tc = CURRENT.with(Cell::get);
-    if tc.is_null() {
-        tc = attach();
-        if tc.is_null() {
-            return false;
-        }
-    }
-    // SAFETY: CURRENT is non-null only while this thread's cache is alive.
+    // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let tc = unsafe { &*tc };
-    tc.lock();
-    // SAFETY: we hold the lock, and idx < MAX_POOLS was checked above.
+    if !tc.try_lock() {
+        return Put::Refused;
+    }
+    // SAFETY: we hold the lock, and the caller gives the object up.
+    let over = unsafe { push_locked(tc, pool, ptr, budget) };
+    tc.unlock();
+    if over {
+        Put::OverBudget
+    } else {
+        Put::Done
+    }
+}
+
+/// # Safety
+/// The caller holds `tc`'s lock; `ptr` is an object of `pool` it gave up;
+/// `pool` has a cache index.
+#[inline(always)]
+unsafe fn push_locked(tc: &ThreadCache, pool: &Pool, ptr: *mut u8, budget: usize) -> bool {
+    // SAFETY: caller guarantees (lock held, index < MAX_POOLS).
     let local = unsafe { tc.local() };
-    let head = unsafe { local.heads.get_unchecked_mut(idx) };
-    // SAFETY: the caller gave the object back; it is ours until pushed.
+    let head = unsafe { local.heads.get_unchecked_mut(pool.cache_idx) };
+    // SAFETY: the object is ours until published in our own stack.
     unsafe { set_next(ptr.cast(), head.top) };
     head.top = ptr.cast();
     head.count = head.count.wrapping_add(1);
     local.tick += 1;
     head.stamp = local.tick;
     local.bytes += pool.size;
-    let over = local.bytes > budget;
+    local.bytes > budget
+}
+
+/// The slow side of `put`: gives this thread a cache if it has none, and
+/// waits for its lock. Returns false when the object cannot be cached here
+/// (no thread cache for this pool, larger than the budget, thread exiting).
+#[cold]
+#[inline(never)]
+pub(crate) fn put_slow(pool: &Pool, ptr: *mut u8) -> bool {
+    let budget = BUDGET.load(Ordering::Relaxed);
+    if pool.cache_size > budget {
+        return false;
+    }
+    let mut tc = current::get();
+    if tc.is_null() {
+        tc = attach();
+        if tc.is_null() {
+            return false;
+        }
+    }
+    // SAFETY: the pointer is non-null only while this thread's cache is alive.
+    let tc = unsafe { &*tc };
+    tc.lock();
+    // SAFETY: we hold the lock, and the caller gives the object up.
+    let over = unsafe { push_locked(tc, pool, ptr, budget) };
     tc.unlock();
     if over {
         evict(tc, budget);
     }
     true
+}
+
+/// Brings this thread's cache back under its budget (after `Put::OverBudget`).
+#[cold]
+#[inline(never)]
+pub(crate) fn evict_current() {
+    // SAFETY: the pointer is non-null only while this thread's cache is alive.
+    if let Some(tc) = unsafe { current::get().as_ref() } {
+        evict(tc, BUDGET.load(Ordering::Relaxed));
+    }
 }
 
 /// Brings this thread's cache back to 7/8 of `budget`, least recently used first.
@@ -247,8 +384,8 @@ fn attach() -> *const ThreadCache {
     }
     let empty = Head { top: null_mut(), count: 0, stamp: 0 };
     let tc = Box::into_raw(Box::new(ThreadCache {
-        lock: AtomicBool::new(false),
-        local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS] }),
+        lock: AtomicU32::new(0),
+        local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS + 1] }),
     }));
     if GUARD.try_with(|_| ()).is_err() {
         // Thread-local destructors are running: no cache for this thread.
@@ -257,7 +394,7 @@ fn attach() -> *const ThreadCache {
         return null();
     }
     caches().push(CachePtr(tc));
-    CURRENT.with(|c| c.set(tc));
+    current::set(tc);
     tc
 }
 
@@ -267,7 +404,8 @@ struct ExitGuard;
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         EXITED.with(|e| e.set(true));
-        let tc = CURRENT.with(|c| c.replace(null()));
+        let tc = current::get();
+        current::set(null());
         if tc.is_null() {
             return;
         }

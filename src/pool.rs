@@ -46,6 +46,9 @@ pub struct Pool {
     flags: u32,
     /// This pool's slot in every thread cache, or `NO_INDEX`.
     pub(crate) cache_idx: usize,
+    /// `size` when the pool has a thread cache, usize::MAX otherwise: one
+    /// compare against the budget tells whether a thread may cache an object.
+    pub(crate) cache_size: usize,
     pub(crate) shared: Shared,
     name: [u8; NAME_LEN],
     users: AtomicUsize,
@@ -95,8 +98,11 @@ impl Pool {
     /// `ptr` came from this pool and the caller holds it.
     #[inline(always)]
     pub(crate) unsafe fn free(&self, ptr: *mut u8) {
-        if !cache::put(self, ptr) {
-            self.release(ptr.cast());
+        match cache::put(self, ptr) {
+            cache::Put::Done => {}
+            cache::Put::OverBudget => cache::evict_current(),
+            // SAFETY: forwarded caller guarantee.
+            cache::Put::Refused => unsafe { self.free_slow(ptr) },
         }
     }
 
@@ -111,6 +117,17 @@ impl Pool {
             return p.cast();
         }
         self.alloc_new_or_idle()
+    }
+
+    /// # Safety
+    /// `ptr` came from this pool and the caller holds it.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_slow(&self, ptr: *mut u8) {
+        if !cache::put_slow(self, ptr) {
+            // SAFETY: forwarded caller guarantee.
+            unsafe { self.release(ptr.cast()) };
+        }
     }
 
     /// Takes a new object from the OS, or, at the limit, any idle object.
@@ -355,6 +372,7 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
         align,
         flags,
         cache_idx: NO_INDEX,
+        cache_size: usize::MAX,
         shared,
         name: stored,
         users: AtomicUsize::new(1),
@@ -369,7 +387,12 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
     }));
     if flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() {
         // SAFETY: not yet shared with anyone.
-        unsafe { (*pool).cache_idx = cache::claim_index(pool) };
+        unsafe {
+            (*pool).cache_idx = cache::claim_index(pool);
+            if (*pool).cache_idx != NO_INDEX {
+                (*pool).cache_size = size;
+            }
+        }
     }
     reg.push(PoolPtr(pool));
     pool
