@@ -74,7 +74,7 @@ test-loom:
 test-c: $(C_TESTS)
 	@pass=0; fail=0; for t in $(C_TESTS); do \
 	  if $$t; then pass=$$((pass+1)); else echo "FAIL: $$t"; fail=$$((fail+1)); fi; \
-	done; echo "C harnesses: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+	done; echo "c_tests: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
 test: check-header check-symbols test-rust test-loom test-c
 	@echo "make test: all passed"
