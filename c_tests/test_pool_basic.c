@@ -595,6 +595,23 @@ static void test_cache_size(void)
     pool_flush(p);
     CHECK_EQ(pool_allocated(p), 0);
 
+    /* Nor do they push the small objects of other pools out of the cache. */
+    struct pool_head *small = create_pool("budget-small", 64, 0);
+    void *s[6];
+    for (int i = 0; i < 6; i++)
+        s[i] = pool_alloc(small);
+    for (int i = 0; i < 6; i++)
+        pool_free(small, s[i]); /* 384 bytes: they fit the budget */
+    o[0] = pool_alloc(p);
+    pool_free(p, o[0]);
+    pool_flush(small);
+    pool_flush(p);
+    CHECK_EQ(pool_allocated(small), 6);
+    CHECK_EQ(pool_allocated(p), 0);
+    pool_gc(NULL);
+    CHECK_EQ(pool_allocated(small), 0);
+    CHECK(pool_destroy(small) == NULL);
+
     /* With the default budget they are, and flush leaves them there. */
     pool_set_cache_size(512 * 1024);
     for (int i = 0; i < N; i++)

@@ -3,8 +3,8 @@
  * - a thread that exits gives its cached objects back (to the shared cache,
  *   where main reuses them and pool_flush reaches them);
  * - idle objects in another thread's cache never make an allocation fail,
- *   even while that thread is blocked (issue 2, point 6), and with two
- *   threads working at the limit at once;
+ *   even while that thread is blocked (issue 2, point 6), nor while two
+ *   threads trade objects at the limit;
  * - objects allocated in one thread and freed in another (a producer and a
  *   consumer), with exact counters at the end.
  * Synchronisation is by pipes, barriers, condition variables and joins only.
@@ -294,68 +294,76 @@ static void run_blocked_steal(int nthreads, int per_thread, unsigned flags)
     CHECK(pool_destroy(p) == NULL);
 }
 
-/* ---- two threads working at the limit at once ------------------------- */
+/* ---- two threads trading objects at the limit ------------------------ */
 
-#define DUO_K 8
-#define DUO_ROUNDS 20000
-#define DUO_SZ 64
+#define SWAP_K 16
+#define SWAP_ROUNDS 2000
+#define SWAP_SZ 64
+#define SWAP_LIMIT (SWAP_K + SWAP_K / 2)
 
-struct duo {
+struct swapper {
     struct pool_head *pool;
-    pthread_barrier_t *start;
-    unsigned id;
+    pthread_barrier_t *bar;
+    void **mine, **theirs; /* batches, written before and read after a barrier */
+    unsigned id, n, their_id, their_n;
     size_t nulls, bad, over_limit;
 };
 
-/* Each thread holds at most DUO_K objects; with a limit of 2 * DUO_K, one
- * thread's idle objects sit in its cache when the other needs them. */
-static void *duo_main(void *arg)
+/* Each round, thread 1 allocates SWAP_K objects and thread 2 SWAP_K / 2;
+ * each frees the other's batch into its own cache. So thread 1 always finds
+ * too few objects in its own cache and must take the rest from thread 2's
+ * cache, while thread 2 is taking from it too. Callers never hold more than
+ * SWAP_LIMIT objects, so no allocation may fail. */
+static void *swapper_main(void *arg)
 {
-    struct duo *d = arg;
-    void *o[DUO_K];
-    pthread_barrier_wait(d->start);
-    for (unsigned r = 0; r < DUO_ROUNDS; r++) {
-        for (int i = 0; i < DUO_K; i++) {
-            o[i] = pool_alloc(d->pool);
-            d->nulls += o[i] == NULL;
-            if (o[i])
-                fill(o[i], DUO_SZ, d->id * 7919u + r + i);
+    struct swapper *s = arg;
+    for (unsigned r = 0; r < SWAP_ROUNDS; r++) {
+        for (unsigned i = 0; i < s->n; i++) {
+            s->mine[i] = pool_alloc(s->pool);
+            s->nulls += s->mine[i] == NULL;
+            if (s->mine[i])
+                fill(s->mine[i], SWAP_SZ, s->id * 7919u + r * 31u + i);
         }
-        d->over_limit += pool_allocated(d->pool) > 2 * DUO_K;
-        for (int i = 0; i < DUO_K; i++) {
-            if (!o[i])
+        s->over_limit += pool_allocated(s->pool) > SWAP_LIMIT;
+        pthread_barrier_wait(s->bar);
+        for (unsigned i = 0; i < s->their_n; i++) {
+            if (!s->theirs[i])
                 continue;
-            d->bad += !intact(o[i], DUO_SZ, d->id * 7919u + r + i);
-            pool_free(d->pool, o[i]);
+            s->bad += !intact(s->theirs[i], SWAP_SZ, s->their_id * 7919u + r * 31u + i);
+            pool_free(s->pool, s->theirs[i]);
         }
+        pthread_barrier_wait(s->bar);
     }
     return NULL;
 }
 
-static void test_duo_at_limit(void)
+static void test_swap_at_limit(void)
 {
-    struct pool_head *p = create_pool("duo", DUO_SZ, 0);
+    struct pool_head *p = create_pool("swap", SWAP_SZ, 0);
     pthread_barrier_t bar;
-    struct duo d[2];
+    void *batch[2][SWAP_K];
+    struct swapper s[2];
     pthread_t t[2];
 
-    pool_set_limit(p, 2 * DUO_K);
+    pool_set_limit(p, SWAP_LIMIT);
     pthread_barrier_init(&bar, NULL, 2);
-    for (int k = 0; k < 2; k++) {
-        d[k] = (struct duo){ .pool = p, .start = &bar, .id = (unsigned)k + 1 };
-        start(&t[k], duo_main, &d[k]);
-    }
+    s[0] = (struct swapper){ .pool = p, .bar = &bar, .mine = batch[0], .theirs = batch[1],
+                             .id = 1, .n = SWAP_K, .their_id = 2, .their_n = SWAP_K / 2 };
+    s[1] = (struct swapper){ .pool = p, .bar = &bar, .mine = batch[1], .theirs = batch[0],
+                             .id = 2, .n = SWAP_K / 2, .their_id = 1, .their_n = SWAP_K };
+    for (int k = 0; k < 2; k++)
+        start(&t[k], swapper_main, &s[k]);
     for (int k = 0; k < 2; k++)
         join(t[k]);
     pthread_barrier_destroy(&bar);
     for (int k = 0; k < 2; k++) {
-        CHECK_EQ(d[k].nulls, 0);
-        CHECK_EQ(d[k].bad, 0);
-        CHECK_EQ(d[k].over_limit, 0);
+        CHECK_EQ(s[k].nulls, 0);
+        CHECK_EQ(s[k].bad, 0);
+        CHECK_EQ(s[k].over_limit, 0);
     }
     CHECK_EQ(pool_failed(p), 0);
     CHECK_EQ(pool_used(p), 0);
-    CHECK(pool_allocated(p) <= 2 * DUO_K);
+    CHECK(pool_allocated(p) <= SWAP_LIMIT);
     pool_flush(p); /* the threads' caches went back on exit */
     CHECK_EQ(pool_allocated(p), 0);
     CHECK(pool_destroy(p) == NULL);
@@ -497,7 +505,7 @@ int main(void)
     run_blocked_steal(1, 32, 0);
     run_blocked_steal(2, 16, 0);
     run_blocked_steal(1, 20, MEM_F_EXACT | POOL_F_SHARED_NONE);
-    test_duo_at_limit();
+    test_swap_at_limit();
     run_prodcons(0);
     run_prodcons(Q_CAP + 2);
     DONE("test_pool_threads");
