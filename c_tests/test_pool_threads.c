@@ -1,7 +1,8 @@
 /* The pool core across threads (SPEC section 2):
  * - objects idle in another thread's cache count as allocated, not used;
  * - a thread that exits gives its cached objects back (to the shared cache,
- *   where main reuses them and pool_flush reaches them);
+ *   where main reuses them and pool_flush reaches them), including the
+ *   objects it frees from a pthread key destructor;
  * - idle objects in another thread's cache never make an allocation fail,
  *   even while that thread is blocked (issue 2, point 6), nor while two
  *   threads trade objects at the limit;
@@ -193,6 +194,61 @@ static void run_thread_exit(int minavail_all)
     CHECK(pool_destroy(c.pool) == NULL);
     sig_close(&c.step);
     sig_close(&c.go);
+}
+
+/* ---- objects freed in a pthread key destructor ------------------------ */
+
+#define KEY_N 10
+#define KEY_SZ 64
+
+struct keyed {
+    struct pool_head *pool;
+    void *obj[KEY_N];
+    int use_before; /* touch the pool in the thread body first */
+};
+
+static pthread_key_t free_key;
+
+/* Runs at thread exit, after the thread's body has returned. */
+static void free_in_key_destructor(void *arg)
+{
+    struct keyed *k = arg;
+    for (int i = 0; i < KEY_N; i++)
+        pool_free(k->pool, k->obj[i]);
+}
+
+static void *keyed_main(void *arg)
+{
+    struct keyed *k = arg;
+    if (k->use_before)
+        pool_free(k->pool, pool_alloc(k->pool));
+    if (pthread_setspecific(free_key, k) != 0)
+        exit(2);
+    return NULL;
+}
+
+/* Objects a thread frees while it exits (here from a pthread key
+ * destructor, as C programs do with their per-thread state) are given back
+ * too, whether or not the thread used the pool before. */
+static void run_key_destructor(int use_before)
+{
+    struct keyed k = { .pool = create_pool("keyed", KEY_SZ, 0), .use_before = use_before };
+    pthread_t t;
+    size_t nulls = 0;
+
+    CHECK(k.pool != NULL);
+    for (int i = 0; i < KEY_N; i++) {
+        k.obj[i] = pool_alloc(k.pool);
+        nulls += k.obj[i] == NULL;
+    }
+    CHECK_EQ(nulls, 0);
+    start(&t, keyed_main, &k);
+    join(t);
+    CHECK_EQ(pool_used(k.pool), 0);
+    CHECK(pool_allocated(k.pool) <= KEY_N + 1);
+    pool_flush(k.pool);
+    CHECK_EQ(pool_allocated(k.pool), 0);
+    CHECK(pool_destroy(k.pool) == NULL);
 }
 
 /* ---- point 6: idle objects in a blocked thread's cache ---------------- */
@@ -502,6 +558,10 @@ int main(void)
 {
     run_thread_exit(1);
     run_thread_exit(0);
+    if (pthread_key_create(&free_key, free_in_key_destructor) != 0)
+        exit(2);
+    run_key_destructor(1);
+    run_key_destructor(0);
     run_blocked_steal(1, 32, 0);
     run_blocked_steal(2, 16, 0);
     run_blocked_steal(1, 20, MEM_F_EXACT | POOL_F_SHARED_NONE);
