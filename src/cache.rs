@@ -21,7 +21,7 @@ use crate::sync::Spin;
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many pools can have a thread cache; the others work without one.
 pub(crate) const MAX_POOLS: usize = 256;
@@ -63,7 +63,22 @@ pub(crate) struct ThreadCache {
 thread_local! {
     static CURRENT: Cell<*const ThreadCache> = const { Cell::new(null()) };
     static EXITED: Cell<bool> = const { Cell::new(false) };
-    static GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// The thread-exit hook: a pthread key whose value is the thread's cache.
+/// Not a Rust thread-local destructor: glibc runs those before the key
+/// destructors and never runs one registered later, so a cache first made
+/// while the thread exits (a C program freeing objects from its own key
+/// destructor) would never be given back. Key destructors run again when a
+/// destructor sets a key, which covers that case.
+static EXIT_KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+
+fn exit_key() -> Option<libc::pthread_key_t> {
+    *EXIT_KEY.get_or_init(|| {
+        let mut key = 0;
+        // SAFETY: `key` is a valid out-pointer and `on_thread_exit` has the destructor ABI.
+        (unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0).then_some(key)
+    })
 }
 
 fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
@@ -250,8 +265,10 @@ fn attach() -> *const ThreadCache {
         lock: AtomicBool::new(false),
         local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS] }),
     }));
-    if GUARD.try_with(|_| ()).is_err() {
-        // Thread-local destructors are running: no cache for this thread.
+    // SAFETY: the key is live (never deleted); its destructor gets `tc` back.
+    let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.cast()) } == 0);
+    if !hooked {
+        // No exit hook: this thread works without a cache.
         // SAFETY: `tc` was never shared.
         drop(unsafe { Box::from_raw(tc) });
         return null();
@@ -261,27 +278,29 @@ fn attach() -> *const ThreadCache {
     tc
 }
 
-/// Gives a thread's cached objects back when the thread exits.
-struct ExitGuard;
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        EXITED.with(|e| e.set(true));
-        let tc = CURRENT.with(|c| c.replace(null()));
-        if tc.is_null() {
-            return;
-        }
-        caches().retain(|p| p.0 != tc);
-        // SAFETY: `tc` is out of the registry, so no other thread can reach
-        // it any more; this thread made it with Box::into_raw.
-        let tc = unsafe { Box::from_raw(tc as *mut ThreadCache) };
-        for idx in 0..MAX_POOLS {
-            let (chain, _) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
-            if !chain.is_null() {
-                let pool = SLOTS[idx].load(Ordering::Acquire);
-                // SAFETY: the pool holds its index while objects of it are cached.
-                unsafe { (*pool).release_chain(chain) };
-            }
+/// The key destructor: gives a thread's cached objects back when it exits.
+/// Objects the thread releases afterwards bypass the cache (`EXITED`).
+///
+/// # Safety
+/// Called by the C library at thread exit with the value `attach` set: this
+/// thread's registered cache, which no one else frees.
+unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
+    EXITED.with(|e| e.set(true));
+    CURRENT.with(|c| c.set(null()));
+    let tc: *const ThreadCache = tc.cast();
+    if tc.is_null() {
+        return;
+    }
+    caches().retain(|p| p.0 != tc);
+    // SAFETY: `tc` is out of the registry, so no other thread can reach
+    // it any more; this thread made it with Box::into_raw.
+    let tc = unsafe { Box::from_raw(tc as *mut ThreadCache) };
+    for idx in 0..MAX_POOLS {
+        let (chain, _) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
+        if !chain.is_null() {
+            let pool = SLOTS[idx].load(Ordering::Acquire);
+            // SAFETY: the pool holds its index while objects of it are cached.
+            unsafe { (*pool).release_chain(chain) };
         }
     }
 }
