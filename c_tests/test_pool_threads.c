@@ -350,6 +350,68 @@ static void run_blocked_steal(int nthreads, int per_thread, unsigned flags)
     CHECK(pool_destroy(p) == NULL);
 }
 
+/* ---- a thread exiting while main allocates at the limit --------------- */
+
+#define EXL_N 4000
+#define EXL_ROUNDS 40
+
+struct exiter {
+    struct pool_head *pool;
+    size_t nulls;
+    struct signal cached;
+};
+
+static void *exiter_main(void *arg)
+{
+    struct exiter *e = arg;
+    static void *o[EXL_N];
+    for (int i = 0; i < EXL_N; i++) {
+        o[i] = pool_alloc(e->pool);
+        e->nulls += o[i] == NULL;
+    }
+    for (int i = 0; i < EXL_N; i++)
+        pool_free(e->pool, o[i]);
+    sig_post(&e->cached);
+    return NULL; /* exits now: its cache goes back while main allocates */
+}
+
+/* Main allocates the whole limit while the thread that cached every idle
+ * object exits: callers never hold the limit, so no allocation may fail,
+ * wherever the exiting thread's objects are at that moment. */
+static void test_exit_during_limit(void)
+{
+    static void *o[EXL_N];
+    struct exiter e = { .pool = create_pool("exit-limit", 48, 0) };
+    size_t nulls = 0, thread_nulls = 0;
+
+    pool_set_limit(e.pool, EXL_N);
+    pool_set_minavail(e.pool, EXL_N); /* returned objects stay idle */
+    sig_init(&e.cached);
+    for (int r = 0; r < EXL_ROUNDS; r++) {
+        pthread_t t;
+        start(&t, exiter_main, &e);
+        sig_wait(&e.cached);
+        for (int i = 0; i < EXL_N; i++) {
+            o[i] = pool_alloc(e.pool);
+            nulls += o[i] == NULL;
+        }
+        join(t);
+        for (int i = 0; i < EXL_N; i++)
+            pool_free(e.pool, o[i]);
+        pool_gc(NULL); /* main's cache to the shared cache, for the next thread */
+    }
+    thread_nulls = e.nulls;
+    CHECK_EQ(thread_nulls, 0);
+    CHECK_EQ(nulls, 0);
+    CHECK_EQ(pool_failed(e.pool), 0);
+    CHECK_EQ(pool_used(e.pool), 0);
+    CHECK_EQ(pool_allocated(e.pool), EXL_N);
+    pool_flush(e.pool);
+    CHECK_EQ(pool_allocated(e.pool), 0);
+    CHECK(pool_destroy(e.pool) == NULL);
+    sig_close(&e.cached);
+}
+
 /* ---- two threads trading objects at the limit ------------------------ */
 
 #define SWAP_K 16
@@ -566,6 +628,7 @@ int main(void)
     run_blocked_steal(2, 16, 0);
     run_blocked_steal(1, 20, MEM_F_EXACT | POOL_F_SHARED_NONE);
     test_swap_at_limit();
+    test_exit_during_limit();
     run_prodcons(0);
     run_prodcons(Q_CAP + 2);
     DONE("test_pool_threads");
