@@ -7,7 +7,8 @@
 //! core touches); other threads take it only to steal an idle object when a
 //! pool is at its limit, to drain a pool (destroy, gc) or to count. That is
 //! what lets an allocation find idle objects in the cache of a thread that
-//! is blocked.
+//! is blocked. Objects leave a cache for the shared cache or the OS (eviction,
+//! thread exit, gc) under its lock, so such a search never misses them.
 //!
 //! Eviction is least-recently-used first: each pool's stack is ordered by
 //! recency, and each pool's slot is stamped when the thread last released
@@ -226,10 +227,11 @@ fn evict(tc: &ThreadCache, budget: usize) {
         let head = &mut local.heads[idx];
         let (chain, n) = detach_older_half(head);
         local.bytes -= n as usize * size;
-        tc.unlock();
+        // Released before unlocking: see `move_out`.
         // SAFETY: the objects left our cache but still count as out of the
         // pool's shared layer, so the pool cannot be destroyed under us.
         unsafe { (*pool).release_chain(chain) };
+        tc.unlock();
     }
 }
 
@@ -291,18 +293,35 @@ unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
     if tc.is_null() {
         return;
     }
-    caches().retain(|p| p.0 != tc);
-    // SAFETY: `tc` is out of the registry, so no other thread can reach
-    // it any more; this thread made it with Box::into_raw.
-    let tc = unsafe { Box::from_raw(tc as *mut ThreadCache) };
+    // SAFETY: registered, so alive; only this thread frees it, below.
+    let tcr = unsafe { &*tc };
     for idx in 0..MAX_POOLS {
-        let (chain, _) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
-        if !chain.is_null() {
+        move_out(tcr, idx, |chain| {
             let pool = SLOTS[idx].load(Ordering::Acquire);
-            // SAFETY: the pool holds its index while objects of it are cached.
+            // SAFETY: the pool holds its index while objects of it are cached,
+            // and the objects still count as out of its shared layer.
             unsafe { (*pool).release_chain(chain) };
-        }
+        });
     }
+    caches().retain(|p| p.0 != tc);
+    // SAFETY: out of the registry, so no other thread can reach it any more;
+    // this thread made it with Box::into_raw.
+    drop(unsafe { Box::from_raw(tc as *mut ThreadCache) });
+}
+
+/// Detaches every idle object of pool `idx` from `tc` and hands the chain to
+/// `f` before unlocking. A thread at a pool's limit looks for idle objects
+/// in every cache, then in the shared cache: objects moving from a cache to
+/// the shared cache (or to the OS) under the cache's lock are never out of
+/// its sight, so it cannot fail while idle objects exist.
+fn move_out(tc: &ThreadCache, idx: usize, f: impl FnOnce(*mut Link)) -> usize {
+    tc.with_head(idx, |h, local| {
+        let (chain, n) = detach_all(h, local, idx);
+        if !chain.is_null() {
+            f(chain);
+        }
+        n as usize
+    })
 }
 
 fn detach_all(head: &mut Head, local: &mut Local, idx: usize) -> (*mut Link, u32) {
@@ -344,7 +363,8 @@ pub(crate) fn steal(pool: &Pool) -> *mut u8 {
 }
 
 /// Detaches every idle object of `pool` from every thread's cache and hands
-/// each chain to `f`. Returns how many objects were detached.
+/// each chain to `f`, under that cache's lock (see `move_out`). Returns how
+/// many objects were detached.
 pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
     let idx = pool.cache_idx;
     if idx >= MAX_POOLS {
@@ -353,12 +373,7 @@ pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
     let mut total = 0;
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        let tc = unsafe { &*tc.0 };
-        let (chain, n) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
-        total += n as usize;
-        if !chain.is_null() {
-            f(chain);
-        }
+        total += move_out(unsafe { &*tc.0 }, idx, &mut f);
     }
     total
 }
