@@ -8,6 +8,9 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libbufpool.so.0");
+    // Never unmapped by dlclose: threads run our pthread key destructor (the
+    // thread cache's exit hook) when they exit, whenever that is.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
 
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -7,7 +7,8 @@
 //! core touches); other threads take it only to steal an idle object when a
 //! pool is at its limit, to drain a pool (destroy, gc) or to count. That is
 //! what lets an allocation find idle objects in the cache of a thread that
-//! is blocked.
+//! is blocked. Objects leave a cache for the shared cache or the OS (eviction,
+//! thread exit, gc) under its lock, so such a search never misses them.
 //!
 //! Eviction is least-recently-used first: each pool's stack is ordered by
 //! recency, and each pool's slot is stamped when the thread last released
@@ -21,7 +22,7 @@ use crate::sync::Spin;
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many pools can have a thread cache; the others work without one.
 pub(crate) const MAX_POOLS: usize = 256;
@@ -65,7 +66,22 @@ pub(crate) struct ThreadCache {
 
 thread_local! {
     static EXITED: Cell<bool> = const { Cell::new(false) };
-    static GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// The thread-exit hook: a pthread key whose value is the thread's cache.
+/// Not a Rust thread-local destructor: glibc runs those before the key
+/// destructors and never runs one registered later, so a cache first made
+/// while the thread exits (a C program freeing objects from its own key
+/// destructor) would never be given back. Key destructors run again when a
+/// destructor sets a key, which covers that case.
+static EXIT_KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+
+fn exit_key() -> Option<libc::pthread_key_t> {
+    *EXIT_KEY.get_or_init(|| {
+        let mut key = 0;
+        // SAFETY: `key` is a valid out-pointer and `on_thread_exit` has the destructor ABI.
+        (unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0).then_some(key)
+    })
 }
 
 /// The pointer to this thread's cache, in one thread-local word.
@@ -348,10 +364,11 @@ fn evict(tc: &ThreadCache, budget: usize) {
         let head = &mut local.heads[idx];
         let (chain, n) = detach_older_half(head);
         local.bytes -= n as usize * size;
-        tc.unlock();
+        // Released before unlocking: see `move_out`.
         // SAFETY: the objects left our cache but still count as out of the
         // pool's shared layer, so the pool cannot be destroyed under us.
         unsafe { (*pool).release_chain(chain) };
+        tc.unlock();
     }
 }
 
@@ -387,8 +404,10 @@ fn attach() -> *const ThreadCache {
         lock: AtomicU32::new(0),
         local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS + 1] }),
     }));
-    if GUARD.try_with(|_| ()).is_err() {
-        // Thread-local destructors are running: no cache for this thread.
+    // SAFETY: the key is live (never deleted); its destructor gets `tc` back.
+    let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.cast()) } == 0);
+    if !hooked {
+        // No exit hook: this thread works without a cache.
         // SAFETY: `tc` was never shared.
         drop(unsafe { Box::from_raw(tc) });
         return null();
@@ -398,30 +417,48 @@ fn attach() -> *const ThreadCache {
     tc
 }
 
-/// Gives a thread's cached objects back when the thread exits.
-struct ExitGuard;
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        EXITED.with(|e| e.set(true));
-        let tc = current::get();
-        current::set(null());
-        if tc.is_null() {
-            return;
-        }
-        caches().retain(|p| p.0 != tc);
-        // SAFETY: `tc` is out of the registry, so no other thread can reach
-        // it any more; this thread made it with Box::into_raw.
-        let tc = unsafe { Box::from_raw(tc as *mut ThreadCache) };
-        for idx in 0..MAX_POOLS {
-            let (chain, _) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
-            if !chain.is_null() {
-                let pool = SLOTS[idx].load(Ordering::Acquire);
-                // SAFETY: the pool holds its index while objects of it are cached.
-                unsafe { (*pool).release_chain(chain) };
-            }
-        }
+/// The key destructor: gives a thread's cached objects back when it exits.
+/// Objects the thread releases afterwards bypass the cache (`EXITED`).
+///
+/// # Safety
+/// Called by the C library at thread exit with the value `attach` set: this
+/// thread's registered cache, which no one else frees.
+unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
+    EXITED.with(|e| e.set(true));
+    current::set(null());
+    let tc: *const ThreadCache = tc.cast();
+    if tc.is_null() {
+        return;
     }
+    // SAFETY: registered, so alive; only this thread frees it, below.
+    let tcr = unsafe { &*tc };
+    for idx in 0..MAX_POOLS {
+        move_out(tcr, idx, |chain| {
+            let pool = SLOTS[idx].load(Ordering::Acquire);
+            // SAFETY: the pool holds its index while objects of it are cached,
+            // and the objects still count as out of its shared layer.
+            unsafe { (*pool).release_chain(chain) };
+        });
+    }
+    caches().retain(|p| p.0 != tc);
+    // SAFETY: out of the registry, so no other thread can reach it any more;
+    // this thread made it with Box::into_raw.
+    drop(unsafe { Box::from_raw(tc as *mut ThreadCache) });
+}
+
+/// Detaches every idle object of pool `idx` from `tc` and hands the chain to
+/// `f` before unlocking. A thread at a pool's limit looks for idle objects
+/// in every cache, then in the shared cache: objects moving from a cache to
+/// the shared cache (or to the OS) under the cache's lock are never out of
+/// its sight, so it cannot fail while idle objects exist.
+fn move_out(tc: &ThreadCache, idx: usize, f: impl FnOnce(*mut Link)) -> usize {
+    tc.with_head(idx, |h, local| {
+        let (chain, n) = detach_all(h, local, idx);
+        if !chain.is_null() {
+            f(chain);
+        }
+        n as usize
+    })
 }
 
 fn detach_all(head: &mut Head, local: &mut Local, idx: usize) -> (*mut Link, u32) {
@@ -463,7 +500,8 @@ pub(crate) fn steal(pool: &Pool) -> *mut u8 {
 }
 
 /// Detaches every idle object of `pool` from every thread's cache and hands
-/// each chain to `f`. Returns how many objects were detached.
+/// each chain to `f`, under that cache's lock (see `move_out`). Returns how
+/// many objects were detached.
 pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
     let idx = pool.cache_idx;
     if idx >= MAX_POOLS {
@@ -472,12 +510,7 @@ pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
     let mut total = 0;
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        let tc = unsafe { &*tc.0 };
-        let (chain, n) = tc.with_head(idx, |h, local| detach_all(h, local, idx));
-        total += n as usize;
-        if !chain.is_null() {
-            f(chain);
-        }
+        total += move_out(unsafe { &*tc.0 }, idx, &mut f);
     }
     total
 }

@@ -31,6 +31,8 @@ const SIZE_ROUND: usize = 16;
 /// Samples in the moving average of the need.
 const NEED_SAMPLES: usize = 1024;
 const NAME_LEN: usize = 32;
+/// Rounds of the search for room or an idle object at the limit.
+const LIMIT_ROUNDS: usize = 3;
 
 const ALGO_FLAGS: u32 = POOL_F_SHARED_XCHG | POOL_F_SHARED_LOCKED | POOL_F_SHARED_DWCAS | POOL_F_SHARED_NONE;
 const KNOWN_FLAGS: u32 = MEM_F_SHARED | MEM_F_EXACT | ALGO_FLAGS | POOL_F_NO_LOCAL_CACHE;
@@ -131,26 +133,33 @@ impl Pool {
     }
 
     /// Takes a new object from the OS, or, at the limit, any idle object.
+    ///
+    /// At the limit the search runs a few rounds: while it looks through one
+    /// cache, an idle object can appear in a cache it already looked at, or a
+    /// crowded release can free one to the OS and make room. It fails only
+    /// when every round found neither room nor an idle object.
     fn alloc_new_or_idle(&self) -> *mut u8 {
-        if self.reserve_one() {
-            let p = self.os_alloc();
-            if p.is_null() {
-                self.c.allocated.fetch_sub(1, Relaxed);
-                self.c.failed.fetch_add(1, Relaxed);
-            } else {
-                self.c.out.fetch_add(1, Relaxed);
+        for _ in 0..LIMIT_ROUNDS {
+            if self.reserve_one() {
+                let p = self.os_alloc();
+                if p.is_null() {
+                    self.c.allocated.fetch_sub(1, Relaxed);
+                    self.c.failed.fetch_add(1, Relaxed);
+                } else {
+                    self.c.out.fetch_add(1, Relaxed);
+                }
+                return p;
             }
-            return p;
-        }
-        // At the limit, idle objects must not make us fail, wherever they sit.
-        let p = cache::steal(self);
-        if !p.is_null() {
-            return p; // it was already counted out
-        }
-        let p = self.shared.pop();
-        if !p.is_null() {
-            self.c.out.fetch_add(1, Relaxed);
-            return p.cast();
+            // At the limit, idle objects must not make us fail, wherever they sit.
+            let p = cache::steal(self);
+            if !p.is_null() {
+                return p; // it was already counted out
+            }
+            let p = self.shared.pop();
+            if !p.is_null() {
+                self.c.out.fetch_add(1, Relaxed);
+                return p.cast();
+            }
         }
         self.c.failed.fetch_add(1, Relaxed);
         null_mut()
