@@ -90,7 +90,10 @@ for size in $sizes; do
         callgrind "$so" pool "$size" "so-$size"
         callgrind "$a" pool "$size" "a-$size"
         callgrind "$so" malloc "$size" "malloc-$size"
-        i_so=$(per_pair "so-$size") i_a=$(per_pair "a-$size") i_m=$(per_pair "malloc-$size")
+        # One assignment a line: set -e sees each substitution's failure.
+        i_so=$(per_pair "so-$size")
+        i_a=$(per_pair "a-$size")
+        i_m=$(per_pair "malloc-$size")
     fi
 
     echo
