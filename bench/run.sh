@@ -115,9 +115,15 @@ for size in $sizes; do
     tls=$(by_function "so-$size" | awk '$1 == "__tls_get_addr" { print $2 }')
     sites=$(objdump -d --no-show-raw-insn "$lib" | awk '/^[0-9a-f]+ <pool_(alloc|free)>:$/ { on = 1; next } /^$/ { on = 0 } on && /call.*__tls_get_addr/ { n++ } END { print n + 0 }')
     echo "TLS: .so: $(tls_shape "$lib"); .a: $(tls_shape "$a")."
-    echo "TLS: the .so pair costs $(awk -v x="$i_so" -v y="$i_a" 'BEGIN { printf "%.1f", x - y }') instr more than the .a pair:" \
-         "${tls:-0} inside __tls_get_addr ($(awk -v t="${tls:-0}" -v n="$sites" 'BEGIN { if (n > 0) printf "%.1f", t / n; else print 0 }') a call, $sites call sites in pool_alloc + pool_free), the rest its call sequence (lea, call, PLT jump)" \
-         "and the caller's PLT jumps into the .so; the .a's TLS loads were relaxed to local-exec by the linker."
+    diff=$(awk -v x="$i_so" -v y="$i_a" 'BEGIN { printf "%.1f", x - y }')
+    if [ "$sites" -gt 0 ]; then
+        echo "TLS: the .so pair costs $diff instr more than the .a pair: ${tls:-0} inside __tls_get_addr" \
+             "($(awk -v t="${tls:-0}" -v n="$sites" 'BEGIN { printf "%.1f", t / n }') a call, $sites call sites in pool_alloc + pool_free)," \
+             "the rest its call sequence and the caller's PLT jumps into the .so."
+    else
+        echo "TLS: no __tls_get_addr call: the .so reads its initial-exec TLS slot with 2 instructions (GOT offset + %fs load);" \
+             "the .so pair costs $diff instr more than the .a pair, the caller's PLT jumps into the .so."
+    fi
     if awk -v x="$i_so" -v t="$target" 'BEGIN { exit !(x <= t) }'; then
         echo "target <= $target instr/pair through the .so: met ($i_so)"
     else
