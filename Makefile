@@ -25,7 +25,16 @@ LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
 C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c bench demo install clean
+# Real musl: the race harness and the demo are also linked statically with
+# musl-gcc against libbufpool.a (built for the GNU target; tools/musl-stubs.c
+# fills in the few glibc names the Rust runtime mentions).
+MUSLCC   ?= musl-gcc
+MUSL_LD  := -static -Wl,--gc-sections tools/musl-stubs.c $(ARCHIVE)
+HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
+NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
+DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
+
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools bench demo install clean
 
 all: lib header
 
@@ -64,6 +73,27 @@ $(BINDIR)/test_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
 	@mkdir -p $(BINDIR)
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDSO)
 
+$(BINDIR)/test_race: c_tests/race.h
+
+$(BINDIR)/test_race.musl: c_tests/test_race.c c_tests/race.h c_tests/harness.h tools/musl-stubs.c $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(MUSLCC) $(CFLAGS_ALL) $< $(MUSL_LD) -o $@
+
+$(BINDIR)/race_demo $(BINDIR)/throughput: $(BINDIR)/%: demo/%.c c_tests/race.h $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(CC) $(DEMO_CFLAGS) $< -o $@ $(LDSO)
+
+$(BINDIR)/race_demo.musl $(BINDIR)/throughput.musl: $(BINDIR)/%.musl: demo/%.c c_tests/race.h tools/musl-stubs.c $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(MUSLCC) $(DEMO_CFLAGS) $< $(MUSL_LD) -o $@
+
+# Installs musl-gcc when missing, if we are root with apt-get; else nothing.
+musl-tools:
+	@$(HAVE_MUSL) || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || { \
+	  echo "musl: installing musl-tools for $(MUSLCC)"; \
+	  apt-get install -y -q musl-tools >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q musl-tools >/dev/null 2>&1; } || true; }
+
 test-rust:
 	$(CARGO) test --release
 
@@ -76,14 +106,28 @@ test-c: $(C_TESTS)
 	  if $$t; then pass=$$((pass+1)); else echo "FAIL: $$t"; fail=$$((fail+1)); fi; \
 	done; echo "c_tests: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
-test: check-header check-symbols test-rust test-loom test-c
+# The race harness again, on real musl (static), when musl-gcc is there.
+test-musl: lib musl-tools
+	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
+	else $(NO_MUSL_MSG); fi
+
+test: check-header check-symbols test-rust test-loom test-c test-musl
 	@echo "make test: all passed"
 
 bench: lib
 	@$(MAKE) --no-print-directory -f bench/bench.mk
 
-demo: lib
-	@echo "make demo comes with the race issue"
+# The main job: the race of seed 004 from C on each algorithm, then the
+# throughput table; on glibc (mmap threshold fixed at 128 KB) and on musl.
+DEMO_RUNS    ?= 5
+DEMO_SECONDS ?= 1
+DEMO_CELL    ?= 0.2
+demo: lib musl-tools $(BINDIR)/race_demo $(BINDIR)/throughput
+	@$(BINDIR)/race_demo $(DEMO_RUNS) $(DEMO_SECONDS)
+	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory -s $(BINDIR)/race_demo.musl $(BINDIR)/throughput.musl >/dev/null && \
+	  $(BINDIR)/race_demo.musl $(DEMO_RUNS) $(DEMO_SECONDS); else $(NO_MUSL_MSG); fi
+	@$(BINDIR)/throughput $(DEMO_CELL)
+	@if $(HAVE_MUSL); then $(BINDIR)/throughput.musl $(DEMO_CELL); fi
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -34,19 +34,25 @@
 #define POOL_F_SHARED_XCHG 16
 
 /**
- * Shared-cache algorithm: a lock around the list.
+ * Shared-cache algorithm: a spin lock around the list (waiters back off to
+ * `sched_yield()`). Immune to the read-after-unmap race; the reference the
+ * others are compared with.
  */
 #define POOL_F_SHARED_LOCKED 32
 
 /**
- * Shared-cache algorithm: the old lock-free list (pointer + counter,
- * double-width CAS). Racy when objects go back to the OS: kept only to
- * reproduce that bug and to compare speed.
+ * Shared-cache algorithm: the old lock-free list (pointer + pop counter,
+ * swapped by one double-width CAS, `cmpxchg16b`). The counter stops ABA,
+ * not the read of a popped object's link from memory another thread may
+ * already have freed to the OS: with an allocator that unmaps large blocks
+ * at once (musl) it crashes. Kept ONLY to reproduce that bug (`make demo`)
+ * and to compare speed. On CPUs other than x86-64 with `cmpxchg16b`, the
+ * pool gets `POOL_F_SHARED_LOCKED` instead.
  */
 #define POOL_F_SHARED_DWCAS 64
 
 /**
- * Shared-cache algorithm: none; released objects go back to the OS.
+ * Shared-cache algorithm: none; released objects go back to the OS at once.
  */
 #define POOL_F_SHARED_NONE 128
 

@@ -18,7 +18,8 @@ static ENV_ONCE: Once = Once::new();
 const HELP: &str = "bufpool: BUFPOOL_DEBUG takes a comma-separated list of:\n\
   no-cache         pools created afterwards get no thread cache\n\
   no-global        pools created afterwards get no shared cache\n\
-  race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link\n\
+  race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link,\n\
+                   in every shared-cache algorithm (DWCAS then crashes when objects go to the OS)\n\
   help             print this list\n";
 
 /// Reads `BUFPOOL_DEBUG` once. Called at every entry that creates state.

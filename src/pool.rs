@@ -14,7 +14,7 @@ use crate::ffi::{
     MEM_F_EXACT, MEM_F_SHARED, POOL_F_NO_LOCAL_CACHE, POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE,
     POOL_F_SHARED_XCHG,
 };
-use crate::shared::{next_of, xchg::XchgList, Link, Shared};
+use crate::shared::{next_of, Link, Shared};
 use crossbeam_utils::CachePadded;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -367,10 +367,7 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
     let shared = if debug::no_global() {
         Shared::None
     } else {
-        match algo {
-            POOL_F_SHARED_NONE => Shared::None,
-            _ => Shared::Xchg(XchgList::new()),
-        }
+        Shared::for_flag(algo)
     };
     let mut stored = [0u8; NAME_LEN];
     let n = name.len().min(NAME_LEN - 1);

@@ -15,13 +15,19 @@ pub const MEM_F_EXACT: u32 = 0x2;
 /// a self-locked head, taken by exchanging it with a busy marker. Immune to
 /// the read-after-unmap race of the lock-free list.
 pub const POOL_F_SHARED_XCHG: u32 = 0x10;
-/// Shared-cache algorithm: a lock around the list.
+/// Shared-cache algorithm: a spin lock around the list (waiters back off to
+/// `sched_yield()`). Immune to the read-after-unmap race; the reference the
+/// others are compared with.
 pub const POOL_F_SHARED_LOCKED: u32 = 0x20;
-/// Shared-cache algorithm: the old lock-free list (pointer + counter,
-/// double-width CAS). Racy when objects go back to the OS: kept only to
-/// reproduce that bug and to compare speed.
+/// Shared-cache algorithm: the old lock-free list (pointer + pop counter,
+/// swapped by one double-width CAS, `cmpxchg16b`). The counter stops ABA,
+/// not the read of a popped object's link from memory another thread may
+/// already have freed to the OS: with an allocator that unmaps large blocks
+/// at once (musl) it crashes. Kept ONLY to reproduce that bug (`make demo`)
+/// and to compare speed. On CPUs other than x86-64 with `cmpxchg16b`, the
+/// pool gets `POOL_F_SHARED_LOCKED` instead.
 pub const POOL_F_SHARED_DWCAS: u32 = 0x40;
-/// Shared-cache algorithm: none; released objects go back to the OS.
+/// Shared-cache algorithm: none; released objects go back to the OS at once.
 pub const POOL_F_SHARED_NONE: u32 = 0x80;
 /// Pool flag: no thread-local cache for this pool.
 pub const POOL_F_NO_LOCAL_CACHE: u32 = 0x100;

@@ -4,7 +4,17 @@
 //!
 //! Every algorithm threads its list through the first word of each idle
 //! object (a [`Link`]), so an idle object costs no memory besides itself.
+//!
+//! Each list calls [`crate::debug::race_window`] between reading its head
+//! and reading the link of the object the head names: the window in which
+//! the lock-free list of seed 004 can read freed memory. The self-locked
+//! and locked lists own the list at that point, so widening it only slows
+//! them down; the DWCAS list does not, and crashes. `None` has no list and
+//! no link to read, so no window.
 
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+pub(crate) mod dwcas;
+pub(crate) mod locked;
 pub(crate) mod xchg;
 
 use crate::sync::RawCell;
@@ -40,6 +50,11 @@ pub(crate) unsafe fn set_next(l: *mut Link, n: *mut Link) {
 pub(crate) enum Shared {
     /// Self-locked head (seed 004): the default.
     Xchg(xchg::XchgList),
+    /// A lock around the list.
+    Locked(locked::LockedList),
+    /// The racy lock-free list, for reproduction and comparison only.
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    Dwcas(dwcas::DwcasList),
     /// No shared cache: released objects go back to the OS at once.
     None,
 }
@@ -50,6 +65,9 @@ impl Shared {
     pub(crate) fn pop(&self) -> *mut Link {
         match self {
             Shared::Xchg(l) => l.pop(),
+            Shared::Locked(l) => l.pop(),
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(l) => l.pop(),
             Shared::None => core::ptr::null_mut(),
         }
     }
@@ -64,6 +82,11 @@ impl Shared {
         match self {
             // SAFETY: forwarded caller guarantee.
             Shared::Xchg(l) => unsafe { l.push(item) },
+            // SAFETY: forwarded caller guarantee.
+            Shared::Locked(l) => unsafe { l.push(item) },
+            // SAFETY: forwarded caller guarantee.
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(l) => unsafe { l.push(item) },
             Shared::None => return false,
         }
         true
@@ -74,6 +97,9 @@ impl Shared {
     pub(crate) fn take_all(&self) -> *mut Link {
         match self {
             Shared::Xchg(l) => l.take_all(),
+            Shared::Locked(l) => l.take_all(),
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(l) => l.take_all(),
             Shared::None => core::ptr::null_mut(),
         }
     }
@@ -81,7 +107,152 @@ impl Shared {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Shared::Xchg(_) => "xchg",
+            Shared::Locked(_) => "locked",
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(_) => "dwcas",
             Shared::None => "none",
+        }
+    }
+}
+
+impl Shared {
+    /// The list for the algorithm flag `algo` (one `POOL_F_SHARED_*`, or 0
+    /// for the default). DWCAS needs x86-64 with `cmpxchg16b`; elsewhere,
+    /// and in loom builds, it falls back to the locked list.
+    pub(crate) fn for_flag(algo: u32) -> Shared {
+        use crate::ffi::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE};
+        match algo {
+            POOL_F_SHARED_NONE => Shared::None,
+            POOL_F_SHARED_LOCKED => Shared::Locked(locked::LockedList::new()),
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            POOL_F_SHARED_DWCAS => match dwcas::DwcasList::new() {
+                Some(l) => Shared::Dwcas(l),
+                None => Shared::Locked(locked::LockedList::new()),
+            },
+            #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+            POOL_F_SHARED_DWCAS => Shared::Locked(locked::LockedList::new()),
+            _ => Shared::Xchg(xchg::XchgList::new()),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ffi::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE, POOL_F_SHARED_XCHG};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const LISTS: [u32; 3] = [POOL_F_SHARED_XCHG, POOL_F_SHARED_LOCKED, POOL_F_SHARED_DWCAS];
+
+    /// A test object: the link, then an owner word.
+    #[repr(C)]
+    struct Obj {
+        link: Link,
+        owner: AtomicUsize,
+    }
+
+    fn objs(n: usize) -> Vec<*mut Link> {
+        (0..n)
+            .map(|_| Box::into_raw(Box::new(Obj { link: Link { next: RawCell::new(core::ptr::null_mut()) }, owner: AtomicUsize::new(0) })).cast())
+            .collect()
+    }
+
+    fn free(v: Vec<*mut Link>) {
+        for p in v {
+            // SAFETY: made by Box::into_raw in `objs`, in no list any more.
+            drop(unsafe { Box::from_raw(p.cast::<Obj>()) });
+        }
+    }
+
+    #[test]
+    fn each_list_is_lifo_and_take_all_detaches_it() {
+        for flag in LISTS {
+            let s = Shared::for_flag(flag);
+            let o = objs(3);
+            for &p in &o {
+                // SAFETY: ours, in no list.
+                assert!(unsafe { s.push(p) }, "{}", s.name());
+            }
+            assert_eq!(s.pop(), o[2], "{}", s.name());
+            assert_eq!(s.pop(), o[1]);
+            assert_eq!(s.pop(), o[0]);
+            assert!(s.pop().is_null());
+            // SAFETY: ours, in no list.
+            unsafe { assert!(s.push(o[0]) && s.push(o[1])) };
+            let chain = s.take_all();
+            assert_eq!(chain, o[1]);
+            // SAFETY: the detached chain is ours.
+            unsafe { assert_eq!(next_of(chain), o[0]) };
+            // SAFETY: as above.
+            unsafe { assert!(next_of(o[0]).is_null()) };
+            assert!(s.pop().is_null() && s.take_all().is_null());
+            free(o);
+        }
+    }
+
+    #[test]
+    fn flags_pick_their_algorithm() {
+        assert_eq!(Shared::for_flag(0).name(), "xchg");
+        assert_eq!(Shared::for_flag(POOL_F_SHARED_XCHG).name(), "xchg");
+        assert_eq!(Shared::for_flag(POOL_F_SHARED_LOCKED).name(), "locked");
+        assert_eq!(Shared::for_flag(POOL_F_SHARED_NONE).name(), "none");
+        let dw = if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("cmpxchg16b") {
+            "dwcas"
+        } else {
+            "locked"
+        };
+        assert_eq!(Shared::for_flag(POOL_F_SHARED_DWCAS).name(), dw);
+        let none = Shared::for_flag(POOL_F_SHARED_NONE);
+        let o = objs(1);
+        // SAFETY: ours, in no list.
+        assert!(!unsafe { none.push(o[0]) });
+        assert!(none.pop().is_null());
+        free(o);
+    }
+
+    /// Objects stay mapped here, so even DWCAS must never hand one object to
+    /// two threads at once (its counter stops ABA), nor lose one.
+    #[test]
+    fn threads_never_hold_the_same_object() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        for flag in LISTS {
+            let s = Shared::for_flag(flag);
+            let o = objs(THREADS * 2);
+            for &p in &o {
+                // SAFETY: ours, in no list.
+                unsafe { s.push(p) };
+            }
+            let clashes = AtomicUsize::new(0);
+            std::thread::scope(|sc| {
+                for t in 1..=THREADS {
+                    let (s, clashes) = (&s, &clashes);
+                    sc.spawn(move || {
+                        for _ in 0..ROUNDS {
+                            let p = s.pop();
+                            if p.is_null() {
+                                continue;
+                            }
+                            // SAFETY: popped objects are live `Obj`s (freed only at the end).
+                            let obj = unsafe { &*p.cast::<Obj>() };
+                            // Relaxed: the swap itself detects a second holder.
+                            if obj.owner.swap(t, Ordering::Relaxed) != 0 {
+                                clashes.fetch_add(1, Ordering::Relaxed);
+                            }
+                            obj.owner.store(0, Ordering::Relaxed);
+                            // SAFETY: we hold `p` and it is in no list.
+                            unsafe { s.push(p) };
+                        }
+                    });
+                }
+            });
+            assert_eq!(clashes.load(Ordering::Relaxed), 0, "{}", s.name());
+            let mut n = 0;
+            while !s.pop().is_null() {
+                n += 1;
+            }
+            assert_eq!(n, o.len(), "{}: objects lost", s.name());
+            free(o);
         }
     }
 }
