@@ -24,8 +24,10 @@ LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
 C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
+# The C harnesses that TSan runs: the threaded ones and the seed scenarios.
+TSAN_TESTS := $(patsubst c_tests/test_%.c,$(BINDIR)/tsan_%,$(wildcard c_tests/test_dynbuf_*.c c_tests/test_00[0-3]_*.c))
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-tsan bench demo install clean
 
 all: lib header
 
@@ -64,6 +66,19 @@ $(BINDIR)/test_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
 	@mkdir -p $(BINDIR)
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDSO)
 
+# The same harnesses built with -fsanitize=thread. Only the C side is
+# instrumented: the Rust library is the ordinary build, so TSan checks the
+# harnesses' own memory and the callbacks' accesses to their entities, not
+# the library's internals (its locking is invisible to TSan).
+$(BINDIR)/tsan_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(CC) $(CFLAGS_ALL) -O1 -fsanitize=thread $< -o $@ $(LDSO)
+
+test-tsan: $(TSAN_TESTS)
+	@pass=0; fail=0; for t in $(TSAN_TESTS); do \
+	  if TSAN_OPTIONS="halt_on_error=1 exitcode=66 $$TSAN_OPTIONS" $$t >/dev/null; then pass=$$((pass+1)); else echo "FAIL (tsan): $$t"; fail=$$((fail+1)); fi; \
+	done; echo "TSan harnesses: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
 test-rust:
 	$(CARGO) test --release
 
@@ -76,7 +91,7 @@ test-c: $(C_TESTS)
 	  if $$t; then pass=$$((pass+1)); else echo "FAIL: $$t"; fail=$$((fail+1)); fi; \
 	done; echo "C harnesses: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
 
-test: check-header check-symbols test-rust test-loom test-c
+test: check-header check-symbols test-rust test-loom test-c test-tsan
 	@echo "make test: all passed"
 
 bench: lib
