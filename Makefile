@@ -50,7 +50,7 @@ header: lib
 # it does not compile as pedantic C99 and as C++.
 check-header: lib
 	@cmp -s $(TARGET)/bufpool.h $(HEADER) || { echo "FAIL: $(HEADER) is stale: run 'make header' and commit it"; diff -u $(HEADER) $(TARGET)/bufpool.h | head -40; exit 1; }
-	@printf '#include "bufpool.h"\nint main(void){return 0;}\n' > build/hdr.c
+	@printf '#include "bufpool.h"\nstatic struct buffer s = BUF_NULL_INIT;\nint main(void){struct buffer b = BUF_NULL; return (int)(b.size + s.size);}\n' > build/hdr.c
 	@$(CC) -std=c99 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdr.o
 	@g++ -x c++ -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdrpp.o
 	@echo "header: up to date, compiles as C99 and C++"

@@ -11,8 +11,10 @@
  * A failed allocation queues the session in the buffer wait queue; its
  * callback wakes the session's task (puts it in the run queue).
  *
- * With a limit of 6 buffers and 10000 sessions, arriving all at once or
- * one per scheduler turn, every session completes. With margin 0 for requests, the request buffers eat
+ * With a limit of 6 buffers and 10000 sessions, arriving all at once, one
+ * per scheduler turn (overload: a session takes 4 turns), or at random
+ * with a chance of 20% a turn (80% load, so queues come and go), every
+ * session completes. With margin 0 for requests, the request buffers eat
  * every buffer while the session holding the server waits for a response
  * buffer: the run queue drains with sessions left, the deadlock the reserve
  * exists for, and the harness must see it. Without a limit every session
@@ -150,10 +152,13 @@ static void process_session(struct session *s)
 }
 
 /* Runs NSESS sessions to the end or to a deadlock (run queue empty with
- * every session arrived and some left). `per_turn` sessions arrive before
- * each task runs (NSESS: all at once). Returns the number completed. */
-static unsigned long run(unsigned limit, int margin, int per_turn)
+ * every session arrived and some left). Before each turn, `per_turn`
+ * sessions arrive with a chance of `pct` percent (NSESS, 100: all at once),
+ * drawn from a fixed pseudo-random sequence. Returns the number completed. */
+static unsigned long run(unsigned limit, int margin, int per_turn, int pct)
 {
+    unsigned long rng = 12345;
+
     CHECK_EQ(dynbuf_init(BUFSIZE, RESERVED, limit), 0);
     req_margin = margin;
     rq_head = rq_len = sq_head = sq_len = 0;
@@ -171,9 +176,13 @@ static unsigned long run(unsigned limit, int margin, int per_turn)
         buffer_wait_init(&s->bw, s, session_buf_available);
     }
     int arrived = 0;
-    while (rq_len || arrived < NSESS) {
-        for (int k = 0; k < per_turn && arrived < NSESS; k++)
+    for (unsigned long t = 0; rq_len || arrived < NSESS; t++) {
+        rng = rng * 6364136223846793005UL + 1442695040888963407UL;
+        int arrive = pct >= 100 || (int)((rng >> 33) % 100) < pct;
+        for (int k = 0; arrive && k < per_turn && arrived < NSESS; k++)
             task_wakeup(&sess[arrived++]);
+        if (!rq_len)
+            continue;                       /* idle turn: wait for arrivals */
         struct session *s = &sess[runq[rq_head]];
         rq_head = (rq_head + 1) % NSESS;
         rq_len--;
@@ -200,9 +209,9 @@ static void cleanup(void)
 
 struct figures { unsigned long wakeups, failures, refailures; };
 
-static struct figures limited_run(int per_turn)
+static struct figures limited_run(int per_turn, int pct)
 {
-    unsigned long done = run(LIMIT, RESERVED, per_turn);
+    unsigned long done = run(LIMIT, RESERVED, per_turn, pct);
     struct figures f = { wakeups, buf_failures, refailures };
 
     CHECK_EQ(done, NSESS);
@@ -215,9 +224,9 @@ static struct figures limited_run(int per_turn)
     return f;
 }
 
-static unsigned long unlimited_run(int per_turn)
+static unsigned long unlimited_run(int per_turn, int pct)
 {
-    unsigned long done = run(0, RESERVED, per_turn);
+    unsigned long done = run(0, RESERVED, per_turn, pct);
 
     CHECK_EQ(done, NSESS);
     CHECK_EQ(wakeups, 4UL * NSESS);         /* four steps, never a failure */
@@ -236,10 +245,10 @@ int main(void)
         DONE("test_001_proxy_reserve");
 
     /* Limited, requests leave the reserve: everyone completes. */
-    struct figures burst = limited_run(NSESS), steady = limited_run(1);
+    struct figures burst = limited_run(NSESS, 100), steady = limited_run(1, 100), paced = limited_run(1, 20);
 
     /* Limited, requests take the reserve too: the deadlock must show. */
-    unsigned long done = run(LIMIT, 0, NSESS);
+    unsigned long done = run(LIMIT, 0, NSESS, 100);
     CHECK(done < NSESS);
     int stuck_resp = 0;
     for (int i = 0; i < NSESS; i++)
@@ -251,13 +260,16 @@ int main(void)
     cleanup();
 
     /* Unlimited: the reference. */
-    unsigned long ref_burst = unlimited_run(NSESS), ref_steady = unlimited_run(1);
+    unsigned long ref_burst = unlimited_run(NSESS, 100), ref_steady = unlimited_run(1, 100),
+                  ref_paced = unlimited_run(1, 20);
 
     printf("wake-ups per session, %d sessions, limit %d buffers, reserve %d:\n", NSESS, LIMIT, RESERVED);
     printf("  all arrive at once:  limited %.3f (%lu failed allocations, %lu after a wake-up), unlimited %.3f\n",
            (double)burst.wakeups / NSESS, burst.failures, burst.refailures, (double)ref_burst / NSESS);
     printf("  one arrival a turn:  limited %.3f (%lu failed allocations, %lu after a wake-up), unlimited %.3f\n",
            (double)steady.wakeups / NSESS, steady.failures, steady.refailures, (double)ref_steady / NSESS);
+    printf("  random, 80%% load:    limited %.3f (%lu failed allocations, %lu after a wake-up), unlimited %.3f\n",
+           (double)paced.wakeups / NSESS, paced.failures, paced.refailures, (double)ref_paced / NSESS);
     free(sess);
     free(runq);
     free(srvq);

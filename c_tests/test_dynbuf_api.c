@@ -111,6 +111,25 @@ static int slow_cb(void *target)
     return 0;
 }
 
+/* A callback that waits, while it runs, for main to queue its waiter again. */
+static atomic_int requeue_running, requeue_done;
+
+static int requeue_cb(void *target)
+{
+    (void)target;
+    atomic_store(&requeue_running, 1);
+    while (!atomic_load(&requeue_done))
+        sched_yield();                      /* main never blocks before setting it */
+    return 1;
+}
+
+/* A callback that queues itself again and says it was woken. */
+static int self_requeue_cb(void *target)
+{
+    CHECK_EQ(b_queue(target), 1);
+    return 1;
+}
+
 static void *offerer(void *arg)
 {
     (void)arg;
@@ -267,6 +286,30 @@ int main(void)
     CHECK_EQ(atomic_load(&cb_finished), 1);  /* it returned before we did */
     CHECK(!b_is_queued(&w[0]));              /* and its 0 did not keep it */
     CHECK(pthread_join(th, NULL) == 0);
+
+    /* Queued again while its callback runs on another thread: the
+     * callback's non-zero return must not undo that queueing. */
+    reset_waiters();
+    buffer_wait_init(&w[0], &w[0], requeue_cb);
+    b_queue(&w[0]);
+    b_queue(&w[1]);
+    CHECK(pthread_create(&th, NULL, offerer, NULL) == 0);
+    while (!atomic_load(&requeue_running))
+        sched_yield();                      /* the offerer never blocks before setting it */
+    CHECK_EQ(b_queue(&w[0]), 1);
+    atomic_store(&requeue_done, 1);
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK(b_is_queued(&w[0]));              /* still waiting: not lost */
+    /* Queued again by its own callback: to the tail, visited once per offer. */
+    reset_waiters();
+    buffer_wait_init(&w[2], &w[2], self_requeue_cb);
+    b_queue(&w[2]);
+    b_queue(&w[0]);
+    offer_buffers(NULL, 0);
+    { int want[] = { 0 }; CHECK(logged(want, 1)); }
+    CHECK(b_is_queued(&w[2]) && !b_is_queued(&w[0]));
+    b_dequeue(&w[2]);
+    CHECK(!b_is_queued(&w[2]));
 
     /* Classes: the most critical first, FIFO within; the refusal rule. */
     reset_waiters();

@@ -134,6 +134,12 @@ pub(crate) unsafe fn init(w: *mut BufferWait, target: *mut c_void, cb: Option<un
     }
 }
 
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WaitQueue {
     pub fn new() -> Self {
         WaitQueue { state: Mutex::new(EMPTY), done: Condvar::new(), map: AtomicU32::new(0) }

@@ -68,6 +68,11 @@ pub extern "C" fn dynbuf_init(bufsize: usize, reserved_bufs: c_uint, limit: c_ui
     }
 }
 
+/// Converts a waiter pointer from C; None for NULL.
+fn waiter(bw: *mut BufferWait) -> Option<*mut BufferWait> {
+    (!bw.is_null()).then_some(bw)
+}
+
 /// Converts a buffer pointer from C.
 fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
     // SAFETY: a non-null `buf` is a valid `struct buffer` the caller lets us
@@ -147,12 +152,13 @@ pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
 /// `struct buffer_wait` (static, calloc) is a valid unqueued waiter too.
 /// Must not be called on a queued waiter. NULL `bw`: no-op.
 #[no_mangle]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // `target` is stored, never dereferenced by us
 pub extern "C" fn buffer_wait_init(
     bw: *mut BufferWait,
     target: *mut c_void,
     wakeup_cb: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
 ) {
-    if !bw.is_null() {
+    if let Some(bw) = waiter(bw) {
         // SAFETY: a non-null `bw` is writable and not queued (C contract).
         unsafe { waitq::init(bw, target, wakeup_cb) }
     }
@@ -170,12 +176,12 @@ pub extern "C" fn buffer_wait_init(
 /// freeing it.
 #[no_mangle]
 pub extern "C" fn b_queue_crit(crit: c_uint, bw: *mut BufferWait) -> c_int {
-    if bw.is_null() || crit as usize >= CLASSES {
-        return 0;
+    match waiter(bw) {
+        // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter that
+        // its owner dequeues before freeing (C contract).
+        Some(bw) if (crit as usize) < CLASSES => unsafe { waitq::global().queue(crit as usize, bw) as c_int },
+        _ => 0,
     }
-    // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter that its
-    // owner dequeues before freeing (C contract).
-    unsafe { waitq::global().queue(crit as usize, bw) as c_int }
 }
 
 /// `b_queue_crit(DB_CHANNEL, bw)`.
@@ -193,7 +199,7 @@ pub extern "C" fn b_queue(bw: *mut BufferWait) -> c_int {
 /// dequeues yours: each would wait for the other. NULL: no-op.
 #[no_mangle]
 pub extern "C" fn b_dequeue(bw: *mut BufferWait) {
-    if !bw.is_null() {
+    if let Some(bw) = waiter(bw) {
         // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter (C contract).
         unsafe { waitq::global().dequeue(bw) }
     }
@@ -202,11 +208,11 @@ pub extern "C" fn b_dequeue(bw: *mut BufferWait) {
 /// 1 if `bw` is queued (its callback running or not), else 0 (NULL too).
 #[no_mangle]
 pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
-    if bw.is_null() {
-        return 0;
+    match waiter(bw.cast_mut()) {
+        // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter (C contract).
+        Some(bw) => unsafe { waitq::global().is_queued(bw) as c_int },
+        None => 0,
     }
-    // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter (C contract).
-    unsafe { waitq::global().is_queued(bw) as c_int }
 }
 
 /// Wakes waiters, most critical class first and FIFO within a class, while
