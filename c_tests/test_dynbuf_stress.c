@@ -33,6 +33,7 @@
 struct entity {
     atomic_int armed;      /* a queueing not yet answered */
     atomic_int magic;      /* ALIVE while the object exists */
+    atomic_int cb_active;  /* callbacks running on it */
     int owner;
     int waiting;           /* owner's view: queued and not yet seen woken */
     unsigned crit;
@@ -51,8 +52,16 @@ static int entity_wakeup(void *target)
 {
     struct entity *e = target;
 
-    if (atomic_load(&e->magic) != ALIVE || !atomic_exchange(&e->armed, 0)) {
+    /* An atomic load first: TSan orders calloc's zeroing before it through
+     * entity_new's store (TSan checks a read-modify-write before acquiring). */
+    if (atomic_load(&e->magic) != ALIVE) {
         atomic_fetch_add(&violations, 1);
+        return 1;
+    }
+    atomic_fetch_add(&e->cb_active, 1);
+    if (!atomic_exchange(&e->armed, 0)) {
+        atomic_fetch_add(&violations, 1);
+        atomic_fetch_sub(&e->cb_active, 1);
         return 1;
     }
     atomic_fetch_add(&cb_wakes, 1);
@@ -61,6 +70,9 @@ static int entity_wakeup(void *target)
     sched_yield();
     if (atomic_load(&e->magic) != ALIVE)
         atomic_fetch_add(&violations, 1);
+    /* The last access to the entity: the owner's check after b_dequeue
+     * reads it (and it orders this callback before free() for TSan). */
+    atomic_fetch_sub(&e->cb_active, 1);
     if (cb_depth == 0) {
         /* Re-entrancy: allocate, free and offer from inside a callback. */
         struct buffer tmp = BUF_NULL;
@@ -85,6 +97,7 @@ static struct entity *entity_new(int owner, unsigned crit)
      * `magic` reads this store, which orders calloc's zeroing before it for
      * TSan (the library's own locking is invisible to it: not instrumented). */
     atomic_store(&e->armed, 0);
+    atomic_store(&e->cb_active, 0);
     atomic_store(&e->magic, ALIVE);
     e->owner = owner;
     e->crit = crit;
@@ -105,6 +118,8 @@ static void entity_dequeue(struct entity *e)
 static void entity_destroy(struct entity *e)
 {
     entity_dequeue(e);
+    if (atomic_load(&e->cb_active) != 0)    /* a callback still running */
+        atomic_fetch_add(&violations, 1);
     b_free(&e->buf);
     atomic_store(&e->magic, 0);
     free(e);
