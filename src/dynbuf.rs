@@ -55,9 +55,9 @@ static INIT: Mutex<()> = Mutex::new(());
 
 /// The buffer pool once `init` ran.
 pub(crate) fn buffer_pool<'a>() -> Option<&'a Pool> {
-    // SAFETY: a non-null POOL is a pool created by `init`; the buffer pool is
-    // never destroyed by the library (pool_destroy refuses it while in use,
-    // and C must not destroy it otherwise: documented in the header).
+    // SAFETY: a non-null POOL is a pool created by `init`. The library never
+    // destroys it; C must not either, and calls no buffer function after
+    // `pool_destroy_all` (documented at `pool_head_buffer`).
     unsafe { POOL.load(Ordering::Acquire).as_ref() }
 }
 

@@ -36,7 +36,8 @@ pub const DB_F_NOQUEUE: u32 = 0x100;
 
 /// The buffer pool, set by `dynbuf_init` (NULL before). Read it, never
 /// write it; it may be passed to the `pool_*` functions (`pool_used`,
-/// `pool_set_limit`...) but must not be destroyed while buffers are in use.
+/// `pool_set_limit`...). Never `pool_destroy` it; `pool_destroy_all()`
+/// ends it too (when no buffer is held): call no buffer function after that.
 #[no_mangle]
 pub static mut pool_head_buffer: *mut Pool = null_mut();
 
