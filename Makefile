@@ -24,6 +24,8 @@ LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
 C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
+# The C harnesses that TSan runs: the threaded ones and the seed scenarios.
+TSAN_TESTS := $(patsubst c_tests/test_%.c,$(BINDIR)/tsan_%,$(wildcard c_tests/test_dynbuf_*.c c_tests/test_00[0-3]_*.c))
 
 # Real musl: the race harness and the demo are also linked statically with
 # musl-gcc against libbufpool.a (built for the GNU target; tools/musl-stubs.c
@@ -34,7 +36,7 @@ HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
 NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
 DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan bench demo install clean
 
 all: lib header
 
@@ -57,7 +59,7 @@ header: lib
 # it does not compile as pedantic C99 and as C++.
 check-header: lib
 	@cmp -s $(TARGET)/bufpool.h $(HEADER) || { echo "FAIL: $(HEADER) is stale: run 'make header' and commit it"; diff -u $(HEADER) $(TARGET)/bufpool.h | head -40; exit 1; }
-	@printf '#include "bufpool.h"\nint main(void){return 0;}\n' > build/hdr.c
+	@printf '#include "bufpool.h"\nstatic struct buffer s = BUF_NULL_INIT;\nint main(void){struct buffer b = BUF_NULL; return (int)(b.size + s.size);}\n' > build/hdr.c
 	@$(CC) -std=c99 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdr.o
 	@g++ -x c++ -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdrpp.o
 	@echo "header: up to date, compiles as C99 and C++"
@@ -94,6 +96,19 @@ musl-tools:
 	  apt-get install -y -q musl-tools >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q musl-tools >/dev/null 2>&1; } || true; }
 
+# The same harnesses built with -fsanitize=thread. Only the C side is
+# instrumented: the Rust library is the ordinary build, so TSan checks the
+# harnesses' own memory and the callbacks' accesses to their entities, not
+# the library's internals (its locking is invisible to TSan).
+$(BINDIR)/tsan_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(CC) $(CFLAGS_ALL) -O1 -fsanitize=thread $< -o $@ $(LDSO)
+
+test-tsan: $(TSAN_TESTS)
+	@pass=0; fail=0; for t in $(TSAN_TESTS); do \
+	  if TSAN_OPTIONS="halt_on_error=1 exitcode=66 $$TSAN_OPTIONS" $$t >/dev/null; then pass=$$((pass+1)); else echo "FAIL (tsan): $$t"; fail=$$((fail+1)); fi; \
+	done; echo "TSan harnesses: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
 test-rust:
 	$(CARGO) test --release
 
@@ -111,7 +126,7 @@ test-musl: lib musl-tools
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
 	else $(NO_MUSL_MSG); fi
 
-test: check-header check-symbols test-rust test-loom test-c test-musl
+test: check-header check-symbols test-rust test-loom test-c test-musl test-tsan
 	@echo "make test: all passed"
 
 bench: lib

@@ -13,6 +13,24 @@
 #define BUFPOOL_H
 
 #include <stddef.h>
+/**
+ * BUF_NULL: a buffer that is not allocated, { 0, NULL, 0, 0 }, as an
+ * expression (`buf = BUF_NULL;`). For a static initializer use
+ * BUF_NULL_INIT. An all-zero struct buffer is BUF_NULL too.
+ */
+#define BUF_NULL_INIT { 0, NULL, 0, 0 }
+#ifdef __cplusplus
+#define BUF_NULL (buffer BUF_NULL_INIT)
+#else
+#define BUF_NULL ((struct buffer)BUF_NULL_INIT)
+#endif
+
+/**
+ * Flag OR-ed into a class for `b_alloc_crit`: allocate even though waiters
+ * of the same or a more critical class are queued. A woken waiter claims
+ * its buffer with it (it is still queued while its callback runs).
+ */
+#define DB_F_NOQUEUE 256
 
 /**
  * Pool flag: the pool may be merged with another pool of the same
@@ -62,13 +80,208 @@
 #define POOL_F_NO_LOCAL_CACHE 256
 
 /**
+ * Criticality classes of a buffer allocation, least critical first. Each
+ * class has its own FIFO wait queue; `offer_buffers` wakes the most
+ * critical class first. Reserve tiers (`R` = the `reserved_bufs` of
+ * `dynbuf_init`): an allocation of class `c` must leave
+ * `ceil(R * (DB_PERMANENT - c) / DB_PERMANENT)` buffers to be had after it,
+ * so `DB_MUX_RX` never touches the reserve and `DB_PERMANENT` may take the
+ * last buffer. With `R = 2`: 2, 2, 1, 1, 0.
+ */
+enum dynbuf_crit {
+  /**
+   * Receive buffer of a multiplexer (least critical).
+   */
+  DB_MUX_RX = 0,
+  /**
+   * Receive buffer of a stream endpoint.
+   */
+  DB_SE_RX = 1,
+  /**
+   * A channel's buffer (the class of plain `b_queue`).
+   */
+  DB_CHANNEL = 2,
+  /**
+   * Send buffer of a multiplexer.
+   */
+  DB_MUX_TX = 3,
+  /**
+   * A buffer that must not fail (most critical).
+   */
+  DB_PERMANENT = 4,
+};
+
+/**
  * A pool of objects of one size. C sees it as the opaque `struct pool_head`.
  */
 struct pool_head;
 
+/**
+ * A buffer in HAProxy's layout (C: `struct buffer`). `size` 0 means "not
+ * allocated" (`BUF_NULL`); an allocated buffer has `size` bytes at `area`.
+ * `data` and `head` belong to the caller (bytes held, offset of the first).
+ */
+struct buffer {
+  /**
+   * Bytes at `area`; 0 when the buffer is not allocated.
+   */
+  size_t size;
+  /**
+   * The storage, from the buffer pool; NULL when not allocated.
+   */
+  char *area;
+  /**
+   * Bytes of data held (the caller's).
+   */
+  size_t data;
+  /**
+   * Offset of the first byte of data (the caller's).
+   */
+  size_t head;
+};
+
+/**
+ * An entity waiting for a buffer (C: `struct buffer_wait`). C code embeds
+ * it by value, sets it up with `buffer_wait_init` (or zeroes it), and
+ * must not change it while it is queued. `b_dequeue` it before freeing it.
+ */
+struct buffer_wait {
+  /**
+   * Handed to `wakeup_cb`; `offer_buffers(from, ...)` skips waiters whose
+   * target is `from`.
+   */
+  void *target;
+  /**
+   * Called by `offer_buffers` when a buffer may be had, with no lock of
+   * the library held. Non-zero: woken, the waiter leaves the queue; zero:
+   * it stays queued in its place.
+   */
+  int (*wakeup_cb)(void*);
+  /**
+   * Private to the library (list linkage and state): all zero when not queued.
+   */
+  size_t private_[6];
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * The buffer pool, set by `dynbuf_init` (NULL before). Read it, never
+ * write it; it may be passed to the `pool_*` functions (`pool_used`,
+ * `pool_set_limit`...). Never `pool_destroy` it; `pool_destroy_all()`
+ * ends it too (when no buffer is held): call no buffer function after that.
+ */
+extern struct pool_head *pool_head_buffer;
+
+/**
+ * Creates the process-wide buffer pool ("buffer", `MEM_F_SHARED |
+ * MEM_F_EXACT`, objects of `bufsize` bytes) and sets `pool_head_buffer`.
+ * `reserved_bufs` buffers are the reserve: margin allocations leave them to
+ * the more critical ones. The pool keeps `max(reserved_bufs, 3)` idle
+ * buffers (its minavail), allocated at once. `limit` caps the buffers,
+ * held and idle (0: unlimited). Call it before other threads use buffers;
+ * calling it again with the same `bufsize` retunes the reserve and the
+ * limit. Returns 0, -1 on bad input (`bufsize` 0 or above 2 GiB, `limit`
+ * not above `reserved_bufs`, another `bufsize` than the first call), -2
+ * when memory is short.
+ */
+int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsigned int limit);
+
+/**
+ * Allocates `*buf` if, after it, `margin` more buffers can still be had
+ * (with a limit `L`: `used + 1 + margin <= L`; without a limit the reserve
+ * is kept really allocated, taken from the OS if needed). When `buf->size`
+ * is not 0 the buffer is already allocated: returns `buf` untouched. On
+ * success `*buf` is `{bufsize, area, 0, 0}` and `buf` is returned; on
+ * failure NULL is returned and `*buf` is left as it was. A negative margin
+ * counts as 0. NULL `buf`, or no `dynbuf_init` yet: NULL. It ignores the
+ * wait queue (see `b_alloc_crit`). Racing allocations on other threads are
+ * checked against the margin each on its own.
+ */
+struct buffer *b_alloc_margin(struct buffer *buf, int margin);
+
+/**
+ * `b_alloc_margin(buf, 0)`: fails only when callers really hold `limit`
+ * buffers (idle ones in any thread's cache are handed out), or when the OS
+ * has no memory.
+ */
+struct buffer *b_alloc(struct buffer *buf);
+
+/**
+ * Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
+ * that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
+ * nothing: call `offer_buffers` after it to wake waiters.
+ */
+void b_free(struct buffer *buf);
+
+/**
+ * Allocates `*buf` for class `crit` (an `enum dynbuf_crit`, optionally
+ * OR-ed with `DB_F_NOQUEUE`). Refused (NULL) while a waiter of the same or
+ * a more critical class is queued, unless `DB_F_NOQUEUE` is given, so that
+ * a newcomer never takes the buffer of a woken waiter; otherwise as
+ * `b_alloc_margin` with the class's reserve tier as margin. The queue test
+ * sees other threads' queueing with a small lag. An unknown class or flag,
+ * or NULL `buf`: NULL. `buf->size != 0`: `buf`, untouched.
+ */
+struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
+
+/**
+ * Sets up a waiter: not queued, woken by `wakeup_cb(target)`. A zeroed
+ * `struct buffer_wait` (static, calloc) is a valid unqueued waiter too.
+ * Must not be called on a queued waiter. NULL `bw`: no-op.
+ */
+void buffer_wait_init(struct buffer_wait *bw, void *target, int (*wakeup_cb)(void*));
+
+/**
+ * Appends `bw` to the wait queue of class `crit` (0 to `DB_PERMANENT`).
+ * Returns 1 once queued; an already queued waiter stays in its place and
+ * class (idempotent). While its callback runs (on any thread) the waiter is
+ * still queued; queueing it then counts as a new queueing: if the callback
+ * returns non-zero, the waiter goes to the tail of its class instead of
+ * leaving, so that no wake-up is lost. Returns 0 for NULL `bw`, a NULL
+ * `wakeup_cb` or an unknown class. To miss no wake-up while another thread
+ * frees buffers, retry the allocation after queueing (with `DB_F_NOQUEUE`
+ * for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
+ * freeing it.
+ */
+int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
+
+/**
+ * `b_queue_crit(DB_CHANNEL, bw)`.
+ */
+int b_queue(struct buffer_wait *bw);
+
+/**
+ * Takes `bw` out of the wait queue (not queued: no-op). If its callback is
+ * running on another thread, waits for it to return. Once it returns, no
+ * callback for `bw` runs or is running, and the library never touches
+ * `bw` again: it may be freed. Called from inside `bw`'s own callback (or
+ * anything that callback calls), it does not wait. Do not dequeue, from a
+ * callback, a waiter whose callback may be running on another thread that
+ * dequeues yours: each would wait for the other. NULL: no-op.
+ */
+void b_dequeue(struct buffer_wait *bw);
+
+/**
+ * 1 if `bw` is queued (its callback running or not), else 0 (NULL too).
+ */
+int b_is_queued(const struct buffer_wait *bw);
+
+/**
+ * Wakes waiters, most critical class first and FIFO within a class, while
+ * the buffers that can be had (with a limit `L`: `L - used`; without a
+ * limit: unbounded) minus `reserved_bufs / 2`, minus one per waiter woken
+ * so far, exceed `threshold`. Each `wakeup_cb(target)` runs on the calling
+ * thread with no lock of the library held: it may allocate, queue, dequeue
+ * and offer. Non-zero: the waiter leaves the queue and uses one buffer of
+ * the budget; zero: it stays queued in its place. A waiter whose `target`
+ * is `from` (when `from` is not NULL) is skipped and stays queued, and so
+ * is a waiter whose callback another thread is running. Every waiter is
+ * visited at most once per call.
+ */
+void offer_buffers(void *from, unsigned int threshold);
 
 /**
  * Creates a pool of objects of `size` bytes named `name` (copied, at most

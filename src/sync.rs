@@ -84,3 +84,18 @@ pub(crate) fn release_flag(b: &AtomicBool) {
         b.swap(false, Ordering::Release);
     }
 }
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+
+/// A number that identifies the calling thread among the live ones: the
+/// address of a thread-local byte.
+pub(crate) fn thread_token() -> usize {
+    #[cfg(not(loom))]
+    std::thread_local! { static TOKEN: u8 = const { 0 }; }
+    #[cfg(loom)]
+    loom::thread_local! { static TOKEN: u8 = 0; }
+    TOKEN.with(|t| t as *const u8 as usize)
+}

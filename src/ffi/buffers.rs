@@ -1,0 +1,232 @@
+//! The buffer and wait-queue functions of the C face (SPEC section 3).
+
+use crate::dynbuf::{self, Buffer};
+use crate::pool::Pool;
+use crate::waitq::{self, BufferWait, CLASSES};
+use core::ffi::{c_int, c_uint, c_void};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// Criticality classes of a buffer allocation, least critical first. Each
+/// class has its own FIFO wait queue; `offer_buffers` wakes the most
+/// critical class first. Reserve tiers (`R` = the `reserved_bufs` of
+/// `dynbuf_init`): an allocation of class `c` must leave
+/// `ceil(R * (DB_PERMANENT - c) / DB_PERMANENT)` buffers to be had after it,
+/// so `DB_MUX_RX` never touches the reserve and `DB_PERMANENT` may take the
+/// last buffer. With `R = 2`: 2, 2, 1, 1, 0.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub enum DynbufCrit {
+    /// Receive buffer of a multiplexer (least critical).
+    DB_MUX_RX = 0,
+    /// Receive buffer of a stream endpoint.
+    DB_SE_RX = 1,
+    /// A channel's buffer (the class of plain `b_queue`).
+    DB_CHANNEL = 2,
+    /// Send buffer of a multiplexer.
+    DB_MUX_TX = 3,
+    /// A buffer that must not fail (most critical).
+    DB_PERMANENT = 4,
+}
+
+/// Flag OR-ed into a class for `b_alloc_crit`: allocate even though waiters
+/// of the same or a more critical class are queued. A woken waiter claims
+/// its buffer with it (it is still queued while its callback runs).
+pub const DB_F_NOQUEUE: u32 = 0x100;
+
+/// The buffer pool, set by `dynbuf_init` (NULL before). Read it, never
+/// write it; it may be passed to the `pool_*` functions (`pool_used`,
+/// `pool_set_limit`...). Never `pool_destroy` it; `pool_destroy_all()`
+/// ends it too (when no buffer is held): call no buffer function after that.
+#[no_mangle]
+pub static mut pool_head_buffer: *mut Pool = null_mut();
+
+/// Creates the process-wide buffer pool ("buffer", `MEM_F_SHARED |
+/// MEM_F_EXACT`, objects of `bufsize` bytes) and sets `pool_head_buffer`.
+/// `reserved_bufs` buffers are the reserve: margin allocations leave them to
+/// the more critical ones. The pool keeps `max(reserved_bufs, 3)` idle
+/// buffers (its minavail), allocated at once. `limit` caps the buffers,
+/// held and idle (0: unlimited). Call it before other threads use buffers;
+/// calling it again with the same `bufsize` retunes the reserve and the
+/// limit. Returns 0, -1 on bad input (`bufsize` 0 or above 2 GiB, `limit`
+/// not above `reserved_bufs`, another `bufsize` than the first call), -2
+/// when memory is short.
+#[no_mangle]
+pub extern "C" fn dynbuf_init(bufsize: usize, reserved_bufs: c_uint, limit: c_uint) -> c_int {
+    match dynbuf::init(bufsize, reserved_bufs as usize, limit as usize) {
+        Ok(p) => {
+            // SAFETY: the address of our own static, aligned for a pointer.
+            // It is written here only, under `init`'s lock and only when it
+            // changes (the first call): Rust never reads it non-atomically.
+            let head = unsafe { AtomicPtr::from_ptr(core::ptr::addr_of_mut!(pool_head_buffer)) };
+            // Release: C threads started after this see the pool built.
+            if head.load(Ordering::Relaxed) != p {
+                head.store(p, Ordering::Release);
+            }
+            0
+        }
+        Err(e) => e,
+    }
+}
+
+/// Converts a waiter pointer from C; None for NULL.
+fn waiter(bw: *mut BufferWait) -> Option<*mut BufferWait> {
+    (!bw.is_null()).then_some(bw)
+}
+
+/// Converts a buffer pointer from C.
+fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
+    // SAFETY: a non-null `buf` is a valid `struct buffer` the caller lets us
+    // write for the duration of the call (C contract).
+    unsafe { buf.as_mut() }
+}
+
+/// Allocates `*buf` if, after it, `margin` more buffers can still be had
+/// (with a limit `L`: `used + 1 + margin <= L`; without a limit the reserve
+/// is kept really allocated, taken from the OS if needed). When `buf->size`
+/// is not 0 the buffer is already allocated: returns `buf` untouched. On
+/// success `*buf` is `{bufsize, area, 0, 0}` and `buf` is returned; on
+/// failure NULL is returned and `*buf` is left as it was. A negative margin
+/// counts as 0. NULL `buf`, or no `dynbuf_init` yet: NULL. It ignores the
+/// wait queue (see `b_alloc_crit`). Racing allocations on other threads are
+/// checked against the margin each on its own.
+#[no_mangle]
+pub extern "C" fn b_alloc_margin(buf: *mut Buffer, margin: c_int) -> *mut Buffer {
+    match buf_mut(buf) {
+        Some(b) => {
+            if dynbuf::alloc_margin(b, margin.max(0) as usize) {
+                buf
+            } else {
+                null_mut()
+            }
+        }
+        None => null_mut(),
+    }
+}
+
+/// `b_alloc_margin(buf, 0)`: fails only when callers really hold `limit`
+/// buffers (idle ones in any thread's cache are handed out), or when the OS
+/// has no memory.
+#[no_mangle]
+pub extern "C" fn b_alloc(buf: *mut Buffer) -> *mut Buffer {
+    b_alloc_margin(buf, 0)
+}
+
+/// Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
+/// that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
+/// nothing: call `offer_buffers` after it to wake waiters.
+#[no_mangle]
+pub extern "C" fn b_free(buf: *mut Buffer) {
+    if let Some(b) = buf_mut(buf) {
+        dynbuf::free(b)
+    }
+}
+
+/// Allocates `*buf` for class `crit` (an `enum dynbuf_crit`, optionally
+/// OR-ed with `DB_F_NOQUEUE`). Refused (NULL) while a waiter of the same or
+/// a more critical class is queued, unless `DB_F_NOQUEUE` is given, so that
+/// a newcomer never takes the buffer of a woken waiter; otherwise as
+/// `b_alloc_margin` with the class's reserve tier as margin. The queue test
+/// sees other threads' queueing with a small lag. An unknown class or flag,
+/// or NULL `buf`: NULL. `buf->size != 0`: `buf`, untouched.
+#[no_mangle]
+pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
+    let class = (crit & !DB_F_NOQUEUE) as usize;
+    let Some(b) = buf_mut(buf) else { return null_mut() };
+    if class >= CLASSES {
+        return null_mut();
+    }
+    if b.size != 0 {
+        return buf;
+    }
+    if crit & DB_F_NOQUEUE == 0 && waitq::global().busy_from(class) {
+        return null_mut();
+    }
+    if dynbuf::alloc_margin(b, dynbuf::class_margin(class)) {
+        buf
+    } else {
+        null_mut()
+    }
+}
+
+/// Sets up a waiter: not queued, woken by `wakeup_cb(target)`. A zeroed
+/// `struct buffer_wait` (static, calloc) is a valid unqueued waiter too.
+/// Must not be called on a queued waiter. NULL `bw`: no-op.
+#[no_mangle]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // `target` is stored, never dereferenced by us
+pub extern "C" fn buffer_wait_init(
+    bw: *mut BufferWait,
+    target: *mut c_void,
+    wakeup_cb: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+) {
+    if let Some(bw) = waiter(bw) {
+        // SAFETY: a non-null `bw` is writable and not queued (C contract).
+        unsafe { waitq::init(bw, target, wakeup_cb) }
+    }
+}
+
+/// Appends `bw` to the wait queue of class `crit` (0 to `DB_PERMANENT`).
+/// Returns 1 once queued; an already queued waiter stays in its place and
+/// class (idempotent). While its callback runs (on any thread) the waiter is
+/// still queued; queueing it then counts as a new queueing: if the callback
+/// returns non-zero, the waiter goes to the tail of its class instead of
+/// leaving, so that no wake-up is lost. Returns 0 for NULL `bw`, a NULL
+/// `wakeup_cb` or an unknown class. To miss no wake-up while another thread
+/// frees buffers, retry the allocation after queueing (with `DB_F_NOQUEUE`
+/// for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
+/// freeing it.
+#[no_mangle]
+pub extern "C" fn b_queue_crit(crit: c_uint, bw: *mut BufferWait) -> c_int {
+    match waiter(bw) {
+        // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter that
+        // its owner dequeues before freeing (C contract).
+        Some(bw) if (crit as usize) < CLASSES => unsafe { waitq::global().queue(crit as usize, bw) as c_int },
+        _ => 0,
+    }
+}
+
+/// `b_queue_crit(DB_CHANNEL, bw)`.
+#[no_mangle]
+pub extern "C" fn b_queue(bw: *mut BufferWait) -> c_int {
+    b_queue_crit(DynbufCrit::DB_CHANNEL as c_uint, bw)
+}
+
+/// Takes `bw` out of the wait queue (not queued: no-op). If its callback is
+/// running on another thread, waits for it to return. Once it returns, no
+/// callback for `bw` runs or is running, and the library never touches
+/// `bw` again: it may be freed. Called from inside `bw`'s own callback (or
+/// anything that callback calls), it does not wait. Do not dequeue, from a
+/// callback, a waiter whose callback may be running on another thread that
+/// dequeues yours: each would wait for the other. NULL: no-op.
+#[no_mangle]
+pub extern "C" fn b_dequeue(bw: *mut BufferWait) {
+    if let Some(bw) = waiter(bw) {
+        // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter (C contract).
+        unsafe { waitq::global().dequeue(bw) }
+    }
+}
+
+/// 1 if `bw` is queued (its callback running or not), else 0 (NULL too).
+#[no_mangle]
+pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
+    match waiter(bw.cast_mut()) {
+        // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter (C contract).
+        Some(bw) => unsafe { waitq::global().is_queued(bw) as c_int },
+        None => 0,
+    }
+}
+
+/// Wakes waiters, most critical class first and FIFO within a class, while
+/// the buffers that can be had (with a limit `L`: `L - used`; without a
+/// limit: unbounded) minus `reserved_bufs / 2`, minus one per waiter woken
+/// so far, exceed `threshold`. Each `wakeup_cb(target)` runs on the calling
+/// thread with no lock of the library held: it may allocate, queue, dequeue
+/// and offer. Non-zero: the waiter leaves the queue and uses one buffer of
+/// the budget; zero: it stays queued in its place. A waiter whose `target`
+/// is `from` (when `from` is not NULL) is skipped and stays queued, and so
+/// is a waiter whose callback another thread is running. Every waiter is
+/// visited at most once per call.
+#[no_mangle]
+pub extern "C" fn offer_buffers(from: *mut c_void, threshold: c_uint) {
+    waitq::global().offer(from, threshold as isize, dynbuf::offer_budget);
+}
