@@ -34,4 +34,34 @@ static int harness_failures;
         return harness_failures ? 1 : 0; \
     } while (0)
 
+#include <stddef.h>
+
+/* Fills `n` bytes with a pattern that depends on `seed`. */
+static inline void fill(void *p, size_t n, unsigned seed)
+{
+    unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        b[i] = (unsigned char)(seed * 131u + i * 7u + 1u);
+}
+
+/* Does `p` still hold the pattern `fill(p, n, seed)` wrote? */
+static inline int intact(const void *p, size_t n, unsigned seed)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != (unsigned char)(seed * 131u + i * 7u + 1u))
+            return 0;
+    return 1;
+}
+
+/* Are all `n` bytes at `p` equal to `v`? */
+static inline int all_bytes(const void *p, size_t n, unsigned char v)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != v)
+            return 0;
+    return 1;
+}
+
 #endif

@@ -12,33 +12,6 @@
 #include "bufpool.h"
 #include "harness.h"
 
-/* Fills `n` bytes with a pattern that depends on `seed`. */
-static void fill(void *p, size_t n, unsigned seed)
-{
-    unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        b[i] = (unsigned char)(seed * 131u + i * 7u + 1u);
-}
-
-/* Does `p` still hold the pattern `fill(p, n, seed)` wrote? */
-static int intact(const void *p, size_t n, unsigned seed)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != (unsigned char)(seed * 131u + i * 7u + 1u))
-            return 0;
-    return 1;
-}
-
-static int all_bytes(const void *p, size_t n, unsigned char v)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != v)
-            return 0;
-    return 1;
-}
-
 static int cmp_ptr(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;

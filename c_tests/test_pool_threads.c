@@ -18,31 +18,6 @@
 #include "bufpool.h"
 #include "harness.h"
 
-static void fill(void *p, size_t n, unsigned seed)
-{
-    unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        b[i] = (unsigned char)(seed * 131u + i * 7u + 1u);
-}
-
-static int intact(const void *p, size_t n, unsigned seed)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != (unsigned char)(seed * 131u + i * 7u + 1u))
-            return 0;
-    return 1;
-}
-
-static int all_bytes(const void *p, size_t n, unsigned char v)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != v)
-            return 0;
-    return 1;
-}
-
 static int member(void *x, void *const *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
