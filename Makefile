@@ -19,13 +19,15 @@ HEADER   := include/bufpool.h
 
 CWARN    := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
-CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread
+# The buffer rows of the C harnesses compile once the header has the buffer API.
+DYNBUF_DEF := $(shell grep -q dynbuf_init $(HEADER) 2>/dev/null && echo -DBUFPOOL_HAVE_DYNBUF)
+CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread $(DYNBUF_DEF)
 LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
 C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-sanitize bench demo install clean
 
 all: lib header
 
@@ -78,6 +80,11 @@ test-c: $(C_TESTS)
 
 test: check-header check-symbols test-rust test-loom test-c
 	@echo "make test: all passed"
+
+# The C harnesses under ASan+UBSan and under TSan, the Rust tests under ASan
+# (nightly), and valgrind memcheck: see tools/test-sanitize.sh.
+test-sanitize: lib
+	@CC="$(CC)" CFLAGS_ALL="$(CFLAGS_ALL)" LDSO="$(LDSO)" CARGO="$(CARGO)" tools/test-sanitize.sh
 
 bench: lib
 	@$(MAKE) --no-print-directory -f bench/bench.mk
