@@ -469,7 +469,15 @@ unsafe fn unmap_object(p: *mut u8, len: usize) {
 
 /// The return address of the first frame outside this library: the C
 /// caller of the exported function. 0 when unknown (e.g. a static link,
-/// where the caller shares our object file).
+/// where the caller shares our object file). Uses glibc's `backtrace()`;
+/// other C libraries (musl) have none, and get 0.
+#[cfg(not(target_env = "gnu"))]
+fn caller() -> usize {
+    0
+}
+
+/// See above.
+#[cfg(target_env = "gnu")]
 fn caller() -> usize {
     let mut frames = [null_mut::<libc::c_void>(); 32];
     // SAFETY: the buffer holds 32 entries.
@@ -486,6 +494,7 @@ fn caller() -> usize {
 }
 
 /// The base address of the object file holding `addr`.
+#[cfg_attr(not(target_env = "gnu"), allow(dead_code))]
 fn module_of(addr: usize) -> Option<usize> {
     // SAFETY: Dl_info is plain data; an all-zero value is valid.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
