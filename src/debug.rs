@@ -266,6 +266,28 @@ mod tests {
     }
 
     #[test]
+    fn fault_injection_spares_critical_sections_and_is_fixed_at_creation() {
+        let _g = modes_lock();
+        apply("fail=100").unwrap();
+        let p = crate::pool::create(b"f", 64, 0, 0);
+        apply("fail=0").unwrap();
+        // SAFETY: a live pool, destroyed below.
+        let pool = unsafe { &*p };
+        assert!(pool.alloc().is_null());
+        assert!(pool.alloc_nocache().is_null());
+        assert_eq!(pool.failed(), 2);
+        let o = {
+            let _c = critical();
+            pool.alloc()
+        };
+        assert!(!o.is_null(), "a critical allocation is spared");
+        assert!(pool.alloc().is_null(), "the guard is gone, the pool still has fail=100");
+        // SAFETY: from `pool`, given back once.
+        unsafe { pool.free(o) };
+        assert!(crate::pool::destroy(p).is_null());
+    }
+
+    #[test]
     fn critical_sections_nest() {
         assert!(!in_critical());
         let a = critical();
