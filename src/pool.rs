@@ -251,10 +251,11 @@ impl Pool {
     /// # Safety
     /// `item` is an object of this pool that the caller owns.
     unsafe fn idle_push(&self, item: *mut Link) -> bool {
-        // SAFETY (both): forwarded caller guarantee.
         if self.dbg.on() {
+            // SAFETY: forwarded caller guarantee.
             return unsafe { self.dbg.push_idle(self, item.cast()) };
         }
+        // SAFETY: forwarded caller guarantee.
         unsafe { self.shared.push(item) }
     }
 

@@ -218,14 +218,16 @@ impl PoolDebug {
     /// # Safety
     /// `p` is an object of `pool` that the caller now owns.
     pub(crate) unsafe fn hand_out(&self, pool: &Pool, p: *mut u8) {
-        // SAFETY (all three): an owned object of this pool with its words.
         if self.has(M_TAG) {
+            // SAFETY: an owned object of this pool, with its tag word.
             unsafe { self.set_word(p, self.tag_at, tag(pool, false)) };
         }
         if self.has(M_CALLER) {
+            // SAFETY: as above, with its caller word.
             unsafe { self.set_word(p, self.caller_at, caller()) };
         }
         if self.has(M_POISON) {
+            // SAFETY: an owned object of `size` bytes.
             unsafe { p.write_bytes(self.poison, pool.size) };
         }
     }
