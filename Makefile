@@ -19,7 +19,9 @@ HEADER   := include/bufpool.h
 
 CWARN    := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
-CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread
+# The buffer rows of the C harnesses compile once the header has the buffer API.
+DYNBUF_DEF := $(shell grep -q dynbuf_init $(HEADER) 2>/dev/null && echo -DBUFPOOL_HAVE_DYNBUF)
+CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread $(DYNBUF_DEF)
 LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
@@ -36,7 +38,7 @@ HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
 NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
 DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean
 
 all: lib header
 
@@ -128,6 +130,11 @@ test-musl: lib musl-tools
 
 test: check-header check-symbols test-rust test-loom test-c test-musl test-tsan
 	@echo "make test: all passed"
+
+# The C harnesses under ASan+UBSan and under TSan, the Rust tests under ASan
+# (nightly), and valgrind memcheck: see tools/test-sanitize.sh.
+test-sanitize: lib
+	@CC="$(CC)" CFLAGS_ALL="$(CFLAGS_ALL)" LDSO="$(LDSO)" CARGO="$(CARGO)" tools/test-sanitize.sh
 
 bench: lib
 	@$(MAKE) --no-print-directory -f bench/bench.mk

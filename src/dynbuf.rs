@@ -123,9 +123,11 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     }
     let Some(pool) = buffer_pool() else { return false };
     let limit = pool.limit();
-    if limit != 0 && margin != 0 {
+    // used <= allocated: the exact count only near the limit. Margin 0 is
+    // the pool's own limit, exact while the pool is within it; after a
+    // limit was lowered below what callers hold, it is checked here too.
+    if limit != 0 && (margin != 0 || pool.allocated() > limit) {
         let need = 1 + margin;
-        // used <= allocated: the exact count only near the limit.
         if pool.allocated() + need > limit && pool.used() + need > limit {
             return false;
         }

@@ -41,10 +41,10 @@ const KNOWN_FLAGS: u32 = MEM_F_SHARED | MEM_F_EXACT | ALGO_FLAGS | POOL_F_NO_LOC
 pub struct Pool {
     /// Object size as callers see it.
     pub(crate) size: usize,
-    /// Bytes asked of the OS for each object.
-    alloc_size: usize,
+    /// Bytes asked of the OS for each object (debug words included).
+    pub(crate) alloc_size: usize,
     /// Alignment asked of the OS; 0 for malloc's own.
-    align: usize,
+    pub(crate) align: usize,
     flags: u32,
     /// This pool's slot in every thread cache, or `NO_INDEX`.
     pub(crate) cache_idx: usize,
@@ -57,6 +57,8 @@ pub struct Pool {
     limit: AtomicUsize,
     minavail: AtomicUsize,
     c: CachePadded<Counters>,
+    /// The object debug modes this pool was created with.
+    dbg: debug::PoolDebug,
 }
 
 /// Statistics and accounting. Relaxed throughout: they count objects and
@@ -113,7 +115,14 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self) -> *mut u8 {
-        let p = self.shared.pop();
+        if self.dbg.on() {
+            return self.alloc_debug(|| self.alloc_plain());
+        }
+        self.alloc_plain()
+    }
+
+    fn alloc_plain(&self) -> *mut u8 {
+        let p = self.idle_pop();
         if !p.is_null() {
             self.c.out.fetch_add(1, Relaxed);
             return p.cast();
@@ -155,7 +164,7 @@ impl Pool {
             if !p.is_null() {
                 return p; // it was already counted out
             }
-            let p = self.shared.pop();
+            let p = self.idle_pop();
             if !p.is_null() {
                 self.c.out.fetch_add(1, Relaxed);
                 return p.cast();
@@ -180,10 +189,14 @@ impl Pool {
     /// # Safety
     /// `item` is an object of this pool counted in `out` that the caller owns.
     pub(crate) unsafe fn release(&self, item: *mut Link) {
+        if self.dbg.on() {
+            // SAFETY: forwarded caller guarantee (checked here in tag/uaf modes).
+            unsafe { self.dbg.check_free(self, item.cast()) };
+        }
         let out = self.c.out.load(Relaxed);
         self.sample_need(out);
         // SAFETY: forwarded caller guarantee.
-        if self.is_crowded() || !unsafe { self.shared.push(item) } {
+        if self.is_crowded() || !unsafe { self.idle_push(item) } {
             // SAFETY: the object is ours and in no list.
             unsafe { self.os_free(item.cast()) };
             self.c.allocated.fetch_sub(1, Relaxed);
@@ -217,7 +230,12 @@ impl Pool {
 
     /// Crowded: at least `minavail` idle objects in the shared cache, and a
     /// quarter more objects allocated than the recent need.
+    /// A debug pool is never crowded: its store keeps every idle object
+    /// until flush, gc or destroy, so that misuse of a freed object is caught.
     fn is_crowded(&self) -> bool {
+        if self.dbg.on() {
+            return false;
+        }
         let allocated = self.c.allocated.load(Relaxed);
         let idle = allocated.saturating_sub(self.c.out.load(Relaxed));
         let need = self.needed_avg();
@@ -227,34 +245,77 @@ impl Pool {
     // ---- the OS --------------------------------------------------------
 
     fn os_alloc(&self) -> *mut u8 {
-        if self.align == 0 {
-            // SAFETY: malloc has no precondition; a null result is handled.
-            return unsafe { libc::malloc(self.alloc_size) }.cast();
+        if self.dbg.on() {
+            return self.dbg.os_alloc(self);
         }
-        let mut p = null_mut();
-        // SAFETY: align is a power of two and a multiple of the pointer size (checked at creation).
-        if unsafe { libc::posix_memalign(&mut p, self.align, self.alloc_size) } != 0 {
-            return null_mut();
-        }
-        p.cast()
+        heap_alloc(self.alloc_size, self.align)
     }
 
     /// # Safety
     /// `p` came from `os_alloc` of this pool and is in no list.
     unsafe fn os_free(&self, p: *mut u8) {
+        if self.dbg.on() {
+            // SAFETY: forwarded caller guarantee.
+            return unsafe { self.dbg.os_free(self, p) };
+        }
         // SAFETY: caller guarantee; malloc and posix_memalign blocks both go to free.
         unsafe { libc::free(p.cast()) }
+    }
+
+    // ---- debug pools: the debug store replaces the shared cache ---------
+
+    /// Takes an idle object from the shared cache (the debug store for a debug pool).
+    fn idle_pop(&self) -> *mut Link {
+        if self.dbg.on() {
+            return self.dbg.pop_idle(self).cast();
+        }
+        self.shared.pop()
+    }
+
+    /// Keeps an idle object; false when the caller must free it to the OS.
+    ///
+    /// # Safety
+    /// `item` is an object of this pool that the caller owns.
+    unsafe fn idle_push(&self, item: *mut Link) -> bool {
+        if self.dbg.on() {
+            // SAFETY: forwarded caller guarantee.
+            return unsafe { self.dbg.push_idle(self, item.cast()) };
+        }
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.shared.push(item) }
+    }
+
+    /// An allocation of a debug pool: fault injection, then `alloc`, then
+    /// the object's debug words and poison.
+    fn alloc_debug(&self, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+        if self.dbg.inject_failure() {
+            self.c.failed.fetch_add(1, Relaxed);
+            return null_mut();
+        }
+        let p = alloc();
+        if !p.is_null() {
+            // SAFETY: a new object of this pool, ours until returned.
+            unsafe { self.dbg.hand_out(self, p) };
+        }
+        p
     }
 
     // ---- the other entry points -----------------------------------------
 
     pub(crate) fn alloc_nocache(&self) -> *mut u8 {
+        if self.dbg.on() {
+            return self.alloc_debug(|| self.alloc_new_or_idle());
+        }
         self.alloc_new_or_idle()
     }
 
     /// # Safety
     /// `ptr` came from this pool and the caller holds it.
     pub(crate) unsafe fn free_nocache(&self, ptr: *mut u8) {
+        if self.dbg.on() {
+            // SAFETY: forwarded caller guarantee (checked here in tag/uaf modes).
+            unsafe { self.dbg.check_free(self, ptr) };
+        }
         // SAFETY: caller guarantee.
         unsafe { self.os_free(ptr) };
         self.c.allocated.fetch_sub(1, Relaxed);
@@ -263,10 +324,10 @@ impl Pool {
 
     /// Frees every idle object of the shared cache to the OS.
     pub(crate) fn flush(&self) {
-        let mut p = self.shared.take_all();
+        let mut p = if self.dbg.on() { self.idle_pop() } else { self.shared.take_all() };
         while !p.is_null() {
-            // SAFETY: the detached chain is ours alone.
-            let next = unsafe { next_of(p) };
+            // SAFETY: the detached chain is ours alone (a debug store links nothing).
+            let next = if self.dbg.on() { self.idle_pop() } else { unsafe { next_of(p) } };
             // SAFETY: idle object of this pool, in no list any more.
             unsafe { self.os_free(p.cast()) };
             self.c.allocated.fetch_sub(1, Relaxed);
@@ -277,13 +338,19 @@ impl Pool {
     /// Moves every thread cache's idle objects of this pool to the shared
     /// cache, then frees idle objects above `minavail` to the OS.
     fn gc(&self) {
+        self.trim(|allocated, out| allocated.saturating_sub(out) > self.minavail.load(Relaxed));
+    }
+
+    /// Moves every thread cache's idle objects of this pool to the shared
+    /// cache, then frees idle objects to the OS while `too_many(allocated, out)`.
+    fn trim(&self, too_many: impl Fn(usize, usize) -> bool) {
         cache::drain(self, |chain| {
             let mut p = chain;
             while !p.is_null() {
                 // SAFETY: the drained chain is ours; read the link before reuse.
                 let next = unsafe { next_of(p) };
                 // SAFETY: an idle object of this pool, ours, in no list.
-                if !unsafe { self.shared.push(p) } {
+                if !unsafe { self.idle_push(p) } {
                     // SAFETY: as above.
                     unsafe { self.os_free(p.cast()) };
                     self.c.allocated.fetch_sub(1, Relaxed);
@@ -292,9 +359,8 @@ impl Pool {
                 p = next;
             }
         });
-        let keep = self.minavail.load(Relaxed);
-        while self.c.allocated.load(Relaxed).saturating_sub(self.c.out.load(Relaxed)) > keep {
-            let p = self.shared.pop();
+        while too_many(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed)) {
+            let p = self.idle_pop();
             if p.is_null() {
                 break;
             }
@@ -304,8 +370,13 @@ impl Pool {
         }
     }
 
+    /// Sets the limit. A limit below what is allocated takes effect at once:
+    /// idle objects above it, in any cache, go back to the OS.
     pub(crate) fn set_limit(&self, n: usize) {
         self.limit.store(n, Relaxed);
+        if n != 0 && self.c.allocated.load(Relaxed) > n {
+            self.trim(|allocated, out| allocated > n && allocated > out);
+        }
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -330,10 +401,24 @@ impl Pool {
         self.c.failed.load(Relaxed)
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         let n = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
         std::str::from_utf8(&self.name[..n]).unwrap_or("?")
     }
+}
+
+/// Takes `size` bytes aligned on `align` (0: malloc's own) from the heap.
+pub(crate) fn heap_alloc(size: usize, align: usize) -> *mut u8 {
+    if align == 0 {
+        // SAFETY: malloc has no precondition; a null result is handled.
+        return unsafe { libc::malloc(size) }.cast();
+    }
+    let mut p = null_mut();
+    // SAFETY: align is a power of two and a multiple of the pointer size (checked at creation).
+    if unsafe { libc::posix_memalign(&mut p, align, size) } != 0 {
+        return null_mut();
+    }
+    p.cast()
 }
 
 /// Creates a pool, or returns the pool it merges with. Null on bad input.
@@ -353,12 +438,14 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
     // Alignments up to malloc's own (16 on the 64-bit targets) come free.
     let align = if align as usize <= 16 { 0 } else { align as usize };
 
+    let dbg = debug::PoolDebug::snapshot(size, !debug::no_global() && algo != POOL_F_SHARED_NONE);
+    let dbg_on = dbg.on();
     let mut reg = pools();
     if flags & MEM_F_SHARED != 0 {
         for p in reg.iter() {
             // SAFETY: registered pools are alive while POOLS is locked.
             let q = unsafe { &*p.0 };
-            if q.flags == flags && q.size == size && q.align == align {
+            if q.flags == flags && q.size == size && q.align == align && q.dbg.same(&dbg) {
                 q.users.fetch_add(1, Relaxed);
                 return p.0;
             }
@@ -374,7 +461,7 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
     stored[..n].copy_from_slice(&name[..n]);
     let pool = Box::into_raw(Box::new(Pool {
         size,
-        alloc_size: size.max(MIN_OBJECT),
+        alloc_size: (size + dbg.extra()).max(MIN_OBJECT),
         align,
         flags,
         cache_idx: NO_INDEX,
@@ -390,8 +477,10 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
             failed: AtomicUsize::new(0),
             need_sum: AtomicUsize::new(0),
         }),
+        dbg,
     }));
-    if flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() {
+    // A debug pool has no thread cache: every object goes through the slow path.
+    if flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() && !dbg_on {
         // SAFETY: not yet shared with anyone.
         unsafe {
             (*pool).cache_idx = cache::claim_index(pool);
@@ -497,7 +586,7 @@ pub(crate) fn dump() -> String {
         let (a, u) = (p.allocated(), p.used());
         let _ = writeln!(
             s,
-            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, needed_avg {}, {} failures, {} users, shared={}{}{} @{:p}",
+            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, needed_avg {}, {} failures, {} users, shared={}{}{}{} @{:p}",
             p.name(),
             p.size,
             a,
@@ -509,6 +598,7 @@ pub(crate) fn dump() -> String {
             p.shared.name(),
             if p.flags & MEM_F_SHARED != 0 { " [SHARED]" } else { "" },
             if p.cache_idx == NO_INDEX { " [NOCACHE]" } else { "" },
+            p.dbg.describe(),
             p as *const Pool,
         );
         n += 1;
@@ -520,14 +610,14 @@ pub(crate) fn dump() -> String {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{mpsc, Mutex as StdMutex};
 
     /// The budget and the registry are process-wide: these tests run one at a time.
     static SERIAL: StdMutex<()> = StdMutex::new(());
 
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
+    pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
         SERIAL.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -683,6 +773,33 @@ mod tests {
         assert!(destroy(p).is_null());
         assert!(!is_live(p));
         assert!(destroy(r).is_null());
+    }
+
+    #[test]
+    fn lowering_the_limit_frees_idle_objects_above_it() {
+        let _g = serial();
+        let p = new_pool(128, 0);
+        p.set_minavail(100);
+        let objs: Vec<_> = (0..10).map(|_| p.alloc()).collect();
+        let held: Vec<_> = objs[..2].to_vec();
+        for &o in &objs[2..] {
+            // SAFETY: from `p`, given back once.
+            unsafe { p.free(o) };
+        }
+        assert_eq!((p.allocated(), p.used()), (10, 2));
+        p.set_limit(4);
+        assert_eq!((p.allocated(), p.used()), (4, 2), "idle objects above the new limit went to the OS");
+        p.set_limit(1);
+        assert_eq!(p.allocated(), 2, "held objects stay; every idle one went");
+        assert!(p.alloc().is_null(), "callers hold more than the limit");
+        for o in held {
+            // SAFETY: from `p`, given back once.
+            unsafe { p.free(o) };
+        }
+        p.set_limit(0);
+        gc_all();
+        p.flush();
+        destroy_ok(p);
     }
 
     #[test]

@@ -239,9 +239,29 @@ pub extern "C" fn dump_pools_to_fd(fd: c_int) {
     }
 }
 
-/// Applies debug options at run time, like `BUFPOOL_DEBUG` (a comma-separated
-/// list). Returns 0, or -1 on an unknown word (then nothing changes, and
-/// the word is reported on stderr). NULL returns -1.
+/// Applies debug options at run time, like `BUFPOOL_DEBUG` (read once, at
+/// the first call that creates state): a comma-separated list of
+/// `poison[=BYTE]` (fill objects handed out with BYTE, default 0x50),
+/// `integrity` (idle objects hold a changing pattern, checked on reuse and
+/// on flush: a write after free aborts), `tag` (a word after each object
+/// names its pool: a double free, a free to the wrong pool, a free of a
+/// pointer no pool gave out, or an overrun of the word aborts), `caller`
+/// (each object remembers its last allocating or freeing caller, named in
+/// the abort message as `file+0xoffset`), `cold-first` (idle objects are
+/// reused oldest first), `uaf` (each object in its own mapping, unmapped on
+/// free: any later access faults), `fail=PERCENT` (that share of
+/// allocations returns NULL; the buffer pool's critical allocations are
+/// spared), `no-cache`, `no-global`, `race-window=N|yield`, `help` (lists
+/// the words on stderr). `no-WORD` turns an object mode off (`cache`,
+/// `global`, `hot-first`, `fail=0` likewise).
+/// The object modes (poison to fail) are fixed into each pool when it is
+/// created: pools created before a mode is turned on stay without it. A
+/// pool with any of them has no thread cache and keeps its idle objects in
+/// a debug store of its own instead of the shared cache. A misuse they catch
+/// prints one line, `bufpool: <what> of <ptr> to pool '<name>' (...)`, on
+/// stderr, then calls `abort()`.
+/// Returns 0, or -1 on an unknown or malformed word (then nothing
+/// changes, and the word is reported on stderr). NULL returns -1.
 #[no_mangle]
 pub extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
     if opts.is_null() {
