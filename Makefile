@@ -20,8 +20,7 @@ HEADER   := include/bufpool.h
 CWARN    := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
 # The buffer rows of the C harnesses compile once the header has the buffer API.
-DYNBUF_DEF := $(shell grep -q dynbuf_init $(HEADER) 2>/dev/null && echo -DBUFPOOL_HAVE_DYNBUF)
-CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread $(DYNBUF_DEF)
+CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread
 LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 

@@ -1,4 +1,4 @@
-/* Bad input: every row of the table in docs/bad-input.md, each run in a
+/* Bad input: every row of the table in README.md ("Bad input"), each run in a
  * fresh process (fork + exec of this program with "--row N", so that
  * BUFPOOL_DEBUG is read anew). The parent checks how the child ended:
  * - rows with an abort message must die of SIGABRT after printing one line
@@ -6,12 +6,11 @@
  * - the other rows must exit 0 (their CHECKs passed) and, where the row
  *   says so, print the expected text on stderr;
  * - no row may end by SIGSEGV or any other signal.
- * It also checks that docs/bad-input.md holds exactly this table:
+ * It also checks that README.md holds exactly this table:
  * `test_bad_input --markdown` prints it.
  *
- * Extension point: the rows are the ROWS array. The buffer and wait-queue
- * rows are compiled when the Makefile finds dynbuf_init in the header
- * (BUFPOOL_HAVE_DYNBUF); add a row = write its function, add one line. */
+ * The rows are the ROWS array: to add one, write its function and add one
+ * line there, then regenerate the table. */
 #include "bufpool.h"
 #include "harness.h"
 
@@ -514,7 +513,6 @@ static void r_fail_half(void)
 }
 
 /* ---- the rows: buffers and the wait queue ---------------------------------- */
-#ifdef BUFPOOL_HAVE_DYNBUF
 static int cb_count;
 static int count_cb(void *t)
 {
@@ -611,7 +609,22 @@ static void r_buf_bad_crit(void)
     CHECK(b_alloc_crit(&b, (enum dynbuf_crit)99) == NULL);
     CHECK(b_queue_crit((enum dynbuf_crit)99, &bw) == 0);
 }
-#endif
+
+static void r_buf_fail_spares_critical(void)
+{
+    struct buffer b = {0, NULL, 0, 0}, c = {0, NULL, 0, 0};
+    struct pool_head *other = create_pool("other", 64, 0);
+    CHECK(other != NULL);
+    CHECK(dynbuf_init(16384, 2, 0) == 0);            /* the reserve is spared */
+    CHECK(pool_alloc(other) == NULL);
+    CHECK(b_alloc(&b) == NULL && b.size == 0);
+    CHECK(b_alloc_crit(&b, DB_MUX_RX) == NULL && b.size == 0);
+    CHECK(b_alloc_crit(&b, DB_CHANNEL) == NULL && b.size == 0);
+    CHECK(b_alloc_crit(&b, DB_MUX_TX) == &b && b.size == 16384);
+    CHECK(b_alloc_crit(&c, DB_PERMANENT) == &c && c.size == 16384);
+    b_free(&b);
+    b_free(&c);
+}
 
 /* ---- the table ------------------------------------------------------------ */
 
@@ -703,7 +716,6 @@ static const struct row ROWS[] = {
            "fail=100", r_fail_all),
     ENV_OK("`fail=50`: 1000 allocations", "about half NULL (350..650), each counted in `pool_failed`", "fail=50",
            r_fail_half),
-#ifdef BUFPOOL_HAVE_DYNBUF
     OK("`b_alloc` and `offer_buffers` before `dynbuf_init`", "NULL, the buffer stays `BUF_NULL`; no-op",
        r_buf_before_init),
     OK("a second `dynbuf_init` with another buffer size", "< 0, the first setting stays (the same size re-tunes reserve and limit: 0)", r_buf_init_twice),
@@ -715,7 +727,8 @@ static const struct row ROWS[] = {
        "with a NULL callback", "0, no-op, 0, no-op, 0 (refused)", r_wait_null),
     OK("`b_dequeue` of a waiter not queued, `b_queue` twice", "no-op; queued once, woken once", r_wait_twice),
     OK("`b_alloc_crit`, `b_queue_crit` with an unknown class", "NULL, 0", r_buf_bad_crit),
-#endif
+    ENV_OK("`fail=100` on buffers", "`pool_alloc`, `b_alloc` and the classes below `DB_MUX_TX` NULL; `DB_MUX_TX`, "
+           "`DB_PERMANENT` and `dynbuf_init`'s reserve spared", "fail=100", r_buf_fail_spares_critical),
 };
 
 #define NROWS ((int)(sizeof(ROWS) / sizeof(ROWS[0])))
@@ -744,15 +757,15 @@ static void print_markdown(void)
     }
 }
 
-/* docs/bad-input.md must hold exactly this table (same rows, same count). */
+/* README.md must hold exactly this table (same rows, same count). */
 static void check_doc(void)
 {
-    static char doc[65536];
+    static char doc[1 << 20];
     char line[1024];
     size_t n;
     int i, doc_rows = 0, missing = 0;
     const char *s;
-    FILE *f = fopen("docs/bad-input.md", "r");
+    FILE *f = fopen("README.md", "r");
     CHECK(f != NULL);
     if (!f) {
         fprintf(stderr, "run from the repository root\n");
@@ -768,7 +781,7 @@ static void check_doc(void)
     for (i = 0; i < NROWS; i++) {
         markdown_row(i, line, sizeof(line));
         if (!strstr(doc, line)) {
-            fprintf(stderr, "docs/bad-input.md lacks (regenerate: test_bad_input --markdown): %s\n", line);
+            fprintf(stderr, "README.md lacks (regenerate: test_bad_input --markdown): %s\n", line);
             missing++;
         }
     }

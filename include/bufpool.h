@@ -222,8 +222,10 @@ void b_free(struct buffer *buf);
  * a more critical class is queued, unless `DB_F_NOQUEUE` is given, so that
  * a newcomer never takes the buffer of a woken waiter; otherwise as
  * `b_alloc_margin` with the class's reserve tier as margin. The queue test
- * sees other threads' queueing with a small lag. An unknown class or flag,
- * or NULL `buf`: NULL. `buf->size != 0`: `buf`, untouched.
+ * sees other threads' queueing with a small lag. The two most critical
+ * classes (`DB_MUX_TX`, `DB_PERMANENT`) are spared by the `fail=PERCENT`
+ * debug mode. An unknown class or flag, or NULL `buf`: NULL.
+ * `buf->size != 0`: `buf`, untouched.
  */
 struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
 

@@ -552,10 +552,6 @@ pub(crate) fn set_budget(bytes: usize) {
     BUDGET.store(bytes, Ordering::Relaxed);
 }
 
-pub(crate) fn budget() -> usize {
-    BUDGET.load(Ordering::Relaxed)
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -64,7 +64,8 @@ const HELP: &str = "bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-s
   caller           remember the last allocating/freeing caller of each object, shown on abort\n\
   cold-first       reuse the idle object freed longest ago first (FIFO), not the last one\n\
   uaf              each object in its own mapping, unmapped on free (use after free faults)\n\
-  fail=PERCENT     make PERCENT % of allocations fail (0..100); critical buffer allocations are spared\n\
+  fail=PERCENT     make PERCENT % of allocations fail (0..100); buffer allocations of the\n\
+                   classes DB_MUX_TX and DB_PERMANENT are spared\n\
   no-cache         no thread cache\n\
   no-global        no shared cache\n\
   race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link,\n\
@@ -198,11 +199,9 @@ thread_local! {
 /// buffer code holds one around the allocations that must not fail for
 /// the sake of a test (the buffer pool's critical allocations); nothing
 /// else should.
-#[allow(dead_code)] // used by the buffer code
 pub(crate) struct Critical(());
 
 /// Marks this thread's allocations as critical until the guard drops.
-#[allow(dead_code)] // used by the buffer code
 pub(crate) fn critical() -> Critical {
     CRITICAL.with(|c| c.set(c.get() + 1));
     Critical(())

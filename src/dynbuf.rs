@@ -91,6 +91,8 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize) -> Result<*mut
     POOL.store(p, Ordering::Release);
     // The reserve, and one more, exist from the start (at most the limit).
     let keep = if limit == 0 { minavail } else { minavail.min(limit) };
+    // The reserve is what keeps responses flowing: `fail=PERCENT` spares it.
+    let _spared = crate::debug::critical();
     if !top_up(pool, keep) {
         return Err(-2);
     }
@@ -143,6 +145,25 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     }
     *buf = Buffer { size: BUFSIZE.load(Ordering::Relaxed), area: p.cast(), data: 0, head: 0 };
     true
+}
+
+/// The least critical class whose allocations must not fail: responses and
+/// permanent buffers (`DB_MUX_TX` and above). `fail=PERCENT` spares them.
+const CRITICAL_CLASS: usize = crate::ffi::DynbufCrit::DB_MUX_TX as usize;
+
+/// Allocates `*buf` for criticality class `class` (< `CLASSES`): refused
+/// while a waiter of the same or a more critical class is queued (unless
+/// `noqueue`: a woken waiter claiming its buffer), else `alloc_margin` with
+/// the class's reserve tier.
+pub(crate) fn alloc_crit(buf: &mut Buffer, class: usize, noqueue: bool) -> bool {
+    if buf.size != 0 {
+        return true;
+    }
+    if !noqueue && crate::waitq::global().busy_from(class) {
+        return false;
+    }
+    let _spared = (class >= CRITICAL_CLASS).then(crate::debug::critical);
+    alloc_margin(buf, class_margin(class))
 }
 
 /// Gives `*buf` back to the pool and leaves it `BUF_NULL`.

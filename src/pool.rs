@@ -557,6 +557,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&Pool)) {
 }
 
 /// Is `p` a live pool? (For inputs that can afford a registry look-up.)
+#[cfg(test)]
 pub(crate) fn is_live(p: *const Pool) -> bool {
     pools().iter().any(|q| q.0 as *const Pool == p)
 }

@@ -127,8 +127,10 @@ pub extern "C" fn b_free(buf: *mut Buffer) {
 /// a more critical class is queued, unless `DB_F_NOQUEUE` is given, so that
 /// a newcomer never takes the buffer of a woken waiter; otherwise as
 /// `b_alloc_margin` with the class's reserve tier as margin. The queue test
-/// sees other threads' queueing with a small lag. An unknown class or flag,
-/// or NULL `buf`: NULL. `buf->size != 0`: `buf`, untouched.
+/// sees other threads' queueing with a small lag. The two most critical
+/// classes (`DB_MUX_TX`, `DB_PERMANENT`) are spared by the `fail=PERCENT`
+/// debug mode. An unknown class or flag, or NULL `buf`: NULL.
+/// `buf->size != 0`: `buf`, untouched.
 #[no_mangle]
 pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
     let class = (crit & !DB_F_NOQUEUE) as usize;
@@ -136,13 +138,7 @@ pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
     if class >= CLASSES {
         return null_mut();
     }
-    if b.size != 0 {
-        return buf;
-    }
-    if crit & DB_F_NOQUEUE == 0 && waitq::global().busy_from(class) {
-        return null_mut();
-    }
-    if dynbuf::alloc_margin(b, dynbuf::class_margin(class)) {
+    if dynbuf::alloc_crit(b, class, crit & DB_F_NOQUEUE != 0) {
         buf
     } else {
         null_mut()
