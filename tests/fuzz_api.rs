@@ -44,7 +44,10 @@
 //!   Callbacks answer 0 or 1 at random (0 keeps the waiter in its place)
 //!   and, from inside, dequeue themselves, queue themselves again (to the
 //!   tail on a non-zero answer), queue or dequeue other waiters, allocate
-//!   (claiming with `DB_F_NOQUEUE`, or not) and free.
+//!   (claiming with `DB_F_NOQUEUE`, or not), free, and offer (nested up to
+//!   3 deep: the nested offer has its own budget and `from`, skips the
+//!   waiters whose callbacks run, and calls no waiter the offers around it
+//!   called, nor they one it called).
 //! The callbacks reach the model through a thread-local: the buffer part
 //! runs in one test thread, and the two tests are serialised (`SERIAL`)
 //! because the buffer pool is process-wide.
@@ -514,7 +517,6 @@ struct Offer {
     woken: i64,
     /// The class being walked, most critical (4) first.
     class: usize,
-    visited: [bool; WAITERS],
     running: Option<Running>,
 }
 
@@ -531,6 +533,7 @@ struct Seen {
     requeued_to_tail: u64,
     offers_from_queued: u64,
     init_refused_at_limit: u64,
+    nested_offers: u64,
 }
 
 impl Seen {
@@ -545,13 +548,14 @@ impl Seen {
         self.requeued_to_tail += o.requeued_to_tail;
         self.offers_from_queued += o.offers_from_queued;
         self.init_refused_at_limit += o.init_refused_at_limit;
+        self.nested_offers += o.nested_offers;
     }
 
     fn all_taken(&self) -> bool {
         let s = self;
         [s.allocated, s.refused_by_margin, s.refused_by_queue, s.callbacks, s.woken, s.kept_in_place]
             .into_iter()
-            .chain([s.dequeued_from_inside, s.requeued_to_tail, s.offers_from_queued, s.init_refused_at_limit])
+            .chain([s.dequeued_from_inside, s.requeued_to_tail, s.offers_from_queued, s.init_refused_at_limit, s.nested_offers])
             .all(|n| n > 0)
     }
 }
@@ -575,7 +579,11 @@ struct BufFuzz {
     /// The per-class FIFOs.
     queues: [VecDeque<usize>; CLASSES],
     class_of: [Option<usize>; WAITERS],
-    offer: Option<Offer>,
+    /// The offers in progress: an offer made from a callback is pushed on
+    /// the one that runs the callback.
+    offers: Vec<Offer>,
+    /// Waiters called by the outermost offer and the offers nested in it.
+    visited: [bool; WAITERS],
     seen: Seen,
 }
 
@@ -593,7 +601,22 @@ unsafe extern "C" fn wake(target: *mut c_void) -> c_int {
     if CB_PANIC.with(|p| p.borrow().is_some()) {
         return 0;
     }
-    let r = catch_unwind(AssertUnwindSafe(|| BF.with(|f| f.borrow_mut().as_mut().expect("callback outside the fuzzer").on_wake(target))));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let with = |g: &mut dyn FnMut(&mut BufFuzz)| BF.with(|f| g(f.borrow_mut().as_mut().expect("callback outside the fuzzer")));
+        let mut ret = 0;
+        with(&mut |f| ret = f.begin_wake(target));
+        loop {
+            let mut nested = None;
+            with(&mut |f| nested = f.act());
+            let Some((from, threshold)) = nested else { break };
+            offer_buffers(from, threshold);
+            if CB_PANIC.with(|p| p.borrow().is_some()) {
+                return 0;
+            }
+            with(&mut |f| f.end_offer());
+        }
+        ret
+    }));
     r.unwrap_or_else(|e| {
         CB_PANIC.with(|p| *p.borrow_mut() = Some(e));
         0
@@ -762,6 +785,12 @@ impl BufFuzz {
         }
     }
 
+    /// The callback of `w` while it runs, not dequeued (at most one offer
+    /// level runs it: nested offers skip a running waiter).
+    fn running_mut(&mut self, w: usize) -> Option<&mut Running> {
+        self.offers.iter_mut().filter_map(|o| o.running.as_mut()).find(|r| r.w == w && !r.dequeued)
+    }
+
     /// `b_queue_crit(class, w)` (`b_queue` for DB_CHANNEL) in library and model.
     fn queue(&mut self, w: usize, class: c_uint, plain: bool) {
         let r = if plain { b_queue(self.bw(w)) } else { b_queue_crit(class, self.bw(w)) };
@@ -774,10 +803,8 @@ impl BufFuzz {
         }
         if self.class_of[w].is_some() {
             // Already queued: stays in place; while its callback runs, a new queueing.
-            if let Some(run) = self.offer.as_mut().and_then(|o| o.running.as_mut()) {
-                if run.w == w && !run.dequeued {
-                    run.requeued = true;
-                }
+            if let Some(run) = self.running_mut(w) {
+                run.requeued = true;
             }
         } else {
             self.queues[class as usize].push_back(w);
@@ -790,10 +817,8 @@ impl BufFuzz {
         if let Some(c) = self.class_of[w].take() {
             self.queues[c].retain(|&x| x != w);
         }
-        if let Some(run) = self.offer.as_mut().and_then(|o| o.running.as_mut()) {
-            if run.w == w {
-                run.dequeued = true;
-            }
+        if let Some(run) = self.running_mut(w) {
+            run.dequeued = true;
         }
     }
 
@@ -842,13 +867,15 @@ impl BufFuzz {
     /// class first, FIFO inside, each waiter once, `from` skipped, while
     /// budget - woken > threshold.
     fn next_due(&mut self) -> Option<usize> {
-        let o = self.offer.as_mut()?;
+        let running: Vec<usize> = self.offers.iter().filter_map(|o| o.running.as_ref()).filter(|r| !r.dequeued).map(|r| r.w).collect();
+        let o = self.offers.last_mut()?;
         loop {
             if o.budget - o.woken <= o.threshold {
                 return None;
             }
             let from = o.from;
-            if let Some(&w) = self.queues[o.class].iter().find(|&&w| !o.visited[w] && (from.is_null() || target_of(w) != from)) {
+            let due = |w: usize| !self.visited[w] && (from.is_null() || target_of(w) != from) && !running.contains(&w);
+            if let Some(&w) = self.queues[o.class].iter().find(|&&w| due(w)) {
                 return Some(w);
             }
             if o.class == 0 {
@@ -862,7 +889,7 @@ impl BufFuzz {
     /// takes one unit of budget and the waiter out (to the tail if it was
     /// queued again from inside); zero keeps it in place.
     fn finish_running(&mut self) {
-        let Some(o) = self.offer.as_mut() else { return };
+        let Some(o) = self.offers.last_mut() else { return };
         let Some(run) = o.running.take() else { return };
         if run.ret != 0 {
             o.woken += 1;
@@ -884,7 +911,8 @@ impl BufFuzz {
         }
     }
 
-    fn on_wake(&mut self, target: *mut c_void) -> c_int {
+    /// The callback of a waiter starts: it must be the one due. Returns its answer.
+    fn begin_wake(&mut self, target: *mut c_void) -> c_int {
         self.finish_running();
         self.seen.callbacks += 1;
         let Some(w) = self.next_due() else {
@@ -895,41 +923,75 @@ impl BufFuzz {
         }
         let class = self.class_of[w].expect("a due waiter is queued");
         let ret = self.rng.below(2) as c_int;
-        let o = self.offer.as_mut().unwrap();
-        o.visited[w] = true;
+        self.visited[w] = true;
+        let o = self.offers.last_mut().unwrap();
         o.running = Some(Running { w, class, ret, dequeued: false, requeued: false });
         if b_is_queued(self.bw(w)) != 1 {
             self.fail(format!("waiter {w} not queued while its callback runs"));
         }
-        // Re-entrancy: a few calls from inside the callback.
+        ret
+    }
+
+    /// Re-entrancy: a few calls from inside the running callback. Stops at
+    /// an offer, returning its arguments: the caller makes it with no
+    /// borrow of the model held, then calls `act` again.
+    fn act(&mut self) -> Option<(*mut c_void, c_uint)> {
+        let run = self.offers.last().and_then(|o| o.running.as_ref()).expect("inside a callback");
+        let (w, class) = (run.w, run.class);
         for _ in 0..self.rng.below(3) {
-            match self.rng.below(8) {
-                0 => self.dequeue(w),
-                1 | 2 => {
+            match self.rng.below(17) {
+                0 | 1 => self.dequeue(w),
+                2..=4 => {
                     // The woken waiter claims its buffer, as the header says.
                     let i = self.rng.below(SLOTS as u64) as usize;
                     self.alloc(i, How::Crit(class as c_uint | DB_F_NOQUEUE));
                 }
-                3 => {
+                5 | 6 => {
                     let (i, how) = (self.rng.below(SLOTS as u64) as usize, self.random_how());
                     self.alloc(i, how);
                 }
-                4 => {
+                7 | 8 => {
                     let i = self.rng.below(SLOTS as u64) as usize;
                     self.free(i)
                 }
-                5 | 6 => {
+                9..=12 => {
                     let (x, c) = (self.rng.below(WAITERS as u64) as usize, self.rng.below(CLASSES as u64) as c_uint);
                     self.queue(x, c, false);
                 }
-                _ => {
+                13..=15 => {
                     let x = self.rng.below(WAITERS as u64) as usize;
                     self.dequeue(x);
                 }
+                _ if self.offers.len() < 3 => {
+                    self.seen.nested_offers += 1;
+                    let w = self.rng.below(WAITERS as u64) as usize;
+                    return Some(self.push_offer(w));
+                }
+                _ => {}
             }
             self.check("inside a callback");
         }
-        ret
+        None
+    }
+
+    /// A new offer in the model (nested when one is in progress); its arguments.
+    fn push_offer(&mut self, w: usize) -> (*mut c_void, c_uint) {
+        let from = match self.rng.below(8) {
+            0..=3 => null_mut(),
+            7 => target_of(WAITERS),
+            _ => target_of(w),
+        };
+        let threshold = self.rng.pick(&[0u32, 0, 0, 1, 2, 3, 5, u32::MAX]);
+        if !from.is_null() && (0..WAITERS).any(|x| target_of(x) == from && self.class_of[x].is_some()) {
+            self.seen.offers_from_queued += 1;
+        }
+        let half = (self.reserved / 2) as i64;
+        let budget = if self.limit == 0 { i64::MAX / 4 } else { self.limit as i64 - self.held as i64 - half };
+        if self.offers.is_empty() {
+            self.visited = [false; WAITERS];
+        }
+        self.offers.push(Offer { from, threshold: threshold as i64, budget, woken: 0, class: CLASSES - 1, running: None });
+        (from, threshold)
     }
 
     /// One step outside callbacks; returns the arguments of an offer to make
@@ -992,29 +1054,7 @@ impl BufFuzz {
                 self.queue(w, c, false)
             }
             BOp::Dequeue => self.dequeue(w),
-            BOp::Offer => {
-                let from = match self.rng.below(8) {
-                    0..=3 => null_mut(),
-                    7 => target_of(WAITERS),
-                    _ => target_of(w),
-                };
-                let threshold = self.rng.pick(&[0u32, 0, 0, 1, 2, 3, 5, u32::MAX]);
-                if !from.is_null() && (0..WAITERS).any(|x| target_of(x) == from && self.class_of[x].is_some()) {
-                    self.seen.offers_from_queued += 1;
-                }
-                let half = (self.reserved / 2) as i64;
-                let budget = if self.limit == 0 { i64::MAX / 4 } else { self.limit as i64 - self.held as i64 - half };
-                self.offer = Some(Offer {
-                    from,
-                    threshold: threshold as i64,
-                    budget,
-                    woken: 0,
-                    class: CLASSES - 1,
-                    visited: [false; WAITERS],
-                    running: None,
-                });
-                return Some((from, threshold));
-            }
+            BOp::Offer => return Some(self.push_offer(w)),
             BOp::Limit => {
                 let l = self.random_limit();
                 pool_set_limit(self.pool, l as c_uint);
@@ -1049,8 +1089,8 @@ impl BufFuzz {
         if let Some(w) = self.next_due() {
             self.fail(format!("offer_buffers returned without calling waiter {w}; queues {:?}", self.queues));
         }
-        self.offer = None;
-        self.check("after Offer");
+        self.offers.pop();
+        self.check("after an offer");
     }
 
     fn check(&self, when: &str) {
@@ -1090,7 +1130,8 @@ impl BufFuzz {
             has_cb: [true; WAITERS],
             queues: Default::default(),
             class_of: [None; WAITERS],
-            offer: None,
+            offers: Vec::new(),
+            visited: [false; WAITERS],
             seen: Seen::default(),
         };
         for w in 0..WAITERS {
