@@ -489,6 +489,15 @@ const BOPS: [(BOp, u32); 14] = [
     (BOp::GcFlush, 1),
 ];
 
+/// What an allocation must do: return NULL and leave `*buf` as it was,
+/// return `buf` untouched (already allocated), or allocate it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Want {
+    Null,
+    Same,
+    New,
+}
+
 /// How an allocation is asked for.
 #[derive(Debug, Clone, Copy)]
 enum How {
@@ -693,35 +702,24 @@ impl BufFuzz {
             unsafe { b.write(Buffer { size: 0, area: null_mut(), data: d, head: h }) };
         }
         let before = self.read(i);
-        // None: NULL and untouched; Some(false): `buf` untouched; Some(true): a new buffer.
-        let (want, margin) = match how {
-            How::Plain => (Some(allocated || self.can_have(0)), 0),
-            How::Margin(m) => {
-                let m = m.max(0) as usize;
-                (Some(allocated || self.can_have(m)), m)
-            }
-            How::Crit(c) => {
-                let class = (c & !DB_F_NOQUEUE) as usize;
-                let m = if class < CLASSES { self.tier(class) } else { 0 };
-                if class >= CLASSES {
-                    (None, 0)
-                } else if allocated {
-                    (Some(true), m)
-                } else if c & DB_F_NOQUEUE == 0 && self.busy_from(class) {
-                    self.seen.refused_by_queue += 1;
-                    (None, m)
-                } else {
-                    (Some(self.can_have(m)), m)
-                }
-            }
+        // The margin this call must leave, and what it must do.
+        let margin = match how {
+            How::Plain => 0,
+            How::Margin(m) => m.max(0) as usize,
+            How::Crit(c) => self.tier(((c & !DB_F_NOQUEUE) as usize).min(CLASSES - 1)),
         };
-        if want == Some(false) {
-            self.seen.refused_by_margin += 1;
-        }
-        let want = match want {
-            Some(true) if allocated => Some(false),
-            Some(false) => None,
-            w => w,
+        let want = match how {
+            How::Crit(c) if (c & !DB_F_NOQUEUE) as usize >= CLASSES => Want::Null,
+            _ if allocated => Want::Same,
+            How::Crit(c) if c & DB_F_NOQUEUE == 0 && self.busy_from(c as usize) => {
+                self.seen.refused_by_queue += 1;
+                Want::Null
+            }
+            _ if self.can_have(margin) => Want::New,
+            _ => {
+                self.seen.refused_by_margin += 1;
+                Want::Null
+            }
         };
         let r = match how {
             How::Plain => b_alloc(b),
@@ -732,17 +730,17 @@ impl BufFuzz {
         let ctx = format!("{how:?} on slot {i} (held {}, limit {}, reserved {}, queues {:?})", self.held, self.limit, self.reserved, self.queues);
         let ctx = || &ctx;
         match want {
-            None => {
+            Want::Null => {
                 if !r.is_null() || after != before {
                     self.fail(format!("{} gave {r:p}, buffer {before:?} -> {after:?}; want NULL, untouched", ctx()));
                 }
             }
-            Some(false) => {
+            Want::Same => {
                 if r != b || after != before {
                     self.fail(format!("{} on an allocated buffer gave {r:p}, {before:?} -> {after:?}", ctx()));
                 }
             }
-            Some(true) => {
+            Want::New => {
                 let (size, area, data, head) = after;
                 if r != b || size != BUFSIZE || area == 0 || data != 0 || head != 0 || area % 16 != 0 {
                     self.fail(format!("{} gave {r:p} with {after:?}; want {b:p} with {{{BUFSIZE}, area, 0, 0}}", ctx()));
