@@ -281,7 +281,9 @@ int b_is_queued(const struct buffer_wait *bw);
  * the budget; zero: it stays queued in its place. A waiter whose `target`
  * is `from` (when `from` is not NULL) is skipped and stays queued, and so
  * is a waiter whose callback another thread is running. Every waiter is
- * visited at most once per call.
+ * visited at most once per call; a call made from inside a callback
+ * continues the call that runs that callback: neither calls again a
+ * waiter the other called (each keeps its own budget and `from`).
  */
 void offer_buffers(void *from, unsigned int threshold);
 

@@ -110,8 +110,9 @@ fn top_up(pool: &Pool, keep: usize) -> bool {
         if p.is_null() {
             return false;
         }
-        // SAFETY: just taken from this pool; we give it back idle.
-        unsafe { pool.free(p) };
+        // SAFETY: just taken from this pool; we give it back idle, kept
+        // even when the pool is crowded (a plain free could send it to the OS).
+        unsafe { pool.release_or_keep(p.cast(), true) };
     }
     true
 }

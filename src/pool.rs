@@ -189,6 +189,16 @@ impl Pool {
     /// # Safety
     /// `item` is an object of this pool counted in `out` that the caller owns.
     pub(crate) unsafe fn release(&self, item: *mut Link) {
+        // SAFETY: forwarded caller guarantee.
+        unsafe { self.release_or_keep(item, false) }
+    }
+
+    /// `release`; with `keep`, the object stays idle even in a crowded pool
+    /// (the reserve that `dynbuf` keeps allocated without a limit).
+    ///
+    /// # Safety
+    /// As `release`.
+    pub(crate) unsafe fn release_or_keep(&self, item: *mut Link, keep: bool) {
         if self.dbg.on() {
             // SAFETY: forwarded caller guarantee (checked here in tag/uaf modes).
             unsafe { self.dbg.check_free(self, item.cast()) };
@@ -196,7 +206,7 @@ impl Pool {
         let out = self.c.out.load(Relaxed);
         self.sample_need(out);
         // SAFETY: forwarded caller guarantee.
-        if self.is_crowded() || !unsafe { self.idle_push(item) } {
+        if (!keep && self.is_crowded()) || !unsafe { self.idle_push(item) } {
             // SAFETY: the object is ours and in no list.
             unsafe { self.os_free(item.cast()) };
             self.c.allocated.fetch_sub(1, Relaxed);

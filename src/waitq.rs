@@ -16,6 +16,11 @@
 //! then never touches the waiter again (the callback may have freed it).
 //! Once `dequeue` returns, the waiter is unlinked and not running, so no
 //! offer can reach it: the caller may free it.
+//!
+//! Each offer stamps the waiters it calls (`Link::seen`) so as to call each
+//! once. An offer made from a callback (same thread, `NEST`) uses the stamp
+//! of the offer that runs the callback: with a stamp of its own it would
+//! overwrite the outer offer's, which would then call a waiter twice.
 
 use crate::sync::{AtomicU32, Condvar, Mutex, MutexGuard, Ordering};
 use core::ffi::{c_int, c_void};
@@ -59,6 +64,12 @@ struct Link {
 const _: () = assert!(core::mem::size_of::<Link>() <= PRIVATE_WORDS * core::mem::size_of::<usize>());
 const _: () = assert!(core::mem::size_of::<BufferWait>() == (PRIVATE_WORDS + 2) * core::mem::size_of::<usize>());
 const _: () = assert!(core::mem::align_of::<Link>() <= core::mem::align_of::<BufferWait>());
+
+// The stamp of the offer whose callback this thread runs (0: none).
+#[cfg(not(loom))]
+std::thread_local! { static NEST: core::cell::Cell<usize> = const { core::cell::Cell::new(0) }; }
+#[cfg(loom)]
+loom::thread_local! { static NEST: core::cell::Cell<usize> = core::cell::Cell::new(0); }
 
 /// One running callback, on the offering thread's stack.
 struct Running {
@@ -278,15 +289,24 @@ impl WaitQueue {
     /// Wakes waiters, most critical class first, FIFO within a class, while
     /// `budget() - woken > threshold`. `budget` is evaluated once, under the
     /// mutex, and only when a waiter is queued. A waiter whose target is
-    /// `from` (non-null) is skipped and kept. Returns the number woken.
+    /// `from` (non-null) is skipped and kept. Each waiter is called at most
+    /// once per offer, counting the offers its callbacks make (they share
+    /// its `seen` stamp, through `NEST`). Returns the number woken.
     pub fn offer(&self, from: *mut c_void, threshold: isize, budget: impl FnOnce() -> isize) -> usize {
         let mut st = self.lock();
         if st.head.iter().all(|h| h.is_null()) {
             return 0;
         }
         let mut budget = budget();
-        st.seq = st.seq.wrapping_add(1);
-        let seq = st.seq;
+        // An offer made from a callback continues the offer that runs the
+        // callback: same stamp, so neither calls again whom the other called.
+        let seq = match NEST.with(|n| n.get()) {
+            0 => {
+                st.seq = st.seq.wrapping_add(1).max(1);
+                st.seq
+            }
+            outer => outer,
+        };
         let me = crate::sync::thread_token();
         let mut woken = 0;
         for class in (0..CLASSES).rev() {
@@ -304,7 +324,6 @@ impl WaitQueue {
                     if l.run.is_null() && l.seen != seq && !skip_from {
                         break;
                     }
-                    l.seen = seq;
                     cur = l.next;
                 }
                 if cur.is_null() {
@@ -319,8 +338,10 @@ impl WaitQueue {
                 // SAFETY: as above; C does not change a queued waiter.
                 let (cb, target) = unsafe { ((*cur).wakeup_cb, (*cur).target) };
                 drop(st);
+                let outer = NEST.with(|n| n.replace(seq));
                 // SAFETY: the C contract of `wakeup_cb`; queued waiters have one.
                 let r = cb.map_or(0, |f| unsafe { f(target) });
+                NEST.with(|n| n.set(outer));
                 st = self.lock();
                 if r != 0 {
                     budget -= 1;

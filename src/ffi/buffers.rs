@@ -221,7 +221,9 @@ pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
 /// the budget; zero: it stays queued in its place. A waiter whose `target`
 /// is `from` (when `from` is not NULL) is skipped and stays queued, and so
 /// is a waiter whose callback another thread is running. Every waiter is
-/// visited at most once per call.
+/// visited at most once per call; a call made from inside a callback
+/// continues the call that runs that callback: neither calls again a
+/// waiter the other called (each keeps its own budget and `from`).
 #[no_mangle]
 pub extern "C" fn offer_buffers(from: *mut c_void, threshold: c_uint) {
     waitq::global().offer(from, threshold as isize, dynbuf::offer_budget);
