@@ -184,8 +184,12 @@ extern struct pool_head *pool_head_buffer;
  * held and idle (0: unlimited). Call it before other threads use buffers;
  * calling it again with the same `bufsize` retunes the reserve and the
  * limit. Returns 0, -1 on bad input (`bufsize` 0 or above 2 GiB, `limit`
- * not above `reserved_bufs`, another `bufsize` than the first call), -2
- * when memory is short.
+ * not above `reserved_bufs`, another `bufsize` than the first call; nothing
+ * changes), or -2 when the idle reserve could not be made: memory is
+ * short, or, on a retune, callers already hold so many buffers that the
+ * new limit leaves no room for it. With -2 the pool and the new reserve
+ * and limit are in place all the same; the reserve fills as buffers come
+ * back.
  */
 int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsigned int limit);
 

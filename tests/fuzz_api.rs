@@ -1,5 +1,5 @@
 //! A seeded fuzzer of C-API call sequences, checked step by step against a
-//! model (see docs/fuzzing.md for why a seeded generator and not cargo-fuzz).
+//! model (see the README, "Fuzzing the API", for why a seeded generator and not cargo-fuzz).
 //!
 //! Several pools of random sizes, alignments and flags take random calls:
 //! alloc, zalloc, alloc_nocache, free, free_nocache, flush, gc, limit,
