@@ -96,6 +96,16 @@ impl Pool {
         self.alloc_slow()
     }
 
+    /// `alloc`, with the object's `size` bytes set to zero.
+    pub(crate) fn zalloc(&self) -> *mut u8 {
+        let obj = self.alloc();
+        if !obj.is_null() {
+            // SAFETY: a fresh object of this pool is at least `size` bytes.
+            unsafe { obj.write_bytes(0, self.size) };
+        }
+        obj
+    }
+
     /// Gives an object back: to this thread's cache if it fits, else released.
     ///
     /// # Safety
@@ -586,6 +596,20 @@ pub(crate) fn total_bytes() -> (u64, u64) {
         used += (p.used() * p.size) as u64;
     });
     (alloc, used)
+}
+
+/// Writes the `show pools` text to `fd`; a bad fd or a short write ends it.
+pub(crate) fn dump_to_fd(fd: i32) {
+    let text = dump();
+    let mut buf = text.as_bytes();
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd just fails.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        buf = &buf[n as usize..];
+    }
 }
 
 /// The `show pools` text.

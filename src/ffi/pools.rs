@@ -100,13 +100,10 @@ pub extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
 /// Like `pool_alloc`, with the object's `size` bytes set to zero.
 #[no_mangle]
 pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
-    let Some(p) = pool_ref(pool) else { return null_mut() };
-    let obj = p.alloc();
-    if !obj.is_null() {
-        // SAFETY: a fresh object of this pool is at least `size` bytes.
-        unsafe { obj.write_bytes(0, p.size) };
+    match pool_ref(pool) {
+        Some(p) => p.zalloc().cast(),
+        None => null_mut(),
     }
-    obj.cast()
 }
 
 /// Gives an object back to its pool. `ptr` NULL is a no-op, and so is a
@@ -227,16 +224,7 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
 /// HAProxy's `show pools`, then a total line. A bad fd is ignored.
 #[no_mangle]
 pub extern "C" fn dump_pools_to_fd(fd: c_int) {
-    let text = pool::dump();
-    let mut buf = text.as_bytes();
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd just fails.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        buf = &buf[n as usize..];
-    }
+    pool::dump_to_fd(fd)
 }
 
 /// Applies debug options at run time, like `BUFPOOL_DEBUG` (read once, at
