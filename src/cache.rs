@@ -233,15 +233,27 @@ pub(crate) fn take(pool: &Pool) -> *mut u8 {
     // SAFETY: we hold the lock; cache_idx <= NO_INDEX, and heads has NO_INDEX + 1 entries.
     let local = unsafe { tc.local() };
     let head = unsafe { local.heads.get_unchecked_mut(pool.cache_idx) };
-    let item = head.top;
-    if !item.is_null() {
-        // SAFETY: `item` is idle in our own stack and we hold its lock.
-        head.top = unsafe { next_of(item) };
-        head.count = head.count.wrapping_sub(1);
-        local.bytes = local.bytes.wrapping_sub(pool.size);
-    }
+    // SAFETY: we hold the lock of the cache that owns `head` and `local.bytes`.
+    let item = unsafe { pop_locked(head, &mut local.bytes, pool.size) };
     tc.unlock();
     item.cast()
+}
+
+/// Pops the top of a stack, or null; keeps its count and the cache's bytes.
+///
+/// # Safety
+/// The caller holds the lock of the cache that owns `head` and `bytes`, and
+/// `size` is the object size of the stack's pool.
+#[inline(always)]
+unsafe fn pop_locked(head: &mut Head, bytes: &mut usize, size: usize) -> *mut Link {
+    let item = head.top;
+    if !item.is_null() {
+        // SAFETY: `item` is idle in this stack, under its lock (caller guarantee).
+        head.top = unsafe { next_of(item) };
+        head.count = head.count.wrapping_sub(1);
+        *bytes = bytes.wrapping_sub(size);
+    }
+    item
 }
 
 /// What `put` did with an object.
@@ -482,16 +494,8 @@ pub(crate) fn steal(pool: &Pool) -> *mut u8 {
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { &*tc.0 };
-        let item = tc.with_head(idx, |head, local| {
-            let item = head.top;
-            if !item.is_null() {
-                // SAFETY: idle in this stack, under its lock.
-                head.top = unsafe { next_of(item) };
-                head.count -= 1;
-                local.bytes -= pool.size;
-            }
-            item
-        });
+        // SAFETY: `with_head` holds this cache's lock.
+        let item = tc.with_head(idx, |head, local| unsafe { pop_locked(head, &mut local.bytes, pool.size) });
         if !item.is_null() {
             return item.cast();
         }
