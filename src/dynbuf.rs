@@ -100,12 +100,17 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize) -> Result<*mut
 }
 
 /// Makes at least `keep` buffers idle in the pool, taking new ones from the
-/// OS. False when the OS refuses. Visits the thread caches: off the fast path.
+/// OS. False when the OS refuses. Idle buffers in the shared cache alone are
+/// a lower bound of all idle ones: the exact count, which visits every
+/// thread cache under its lock, is taken only when that bound falls short,
+/// and once. At most `keep` buffers are taken (at the limit an idle one can
+/// come back instead of a new one).
 fn top_up(pool: &Pool, keep: usize) -> bool {
-    for _ in 0..keep {
-        if pool.allocated().saturating_sub(pool.used()) >= keep {
-            return true;
-        }
+    if pool.shared_idle() >= keep {
+        return true;
+    }
+    let mut idle = pool.allocated().saturating_sub(pool.used());
+    while idle < keep {
         let p = pool.alloc_nocache();
         if p.is_null() {
             return false;
@@ -113,6 +118,7 @@ fn top_up(pool: &Pool, keep: usize) -> bool {
         // SAFETY: just taken from this pool; we give it back idle, kept
         // even when the pool is crowded (a plain free could send it to the OS).
         unsafe { pool.release_or_keep(p.cast(), true) };
+        idle += 1;
     }
     true
 }

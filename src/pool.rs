@@ -411,6 +411,11 @@ impl Pool {
         self.c.allocated.load(Relaxed)
     }
 
+    /// Idle objects in the shared cache (not in thread caches): cheap.
+    pub(crate) fn shared_idle(&self) -> usize {
+        self.c.allocated.load(Relaxed).saturating_sub(self.c.out.load(Relaxed))
+    }
+
     /// Objects held by callers. Counts the thread caches under their locks:
     /// call it off the fast path.
     pub(crate) fn used(&self) -> usize {
