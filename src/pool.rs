@@ -581,8 +581,8 @@ pub(crate) fn for_each(mut f: impl FnMut(&Pool)) {
     }
 }
 
-/// Is `p` a live pool? (For inputs that can afford a registry look-up.)
-#[cfg(test)]
+/// Is `p` a live pool? (For the unit tests.)
+#[cfg(all(test, not(loom)))]
 pub(crate) fn is_live(p: *const Pool) -> bool {
     pools().iter().any(|q| q.0 as *const Pool == p)
 }

@@ -3,11 +3,9 @@
 //! pieces can be model-checked with the very same source.
 
 #[cfg(loom)]
-#[allow(unused_imports)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr};
 #[cfg(not(loom))]
-#[allow(unused_imports)]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr};
 
 pub(crate) use std::sync::atomic::Ordering;
 
