@@ -2,13 +2,21 @@
 //! objects it released last, under one byte budget for all pools
 //! (`pool_set_cache_size`, 512 KiB by default).
 //!
-//! Each cache has a lock word. Its own thread takes it for a few
-//! instructions per operation (an uncontended `xchg` on a line no other
-//! core touches); other threads take it only to steal an idle object when a
-//! pool is at its limit, to drain a pool (destroy, gc) or to count. That is
-//! what lets an allocation find idle objects in the cache of a thread that
-//! is blocked. Objects leave a cache for the shared cache or the OS (eviction,
-//! thread exit, gc) under its lock, so such a search never misses them.
+//! Who may touch a cache. Its own thread (the owner) works on it for a few
+//! instructions per operation; other threads (foreign holders) take it only
+//! to steal an idle object when a pool is at its limit, to drain a pool
+//! (destroy, gc, a lowered limit), to apply a new budget, or to count. The
+//! protocol between them is [`crate::owned`]: the owner never waits (when a
+//! foreign holder is in its cache it takes its slow path), and a foreign
+//! holder waits at most for the one operation the owner had begun, so the
+//! limit's search, `pool_used` and the drains are bounded however busy the
+//! owners are. Foreign holders are serialised by the registry mutex
+//! `CACHES`.
+//!
+//! Objects leave a cache for the shared cache or the OS (eviction, thread
+//! exit, drains) inside such a section, so a search at the limit never
+//! misses them: it waits for the section, then finds them in the shared
+//! cache.
 //!
 //! Eviction is least-recently-used first: each pool's stack is ordered by
 //! recency, and each pool's slot is stamped when the thread last released
@@ -16,30 +24,45 @@
 //! the pool it used least recently to the shared cache, and repeats until
 //! it is back to 7/8 of its budget.
 
+use crate::os::{free_box, try_box};
+use crate::owned::Owned;
 use crate::pool::Pool;
 use crate::shared::{next_of, set_next, Link};
-use crate::sync::Spin;
-use std::cell::{Cell, UnsafeCell};
-use std::ptr::{null, null_mut};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::ptr::{null, null_mut, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many pools can have a thread cache; the others work without one.
 pub(crate) const MAX_POOLS: usize = 256;
-/// The cache index of a pool that has no thread cache.
-pub(crate) const NO_INDEX: usize = MAX_POOLS;
+
+/// A pool's slot in every thread cache: an index below `MAX_POOLS`. A pool
+/// without a thread cache has no slot (`Option<Slot>` is `None`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Slot(u8);
+
+const _: () = assert!(MAX_POOLS == u8::MAX as usize + 1, "a Slot's u8 covers every index");
+
+impl Slot {
+    #[inline(always)]
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// Per-thread byte budget, all pools together.
 static BUDGET: AtomicUsize = AtomicUsize::new(512 * 1024);
 
-/// The pool that owns each cache index (null: free index).
+/// The pool that owns each slot (null: free). A pool keeps its slot until
+/// it is freed, after every cache was drained of it: so a cache that holds
+/// objects of slot `i` can always reach their pool through `SLOTS[i]`.
 static SLOTS: [AtomicPtr<Pool>; MAX_POOLS] = [const { AtomicPtr::new(null_mut()) }; MAX_POOLS];
 
-/// Every live thread cache. Lock order: `CACHES`, then a cache's own lock.
+/// Every live thread cache. Lock order: `CACHES`, then a cache's `foreign` hold.
 static CACHES: Mutex<Vec<CachePtr>> = Mutex::new(Vec::new());
 
-struct CachePtr(*const ThreadCache);
-// SAFETY: a cache is shared between threads only through its lock word.
+struct CachePtr(NonNull<ThreadCache>);
+// SAFETY: a cache is shared between threads only through its busy/foreign protocol.
 unsafe impl Send for CachePtr {}
 
 #[derive(Clone, Copy)]
@@ -50,19 +73,16 @@ struct Head {
     stamp: u64,
 }
 
-struct Local {
+const EMPTY_HEAD: Head = Head { top: null_mut(), count: 0, stamp: 0 };
+
+pub(crate) struct Local {
     bytes: usize,
     tick: u64,
-    /// One more than `MAX_POOLS`: `NO_INDEX` names an always-empty head,
-    /// so `take` needs no bounds check.
-    heads: [Head; MAX_POOLS + 1],
+    heads: [Head; MAX_POOLS],
 }
 
-pub(crate) struct ThreadCache {
-    /// 1 while held. A u32, not a bool, so that taking it is one `lock bts`.
-    lock: AtomicU32,
-    local: UnsafeCell<Local>,
-}
+/// A thread's cache: owned by its thread, held from outside now and then.
+pub(crate) type ThreadCache = Owned<Local>;
 
 thread_local! {
     static EXITED: Cell<bool> = const { Cell::new(false) };
@@ -162,93 +182,33 @@ fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
     CACHES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl ThreadCache {
-    /// Takes the lock if it is free. The owner never waits on the fast
-    /// path: when another thread holds the lock for a moment, the operation
-    /// goes to the slow path, which is as correct and rare.
-    #[inline(always)]
-    fn try_lock(&self) -> bool {
-        // Acquire: pairs with the Release of `unlock`, so we see the last holder's writes.
-        // A fetch_or whose other bits are unused compiles to `lock bts` + `jc`.
-        self.lock.fetch_or(1, Ordering::Acquire) & 1 == 0
-    }
-
-    #[inline(always)]
-    fn lock(&self) {
-        // Acquire: pairs with the Release of `unlock`, so we see the last holder's writes.
-        if !self.try_lock() {
-            self.lock_contended();
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn lock_contended(&self) {
-        let mut spin = Spin::new();
-        loop {
-            spin.wait();
-            if self.lock.load(Ordering::Relaxed) == 0 && self.try_lock() {
-                return;
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn unlock(&self) {
-        // Release: hands our writes to `Local` to the next holder.
-        self.lock.store(0, Ordering::Release);
-    }
-
-    /// # Safety
-    /// The caller holds `self.lock` and keeps no other reference to `Local`.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn local(&self) -> &mut Local {
-        // SAFETY: exclusive access is what the lock gives (caller guarantee).
-        unsafe { &mut *self.local.get() }
-    }
-
-    /// Runs `f` on the stack of pool `idx` under the lock.
-    fn with_head<R>(&self, idx: usize, f: impl FnOnce(&mut Head, &mut Local) -> R) -> R {
-        self.lock();
-        // SAFETY: we hold the lock.
-        let local = unsafe { self.local() };
-        let mut head = local.heads[idx];
-        let r = f(&mut head, local);
-        local.heads[idx] = head;
-        self.unlock();
-        r
-    }
-}
-
 /// Takes an idle object of `pool` from this thread's cache; null if none.
 #[inline(always)]
 pub(crate) fn take(pool: &Pool) -> *mut u8 {
+    let Some(slot) = pool.slot else { return null_mut() };
     let tc = current::get();
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let Some(tc) = (unsafe { tc.as_ref() }) else { return null_mut() };
-    if !tc.try_lock() {
+    if !tc.enter() {
         return null_mut();
     }
-    // SAFETY: we hold the lock; cache_idx <= NO_INDEX, and heads has NO_INDEX + 1 entries.
-    let local = unsafe { tc.local() };
-    let head = unsafe { local.heads.get_unchecked_mut(pool.cache_idx) };
-    // SAFETY: we hold the lock of the cache that owns `head` and `local.bytes`.
-    let item = unsafe { pop_locked(head, &mut local.bytes, pool.size) };
-    tc.unlock();
+    // SAFETY: we are inside our cache.
+    let local = unsafe { tc.get() };
+    // SAFETY: a slot's index is below MAX_POOLS, the length of `heads`.
+    let head = unsafe { local.heads.get_unchecked_mut(slot.index()) };
+    let item = pop_head(head, &mut local.bytes, pool.size);
+    tc.exit();
     item.cast()
 }
 
 /// Pops the top of a stack, or null; keeps its count and the cache's bytes.
-///
-/// # Safety
-/// The caller holds the lock of the cache that owns `head` and `bytes`, and
-/// `size` is the object size of the stack's pool.
+/// The caller is inside the cache that owns `head` and `bytes`.
 #[inline(always)]
-unsafe fn pop_locked(head: &mut Head, bytes: &mut usize, size: usize) -> *mut Link {
+fn pop_head(head: &mut Head, bytes: &mut usize, size: usize) -> *mut Link {
     let item = head.top;
     if !item.is_null() {
-        // SAFETY: `item` is idle in this stack, under its lock (caller guarantee).
+        debug_assert!(head.count > 0 && *bytes >= size, "a non-empty stack is counted");
+        // SAFETY: `item` is idle in this stack, whose cache the caller is inside.
         head.top = unsafe { next_of(item) };
         head.count = head.count.wrapping_sub(1);
         *bytes = bytes.wrapping_sub(size);
@@ -269,20 +229,20 @@ pub(crate) enum Put {
 /// Keeps a released object in this thread's cache, if it can without waiting.
 #[inline(always)]
 pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> Put {
+    let Some(slot) = pool.slot else { return Put::Refused };
     let budget = BUDGET.load(Ordering::Relaxed);
     let tc = current::get();
-    // `cache_size` is the object size, or usize::MAX for a pool without a thread cache.
-    if pool.cache_size > budget || tc.is_null() {
+    if pool.size > budget || tc.is_null() || pool.is_capped() {
         return Put::Refused;
     }
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let tc = unsafe { &*tc };
-    if !tc.try_lock() {
+    if !tc.enter() {
         return Put::Refused;
     }
-    // SAFETY: we hold the lock, and the caller gives the object up.
-    let over = unsafe { push_locked(tc, pool, ptr, budget) };
-    tc.unlock();
+    // SAFETY: we are inside our cache, and the caller gives the object up.
+    let over = unsafe { push_head(tc.get(), slot, pool.size, ptr, budget) };
+    tc.exit();
     if over {
         Put::OverBudget
     } else {
@@ -290,32 +250,36 @@ pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> Put {
     }
 }
 
+/// Pushes an object on the stack of `slot`; true when now over `budget`.
+///
 /// # Safety
-/// The caller holds `tc`'s lock; `ptr` is an object of `pool` it gave up;
-/// `pool` has a cache index.
+/// The caller is inside the cache that owns `local`; `ptr` is an object of
+/// `size` bytes of the pool of `slot`, given up by the caller.
 #[inline(always)]
-unsafe fn push_locked(tc: &ThreadCache, pool: &Pool, ptr: *mut u8, budget: usize) -> bool {
-    // SAFETY: caller guarantees (lock held, index < MAX_POOLS).
-    let local = unsafe { tc.local() };
-    let head = unsafe { local.heads.get_unchecked_mut(pool.cache_idx) };
+unsafe fn push_head(local: &mut Local, slot: Slot, size: usize, ptr: *mut u8, budget: usize) -> bool {
+    // SAFETY: a slot's index is below MAX_POOLS, the length of `heads`.
+    let head = unsafe { local.heads.get_unchecked_mut(slot.index()) };
     // SAFETY: the object is ours until published in our own stack.
     unsafe { set_next(ptr.cast(), head.top) };
     head.top = ptr.cast();
     head.count = head.count.wrapping_add(1);
     local.tick += 1;
     head.stamp = local.tick;
-    local.bytes += pool.size;
+    local.bytes += size;
     local.bytes > budget
 }
 
-/// The slow side of `put`: gives this thread a cache if it has none, and
-/// waits for its lock. Returns false when the object cannot be cached here
-/// (no thread cache for this pool, larger than the budget, thread exiting).
+/// The slow side of `put`: gives this thread a cache if it has none.
+/// Returns false when the object cannot be cached here now (no slot for
+/// this pool, larger than the budget, pool above a lowered limit, thread
+/// exiting, no memory for a cache, or a foreign holder in the cache): the
+/// caller then releases it to the pool. Never waits.
 #[cold]
 #[inline(never)]
 pub(crate) fn put_slow(pool: &Pool, ptr: *mut u8) -> bool {
+    let Some(slot) = pool.slot else { return false };
     let budget = BUDGET.load(Ordering::Relaxed);
-    if pool.cache_size > budget {
+    if pool.size > budget || pool.is_capped() {
         return false;
     }
     let mut tc = current::get();
@@ -327,61 +291,68 @@ pub(crate) fn put_slow(pool: &Pool, ptr: *mut u8) -> bool {
     }
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let tc = unsafe { &*tc };
-    tc.lock();
-    // SAFETY: we hold the lock, and the caller gives the object up.
-    let over = unsafe { push_locked(tc, pool, ptr, budget) };
-    tc.unlock();
-    if over {
-        evict(tc, budget);
+    if !tc.enter() {
+        return false;
     }
+    // SAFETY: we are inside our cache, and the caller gives the object up.
+    unsafe {
+        tc.with(|local| {
+            if push_head(local, slot, pool.size, ptr, budget) {
+                evict_inside(local, budget);
+            }
+        })
+    };
+    tc.exit();
     true
 }
 
 /// Brings this thread's cache back under its budget (after `Put::OverBudget`).
+/// When a foreign holder is in the cache, it gives up: the next release
+/// into the cache finds it over budget again.
 #[cold]
 #[inline(never)]
 pub(crate) fn evict_current() {
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     if let Some(tc) = unsafe { current::get().as_ref() } {
-        evict(tc, BUDGET.load(Ordering::Relaxed));
+        if tc.enter() {
+            // SAFETY: we are inside our cache.
+            unsafe { tc.with(|local| evict_inside(local, BUDGET.load(Ordering::Relaxed))) };
+            tc.exit();
+        }
     }
 }
 
-/// Brings this thread's cache back to 7/8 of `budget`, least recently used first.
+/// Brings a cache back to 7/8 of `budget`, least recently used pool first,
+/// by sending objects to their pools. The caller is inside the cache.
 #[cold]
 #[inline(never)]
-fn evict(tc: &ThreadCache, budget: usize) {
+fn evict_inside(local: &mut Local, budget: usize) {
     let target = budget - budget / 8;
-    loop {
-        tc.lock();
-        // SAFETY: we hold the lock.
-        let local = unsafe { tc.local() };
-        let victim = local
-            .heads
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.count > 0)
-            .min_by_key(|(_, h)| h.stamp)
-            .map(|(i, _)| i);
-        let (idx, pool) = match victim {
-            Some(i) if local.bytes > target => (i, SLOTS[i].load(Ordering::Acquire)),
-            _ => {
-                tc.unlock();
-                return;
-            }
+    while local.bytes > target {
+        let victim = local.heads.iter().enumerate().filter(|(_, h)| h.count > 0).min_by_key(|(_, h)| h.stamp);
+        let Some((idx, _)) = victim else {
+            debug_assert_eq!(local.bytes, 0, "bytes count only cached objects");
+            return;
         };
-        // SAFETY: a pool keeps its index until every cache is drained of it,
+        // SAFETY: a pool keeps its slot until every cache is drained of it,
         // and this cache still holds objects of it.
-        let size = unsafe { (*pool).size };
-        let head = &mut local.heads[idx];
-        let (chain, n) = detach_older_half(head);
-        local.bytes -= n as usize * size;
-        // Released before unlocking: see `move_out`.
+        let pool = unsafe { &*slot_pool(idx) };
+        // Objects in transit to the pool: a search at the limit waits for them.
+        let _moving = pool.begin_transit();
+        let (chain, n) = detach_older_half(&mut local.heads[idx]);
+        local.bytes -= n as usize * pool.size;
         // SAFETY: the objects left our cache but still count as out of the
         // pool's shared layer, so the pool cannot be destroyed under us.
-        unsafe { (*pool).release_chain(chain) };
-        tc.unlock();
+        unsafe { pool.release_chain(chain) };
     }
+}
+
+/// The pool of a slot that a cache holds objects of.
+fn slot_pool(idx: usize) -> *const Pool {
+    // Acquire: pairs with the Release of `claim_slot`: we see the whole pool.
+    let p = SLOTS[idx].load(Ordering::Acquire);
+    debug_assert!(!p.is_null(), "a slot with cached objects has its pool");
+    p
 }
 
 /// Cuts the older half (rounded up) off a stack; returns it and its length.
@@ -394,7 +365,7 @@ fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
     }
     let mut last_kept = head.top;
     for _ in 1..keep {
-        // SAFETY: the stack holds `count` linked objects, under our lock.
+        // SAFETY: the stack holds `count` linked objects; the caller is inside its cache.
         last_kept = unsafe { next_of(last_kept) };
     }
     // SAFETY: as above; `last_kept` is the keep-th object.
@@ -404,29 +375,63 @@ fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
     (chain, evicted)
 }
 
-/// Creates and registers this thread's cache; null when the thread exits.
+/// Detaches a whole stack: its chain and length. The caller is inside the cache.
+fn detach_all(local: &mut Local, idx: usize, size: usize) -> (*mut Link, u32) {
+    let head = &mut local.heads[idx];
+    let n = head.count;
+    if n == 0 {
+        return (null_mut(), 0);
+    }
+    debug_assert!(local.bytes >= n as usize * size, "bytes count every cached object");
+    local.bytes -= n as usize * size;
+    head.count = 0;
+    (std::mem::replace(&mut head.top, null_mut()), n)
+}
+
+/// Sends every cached object of `local` back to its pool. The caller is inside the cache.
+fn empty_into_pools(local: &mut Local) {
+    for idx in 0..MAX_POOLS {
+        if local.heads[idx].count == 0 {
+            continue;
+        }
+        // SAFETY: a pool keeps its slot while objects of it are cached.
+        let pool = unsafe { &*slot_pool(idx) };
+        let _moving = pool.begin_transit();
+        let (chain, _) = detach_all(local, idx, pool.size);
+        // SAFETY: detached from the cache, still counted out of the pool's shared layer.
+        unsafe { pool.release_chain(chain) };
+    }
+    debug_assert_eq!(local.bytes, 0, "an emptied cache holds no bytes");
+}
+
+/// Creates and registers this thread's cache; null when the thread exits
+/// or memory is short (the thread then works without a cache).
 #[cold]
 #[inline(never)]
 fn attach() -> *const ThreadCache {
     if EXITED.with(Cell::get) {
         return null();
     }
-    let empty = Head { top: null_mut(), count: 0, stamp: 0 };
-    let tc = Box::into_raw(Box::new(ThreadCache {
-        lock: AtomicU32::new(0),
-        local: UnsafeCell::new(Local { bytes: 0, tick: 0, heads: [empty; MAX_POOLS + 1] }),
-    }));
+    crate::fork::ensure_registered();
+    let Some(tc) = try_box(Owned::new(Local { bytes: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] })) else {
+        return null();
+    };
+    let mut reg = caches();
     // SAFETY: the key is live (never deleted); its destructor gets `tc` back.
-    let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.cast()) } == 0);
-    if !hooked {
-        // No exit hook: this thread works without a cache.
+    let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.as_ptr().cast()) } == 0);
+    if !hooked || reg.try_reserve(1).is_err() {
+        if hooked {
+            // SAFETY: our own live key; the destructor then sees null and does nothing.
+            unsafe { libc::pthread_setspecific(exit_key().unwrap_or(0), null()) };
+        }
+        drop(reg);
         // SAFETY: `tc` was never shared.
-        drop(unsafe { Box::from_raw(tc) });
+        unsafe { free_box(tc) };
         return null();
     }
-    caches().push(CachePtr(tc));
-    current::set(tc);
-    tc
+    reg.push(CachePtr(tc));
+    current::set(tc.as_ptr());
+    tc.as_ptr()
 }
 
 /// The key destructor: gives a thread's cached objects back when it exits.
@@ -438,64 +443,27 @@ fn attach() -> *const ThreadCache {
 unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
     EXITED.with(|e| e.set(true));
     current::set(null());
-    let tc: *const ThreadCache = tc.cast();
-    if tc.is_null() {
-        return;
-    }
+    let Some(tc) = NonNull::new(tc.cast::<ThreadCache>()) else { return };
     // SAFETY: registered, so alive; only this thread frees it, below.
-    let tcr = unsafe { &*tc };
-    for idx in 0..MAX_POOLS {
-        move_out(tcr, idx, |chain| {
-            let pool = SLOTS[idx].load(Ordering::Acquire);
-            // SAFETY: the pool holds its index while objects of it are cached,
-            // and the objects still count as out of its shared layer.
-            unsafe { (*pool).release_chain(chain) };
-        });
-    }
+    let tcr = unsafe { tc.as_ref() };
+    tcr.enter_wait();
+    // SAFETY: we are inside our cache.
+    unsafe { tcr.with(empty_into_pools) };
+    tcr.exit();
+    // Foreign holders hold CACHES: once we have it, none is in our cache.
     caches().retain(|p| p.0 != tc);
     // SAFETY: out of the registry, so no other thread can reach it any more;
-    // this thread made it with Box::into_raw.
-    drop(unsafe { Box::from_raw(tc as *mut ThreadCache) });
-}
-
-/// Detaches every idle object of pool `idx` from `tc` and hands the chain to
-/// `f` before unlocking. A thread at a pool's limit looks for idle objects
-/// in every cache, then in the shared cache: objects moving from a cache to
-/// the shared cache (or to the OS) under the cache's lock are never out of
-/// its sight, so it cannot fail while idle objects exist.
-fn move_out(tc: &ThreadCache, idx: usize, f: impl FnOnce(*mut Link)) -> usize {
-    tc.with_head(idx, |h, local| {
-        let (chain, n) = detach_all(h, local, idx);
-        if !chain.is_null() {
-            f(chain);
-        }
-        n as usize
-    })
-}
-
-fn detach_all(head: &mut Head, local: &mut Local, idx: usize) -> (*mut Link, u32) {
-    let n = head.count;
-    if n == 0 {
-        return (null_mut(), 0);
-    }
-    let pool = SLOTS[idx].load(Ordering::Acquire);
-    // SAFETY: the pool holds its index while objects of it are cached.
-    local.bytes -= n as usize * unsafe { (*pool).size };
-    head.count = 0;
-    (std::mem::replace(&mut head.top, null_mut()), n)
+    // this thread made it with try_box.
+    unsafe { free_box(tc) };
 }
 
 /// Takes one idle object of `pool` from any thread's cache (the limit path).
 pub(crate) fn steal(pool: &Pool) -> *mut u8 {
-    let idx = pool.cache_idx;
-    if idx >= MAX_POOLS {
-        return null_mut();
-    }
+    let Some(slot) = pool.slot else { return null_mut() };
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        let tc = unsafe { &*tc.0 };
-        // SAFETY: `with_head` holds this cache's lock.
-        let item = tc.with_head(idx, |head, local| unsafe { pop_locked(head, &mut local.bytes, pool.size) });
+        let tc = unsafe { tc.0.as_ref() };
+        let item = tc.with_held(|local| pop_head(&mut local.heads[slot.index()], &mut local.bytes, pool.size));
         if !item.is_null() {
             return item.cast();
         }
@@ -504,56 +472,177 @@ pub(crate) fn steal(pool: &Pool) -> *mut u8 {
 }
 
 /// Detaches every idle object of `pool` from every thread's cache and hands
-/// each chain to `f`, under that cache's lock (see `move_out`). Returns how
-/// many objects were detached.
+/// each chain to `f`, inside that cache's foreign hold (see the module
+/// comment). Returns how many objects were detached.
 pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
-    let idx = pool.cache_idx;
-    if idx >= MAX_POOLS {
-        return 0;
-    }
+    let Some(slot) = pool.slot else { return 0 };
     let mut total = 0;
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        total += move_out(unsafe { &*tc.0 }, idx, &mut f);
+        let tc = unsafe { tc.0.as_ref() };
+        total += tc.with_held(|local| {
+            let (chain, n) = detach_all(local, slot.index(), pool.size);
+            if !chain.is_null() {
+                f(chain);
+            }
+            n as usize
+        });
     }
     total
 }
 
-/// How many idle objects of `pool` sit in thread caches.
-pub(crate) fn idle(pool: &Pool) -> usize {
-    let idx = pool.cache_idx;
-    if idx >= MAX_POOLS {
-        return 0;
-    }
-    caches()
-        .iter()
+/// Holds every thread cache whose owner is not inside an operation, all at
+/// once, then calls `read` and counts the idle objects of `slot` in the
+/// caches held: a snapshot no owner can change while it is taken. A busy
+/// owner is given a few microseconds (spinning, no yield) to finish its
+/// operation, which takes nanoseconds unless its thread was preempted in
+/// the middle; a cache whose owner is still busy then is let go and counted
+/// as holding nothing. So the count never waits on the scheduler, and it
+/// never counts more idle objects than there are: `read() - idle` never
+/// falls below what callers hold. At quiescence no owner is busy and the
+/// count is exact.
+/// Returns `(read(), idle)`.
+pub(crate) fn snapshot(slot: Slot, read: impl FnOnce() -> usize) -> (usize, usize) {
+    let reg = caches();
+    for tc in reg.iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        .map(|tc| unsafe { &*tc.0 }.with_head(idx, |h, _| h.count as usize))
-        .sum()
-}
-
-/// Gives `pool` a cache index; `NO_INDEX` when all are taken.
-/// Called under the pool registry lock.
-pub(crate) fn claim_index(pool: *mut Pool) -> usize {
-    for (i, slot) in SLOTS.iter().enumerate() {
-        if slot.load(Ordering::Relaxed).is_null() {
-            // Release: evicting threads that read the slot see the whole pool.
-            slot.store(pool, Ordering::Release);
-            return i;
+        unsafe { tc.0.as_ref() }.announce();
+    }
+    let mut idle = 0;
+    for tc in reg.iter() {
+        // SAFETY: as above.
+        let tc = unsafe { tc.0.as_ref() };
+        if owner_out_soon(tc) {
+            // SAFETY: held: announced, and the owner is out.
+            idle += unsafe { tc.with(|local| local.heads[slot.index()].count as usize) };
+        } else {
+            // Busy: counted as holding nothing (the safe side), let go now.
+            tc.unhold();
         }
     }
-    NO_INDEX
+    let r = read();
+    for tc in reg.iter() {
+        // SAFETY: as above. A second unhold of a skipped cache only clears
+        // a flag that is already clear and that no one else writes.
+        unsafe { tc.0.as_ref() }.unhold();
+    }
+    (r, idle)
 }
 
-/// Frees a cache index once every cache is drained of its pool.
-pub(crate) fn release_index(idx: usize) {
-    if idx < MAX_POOLS {
-        SLOTS[idx].store(null_mut(), Ordering::Release);
+/// After `announce`: waits a little for a busy owner (see `snapshot`).
+fn owner_out_soon(tc: &ThreadCache) -> bool {
+    for _ in 0..OWNER_SPINS {
+        if tc.owner_out() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    tc.owner_out()
+}
+
+/// `pause`s a count gives a busy owner: a few microseconds at most.
+const OWNER_SPINS: u32 = 256;
+
+/// How many idle objects of `pool` sit in thread caches (for the tests).
+#[cfg(all(test, not(loom)))]
+pub(crate) fn idle(pool: &Pool) -> usize {
+    match pool.slot {
+        Some(slot) => snapshot(slot, || 0).1,
+        None => 0,
     }
 }
 
+/// Gives `pool` a slot; `None` when all are taken.
+/// Called under the pool registry lock.
+pub(crate) fn claim_slot(pool: *mut Pool) -> Option<Slot> {
+    for (i, s) in SLOTS.iter().enumerate() {
+        if s.load(Ordering::Relaxed).is_null() {
+            // Release: evicting threads that read the slot see the whole pool.
+            s.store(pool, Ordering::Release);
+            return Some(Slot(i as u8));
+        }
+    }
+    None
+}
+
+/// Frees a slot once every cache is drained of its pool.
+pub(crate) fn release_slot(slot: Slot) {
+    debug_assert!(
+        caches().iter().all(|tc| {
+            // SAFETY: a registered cache stays alive while CACHES is locked.
+            let tc = unsafe { tc.0.as_ref() };
+            tc.with_held(|l| l.heads[slot.index()].count == 0)
+        }),
+        "a pool keeps its slot until every cache is drained of it"
+    );
+    SLOTS[slot.index()].store(null_mut(), Ordering::Release);
+}
+
+/// Sets the per-thread budget and applies it to every thread's cache now:
+/// a cache above the new budget sends its least recently used objects to
+/// their pools until it is back to 7/8 of it.
 pub(crate) fn set_budget(bytes: usize) {
     BUDGET.store(bytes, Ordering::Relaxed);
+    for tc in caches().iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        let tc = unsafe { tc.0.as_ref() };
+        tc.with_held(|local| {
+            if local.bytes > bytes {
+                evict_inside(local, bytes)
+            }
+        });
+    }
+}
+
+// ---- fork ----------------------------------------------------------------
+
+/// The registry lock, held across `fork()` by the forking thread.
+static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, Vec<CachePtr>>> = crate::sync::ForkSlot::new();
+
+/// Before `fork()`: takes the registry and holds every cache, so that no
+/// thread is inside one when the process is copied. Lock order: after the
+/// pool registry, before the shared caches.
+pub(crate) fn fork_prepare() {
+    let _ = exit_key(); // never copied half-initialised
+    let reg = caches();
+    for tc in reg.iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        unsafe { tc.0.as_ref() }.hold();
+    }
+    FORK_HELD.put(reg);
+}
+
+/// After `fork()`, in the parent: lets every cache go.
+pub(crate) fn fork_parent() {
+    if let Some(reg) = FORK_HELD.take() {
+        for tc in reg.iter() {
+            // SAFETY: a registered cache stays alive while CACHES is locked.
+            unsafe { tc.0.as_ref() }.unhold();
+        }
+    }
+}
+
+/// After `fork()`, in the child, once the shared caches are usable again:
+/// the caches of the parent's other threads (threads that do not exist
+/// here, whose exit hooks will never run) are emptied into their pools'
+/// shared caches and freed; this thread's own cache is let go.
+pub(crate) fn fork_child() {
+    let Some(mut reg) = FORK_HELD.take() else { return };
+    let own = current::get();
+    reg.retain(|tc| {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        let r = unsafe { tc.0.as_ref() };
+        if core::ptr::eq(tc.0.as_ptr(), own) {
+            r.unhold();
+            return true;
+        }
+        // SAFETY: held since `fork_prepare`, and its owner does not exist here.
+        unsafe { r.with(empty_into_pools) };
+        // SAFETY: out of the registry once `retain` drops it; made by try_box;
+        // its thread does not exist in this process.
+        unsafe { free_box(tc.0) };
+        false
+    });
 }
 
 #[cfg(all(test, not(loom)))]

@@ -77,10 +77,17 @@ const HELP: &str = "bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-s
 /// Reads `BUFPOOL_DEBUG` once. Called at every entry that creates state.
 pub(crate) fn init_from_env() {
     ENV_ONCE.call_once(|| {
-        if let Ok(v) = std::env::var("BUFPOOL_DEBUG") {
-            if let Err(word) = apply(&v) {
-                eprintln!("bufpool: unknown BUFPOOL_DEBUG word '{word}' (try BUFPOOL_DEBUG=help); variable ignored");
-            }
+        // getenv, not std::env::var: no heap allocation (this runs when
+        // memory may be exhausted).
+        // SAFETY: a NUL-terminated name; the result is null or a C string.
+        let v = unsafe { libc::getenv(c"BUFPOOL_DEBUG".as_ptr()) };
+        if v.is_null() {
+            return;
+        }
+        // SAFETY: getenv returned a NUL-terminated string of the environment.
+        let v = unsafe { std::ffi::CStr::from_ptr(v) }.to_str().unwrap_or("\u{fffd}");
+        if let Err(word) = apply(v) {
+            eprintln!("bufpool: unknown BUFPOOL_DEBUG word '{word}' (try BUFPOOL_DEBUG=help); variable ignored");
         }
     });
 }
@@ -95,7 +102,7 @@ fn parse_u32(s: &str) -> Option<u32> {
 
 /// Applies a comma-separated option list. All words are checked before any
 /// takes effect; on a bad word nothing changes and the word is returned.
-pub(crate) fn apply(opts: &str) -> Result<(), String> {
+pub(crate) fn apply(opts: &str) -> Result<(), &str> {
     let mut race = None;
     let mut no_cache = None;
     let mut no_global = None;
@@ -110,7 +117,7 @@ pub(crate) fn apply(opts: &str) -> Result<(), String> {
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let bad = || Err(word.to_string());
+        let bad = || Err(word);
         match (key, val) {
             ("no-cache", None) => no_cache = Some(true),
             ("cache", None) => no_cache = Some(false),
@@ -217,6 +224,18 @@ pub(crate) fn in_critical() -> bool {
     CRITICAL.with(|c| c.get() != 0)
 }
 
+/// Before `fork()`: takes the registry of tag/uaf objects (after every
+/// pool's store, see `pool::fork_prepare`).
+pub(crate) fn fork_lock() {
+    object::fork_lock();
+}
+
+/// After `fork()`, parent or child: lets the registry go.
+pub(crate) fn fork_unlock() {
+    // SAFETY: taken by `fork_lock` on this thread.
+    unsafe { object::fork_unlock() };
+}
+
 /// Widens the window between reading a shared-cache head and reading the
 /// link of the object it names, when `race-window` is set. Every shared
 /// cache algorithm calls it at that point.
@@ -253,10 +272,10 @@ mod tests {
     #[test]
     fn words_are_all_checked_before_any_applies() {
         let _g = modes_lock();
-        assert_eq!(apply("tag,poison=300"), Err("poison=300".into()));
+        assert_eq!(apply("tag,poison=300"), Err("poison=300"));
         assert_eq!(object_modes().0, 0, "nothing applied");
         for bad in ["fail=101", "fail=-1", "poison=x", "tagg", "no-help", "race-window=q", "tag=1", "no-"] {
-            assert_eq!(apply(bad), Err(bad.into()));
+            assert_eq!(apply(bad), Err(bad));
         }
         apply("tag, caller ,poison=0xAA,fail=5,cold-first").unwrap();
         assert_eq!(object_modes(), (M_TAG | M_CALLER | M_POISON | M_FAIL | M_COLD_FIRST, 0xAA, 5));
@@ -284,7 +303,7 @@ mod tests {
         assert!(pool.alloc().is_null(), "the guard is gone, the pool still has fail=100");
         // SAFETY: from `pool`, given back once.
         unsafe { pool.free(o) };
-        assert!(crate::pool::destroy(p).is_null());
+        assert!(crate::pool::destroy(p, |_| {}).is_null());
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! may both pass a check that only one of them would pass after the other.
 //! The reserve bends by at most the number of racing threads; it is the
 //! margin-0 limit that is exact.
+//!
+//! A reserve (or a margin without a limit) whose bytes exceed half of the
+//! memory the process can have ([`max_reserve_bytes`]) is refused up front:
+//! it could only fill the address space before failing.
 
 use crate::ffi::{MEM_F_EXACT, MEM_F_SHARED};
 use crate::pool::{self, Pool, MAX_SIZE};
@@ -55,33 +59,74 @@ static INIT: Mutex<()> = Mutex::new(());
 
 /// The buffer pool once `init` ran.
 pub(crate) fn buffer_pool<'a>() -> Option<&'a Pool> {
-    // SAFETY: a non-null POOL is a pool created by `init`. The library never
-    // destroys it; C must not either, and calls no buffer function after
-    // `pool_destroy_all` (documented at `pool_head_buffer`).
+    // SAFETY: a non-null POOL is a pool created by `init`, alive until a
+    // destroy frees it, which resets POOL first (`forget`); C makes no buffer
+    // call concurrently with that destroy (documented at `pool_head_buffer`).
     unsafe { POOL.load(Ordering::Acquire).as_ref() }
+}
+
+/// Told that the pool at `freed` was freed (by `pool_destroy_all`, or
+/// `pool_destroy` of the buffer pool): if it was the buffer pool, the
+/// buffer functions go back to their state before `init`. True when it was.
+pub(crate) fn forget(freed: *const Pool) -> bool {
+    // AcqRel: the reset is seen by any later `init` that acquires POOL.
+    if POOL.compare_exchange(freed as *mut Pool, null_mut(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    BUFSIZE.store(0, Ordering::Relaxed);
+    RESERVED.store(0, Ordering::Relaxed);
+    true
+}
+
+/// The most bytes a reserve may make the buffer pool keep: half of the
+/// physical memory, or of the address-space limit (`RLIMIT_AS`, which
+/// HAProxy's `-m` sets) when that is lower.
+pub(crate) fn max_reserve_bytes() -> usize {
+    // SAFETY: sysconf has no precondition.
+    let (pages, page) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let mut max = if pages > 0 && page > 0 { (pages as usize).saturating_mul(page as usize) } else { usize::MAX };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0 && lim.rlim_cur != libc::RLIM_INFINITY {
+        max = max.min(lim.rlim_cur as usize);
+    }
+    max / 2
+}
+
+/// Would keeping `n` idle buffers of `bufsize` bytes be absurd?
+fn absurd_reserve(n: usize, bufsize: usize) -> bool {
+    n.checked_mul(bufsize).is_none_or(|bytes| bytes > max_reserve_bytes())
 }
 
 pub(crate) fn reserved() -> usize {
     RESERVED.load(Ordering::Relaxed)
 }
 
-/// Creates (or retunes) the buffer pool. Returns the pool, or an error code.
-pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize) -> Result<*mut Pool, i32> {
-    if bufsize == 0 || bufsize > MAX_SIZE as usize || (limit != 0 && limit <= reserved) {
-        return Err(-1);
+/// Creates (or retunes) the buffer pool. `publish` is told the pool, under
+/// `init`'s lock, as soon as it is in place (also when the reserve then
+/// fails with -2). Returns 0 or an error code.
+pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize, publish: impl FnOnce(*mut Pool)) -> i32 {
+    if bufsize == 0
+        || bufsize > MAX_SIZE as usize
+        || (limit != 0 && limit <= reserved)
+        || absurd_reserve(reserved.max(3), bufsize)
+    {
+        return -1;
     }
     let _g = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let mut p = POOL.load(Ordering::Acquire);
     if p.is_null() {
-        p = pool::create(b"buffer", bufsize as u32, 0, MEM_F_SHARED | MEM_F_EXACT);
+        // The library's own pool: a user's pool of the same size and flags
+        // never merges with it (its limit and minavail are ours to set).
+        p = pool::create_private(b"buffer", bufsize as u32, MEM_F_SHARED | MEM_F_EXACT);
         if p.is_null() {
-            return Err(-2);
+            return -2;
         }
     }
     // SAFETY: created above or by an earlier init, never destroyed while in use.
     let pool = unsafe { &*p };
     if pool.size != bufsize {
-        return Err(-1);
+        return -1;
     }
     let minavail = reserved.max(3);
     pool.set_limit(limit);
@@ -89,38 +134,55 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize) -> Result<*mut
     BUFSIZE.store(bufsize, Ordering::Relaxed);
     RESERVED.store(reserved, Ordering::Relaxed);
     POOL.store(p, Ordering::Release);
+    publish(p);
     // The reserve, and one more, exist from the start (at most the limit).
     let keep = if limit == 0 { minavail } else { minavail.min(limit) };
     // The reserve is what keeps responses flowing: `fail=PERCENT` spares it.
     let _spared = crate::debug::critical();
-    if !top_up(pool, keep) {
-        return Err(-2);
+    if top_up(pool, keep) == Reserve::Refused {
+        return -2;
     }
-    Ok(p)
+    0
+}
+
+/// What `top_up` achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// The idle buffers exist.
+    Held,
+    /// The OS refused a buffer.
+    Refused,
+    /// The pool keeps no idle object (`uaf` and `no-global` debug modes: a
+    /// released buffer goes straight to the OS): no reserve can be held,
+    /// and buffers come from the OS when asked for.
+    Unkeepable,
 }
 
 /// Makes at least `keep` buffers idle in the pool, taking new ones from the
-/// OS. False when the OS refuses. Idle buffers in the shared cache alone are
+/// OS. Idle buffers in the shared cache alone are
 /// a lower bound of all idle ones: the exact count, which visits every
 /// thread cache under its lock, is taken only when that bound falls short,
 /// and once. At most `keep` buffers are taken (at the limit an idle one can
 /// come back instead of a new one).
-fn top_up(pool: &Pool, keep: usize) -> bool {
+pub(crate) fn top_up(pool: &Pool, keep: usize) -> Reserve {
     if pool.shared_idle() >= keep {
-        return true;
+        return Reserve::Held;
     }
     let mut idle = pool.allocated().saturating_sub(pool.used());
     while idle < keep {
         let p = pool.alloc_nocache();
         if p.is_null() {
-            return false;
+            return Reserve::Refused;
         }
         // SAFETY: just taken from this pool; we give it back idle, kept
         // even when the pool is crowded (a plain free could send it to the OS).
-        unsafe { pool.release_or_keep(p.cast(), true) };
+        if !unsafe { pool.release_or_keep(p.cast(), true) } {
+            // It went to the OS: it is not idle, and no other would be.
+            return Reserve::Unkeepable;
+        }
         idle += 1;
     }
-    true
+    Reserve::Held
 }
 
 /// Allocates `*buf` if it may leave `margin` buffers to be had after it.
@@ -132,6 +194,9 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     }
     let Some(pool) = buffer_pool() else { return false };
     let limit = pool.limit();
+    if limit == 0 && margin != 0 && absurd_reserve(margin, pool.size) {
+        return false;
+    }
     // used <= allocated: the exact count only near the limit. Margin 0 is
     // the pool's own limit, exact while the pool is within it; after a
     // limit was lowered below what callers hold, it is checked here too.
@@ -145,7 +210,7 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     if p.is_null() {
         return false;
     }
-    if limit == 0 && margin != 0 && !top_up(pool, margin) {
+    if limit == 0 && margin != 0 && top_up(pool, margin) == Reserve::Refused {
         // SAFETY: just taken from this pool.
         unsafe { pool.free(p) };
         return false;
@@ -203,9 +268,58 @@ pub(crate) fn offer_budget() -> isize {
     }
 }
 
+#[cfg(not(loom))]
+static FORK_HELD: crate::sync::ForkSlot<std::sync::MutexGuard<'static, ()>> = crate::sync::ForkSlot::new();
+
+/// Before `fork()`: takes `init`'s lock (first of all the library's locks:
+/// `init` creates a pool under it).
+#[cfg(not(loom))]
+pub(crate) fn fork_prepare() {
+    FORK_HELD.put(INIT.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// After `fork()`, parent or child.
+#[cfg(not(loom))]
+pub(crate) fn fork_release() {
+    drop(FORK_HELD.take());
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// In `no-global` and `uaf` modes a released buffer goes to the OS: the
+    /// reserve cannot be held, and must not be counted as held.
+    #[test]
+    fn a_reserve_is_not_counted_from_buffers_sent_to_the_os() {
+        let _g = crate::pool::tests::serial();
+        for mode in ["no-global", "uaf"] {
+            crate::debug::apply(mode).unwrap();
+            let p = pool::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
+            crate::debug::apply(if mode == "uaf" { "no-uaf" } else { "global" }).unwrap();
+            // SAFETY: created above, destroyed below.
+            let pool = unsafe { &*p };
+            assert_eq!(top_up(pool, 4), Reserve::Unkeepable, "{mode}");
+            assert_eq!(pool.allocated(), 0, "{mode}: nothing idle, nothing kept");
+            assert!(pool::destroy(p, |_| {}).is_null());
+        }
+        let p = pool::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
+        // SAFETY: as above.
+        let pool = unsafe { &*p };
+        assert_eq!(top_up(pool, 4), Reserve::Held);
+        assert_eq!((pool.allocated(), pool.used()), (4, 0), "four idle buffers");
+        pool.set_minavail(0);
+        pool.flush();
+        assert!(pool::destroy(p, |_| {}).is_null());
+    }
+
+    #[test]
+    fn absurd_reserves_are_refused() {
+        assert!(absurd_reserve(u32::MAX as usize - 1, 65536));
+        assert!(absurd_reserve(usize::MAX, 2));
+        assert!(!absurd_reserve(2, 65536));
+        assert!(max_reserve_bytes() > 1 << 20);
+    }
 
     #[test]
     fn class_margins_are_tiers() {

@@ -5,19 +5,28 @@
 //! idle in a thread cache, idle in the pool's shared cache, or back with
 //! the OS. The pool counts `allocated` (taken from the OS, alive) and `out`
 //! (out of the shared layer: held by callers or idle in thread caches);
-//! `used` is `out` minus what the thread caches hold, computed on demand so
-//! that the fast path touches no shared counter.
+//! `used` is `out` minus what the thread caches hold, counted on demand
+//! from a snapshot of every thread cache taken at once, so that the fast
+//! path touches no shared counter and the count is never torn.
+//!
+//! Objects on their way out of sight (detached from a cache or a shared
+//! cache and not yet pushed elsewhere, or not yet subtracted from
+//! `allocated` on their way to the OS) are "in transit": an allocation at
+//! the limit that finds nothing waits for the transit to end rather than
+//! fail while an object it could have had is moving.
 
-use crate::cache::{self, NO_INDEX};
+use crate::cache::{self, Slot};
 use crate::debug;
 use crate::ffi::{
     MEM_F_EXACT, MEM_F_SHARED, POOL_F_NO_LOCAL_CACHE, POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE,
     POOL_F_SHARED_XCHG,
 };
+use crate::os::{free_box, heap_alloc, heap_free, try_box, write_all, StackLine};
 use crate::shared::{next_of, Link, Shared};
+use crate::sync::Spin;
 use crossbeam_utils::CachePadded;
-use std::ptr::null_mut;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::ptr::{null_mut, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
 
 /// Largest object size a pool accepts (2 GiB).
@@ -33,6 +42,10 @@ const NEED_SAMPLES: usize = 1024;
 const NAME_LEN: usize = 32;
 /// Rounds of the search for room or an idle object at the limit.
 const LIMIT_ROUNDS: usize = 3;
+/// Retries of that search after a transit ended, before giving up: each
+/// retry follows an object's arrival somewhere, so this bounds only a
+/// pathological stream of them.
+const TRANSIT_RETRIES: usize = 1 << 16;
 
 const ALGO_FLAGS: u32 = POOL_F_SHARED_XCHG | POOL_F_SHARED_LOCKED | POOL_F_SHARED_DWCAS | POOL_F_SHARED_NONE;
 const KNOWN_FLAGS: u32 = MEM_F_SHARED | MEM_F_EXACT | ALGO_FLAGS | POOL_F_NO_LOCAL_CACHE;
@@ -46,33 +59,55 @@ pub struct Pool {
     /// Alignment asked of the OS; 0 for malloc's own.
     pub(crate) align: usize,
     flags: u32,
-    /// This pool's slot in every thread cache, or `NO_INDEX`.
-    pub(crate) cache_idx: usize,
-    /// `size` when the pool has a thread cache, usize::MAX otherwise: one
-    /// compare against the budget tells whether a thread may cache an object.
-    pub(crate) cache_size: usize,
+    /// The library's own pool (the buffer pool): never merged with another.
+    private: bool,
+    /// This pool's slot in every thread cache; `None`: no thread cache.
+    pub(crate) slot: Option<Slot>,
     pub(crate) shared: Shared,
     name: [u8; NAME_LEN],
     users: AtomicUsize,
     limit: AtomicUsize,
     minavail: AtomicUsize,
+    /// Set while `allocated` is above a lowered limit: released objects go
+    /// to the OS, not to a cache, until it is back within the limit.
+    capped: AtomicBool,
     c: CachePadded<Counters>,
     /// The object debug modes this pool was created with.
     dbg: debug::PoolDebug,
 }
 
-/// Statistics and accounting. Relaxed throughout: they count objects and
-/// guard no memory; exactness at quiescence comes from the caller's own
-/// synchronisation (thread join, locks) with the threads that moved objects.
+/// Statistics and accounting. `allocated`, `out`, `failed`, `need_sum`:
+/// Relaxed, they count objects and guard no memory; exactness at quiescence
+/// comes from the caller's own synchronisation (thread join, locks) with
+/// the threads that moved objects. `transit` and `arrived`: SeqCst, see
+/// `alloc_new_or_idle`.
 struct Counters {
     allocated: AtomicUsize,
     out: AtomicUsize,
     failed: AtomicUsize,
     /// Moving sum of `out` sampled at each release; the average is sum / NEED_SAMPLES.
     need_sum: AtomicUsize,
+    /// Transits under way.
+    transit: AtomicUsize,
+    /// Transits ended so far.
+    arrived: AtomicUsize,
 }
 
-struct PoolPtr(*mut Pool);
+/// A transit of this pool's objects, from `begin_transit` until dropped.
+pub(crate) struct Transit<'a>(&'a Pool);
+
+impl Drop for Transit<'_> {
+    fn drop(&mut self) {
+        // SeqCst, both: `arrived` moves before `transit` falls, so a searcher
+        // that sees no transit under way also sees that one ended (see
+        // `alloc_new_or_idle`).
+        self.0.c.arrived.fetch_add(1, SeqCst);
+        let was = self.0.c.transit.fetch_sub(1, SeqCst);
+        debug_assert!(was > 0, "a transit ends once");
+    }
+}
+
+struct PoolPtr(NonNull<Pool>);
 // SAFETY: pools are shared by design; all their mutable state is atomic.
 unsafe impl Send for PoolPtr {}
 
@@ -115,7 +150,7 @@ impl Pool {
         match cache::put(self, ptr) {
             cache::Put::Done => {}
             cache::Put::OverBudget => cache::evict_current(),
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller's guarantee, passed on unchanged.
             cache::Put::Refused => unsafe { self.free_slow(ptr) },
         }
     }
@@ -146,7 +181,7 @@ impl Pool {
     #[inline(never)]
     unsafe fn free_slow(&self, ptr: *mut u8) {
         if !cache::put_slow(self, ptr) {
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller holds `ptr`, an object of this pool counted out.
             unsafe { self.release(ptr.cast()) };
         }
     }
@@ -154,11 +189,17 @@ impl Pool {
     /// Takes a new object from the OS, or, at the limit, any idle object.
     ///
     /// At the limit the search runs a few rounds: while it looks through one
-    /// cache, an idle object can appear in a cache it already looked at, or a
-    /// crowded release can free one to the OS and make room. It fails only
-    /// when every round found neither room nor an idle object.
+    /// cache, an idle object can appear in a cache it already looked at. It
+    /// also waits for objects in transit: when a round finds nothing while a
+    /// transit is under way, or after one ended since the round began, it
+    /// runs again (that object is now idle somewhere, or gone to the OS and
+    /// out of `allocated`). It fails only when rounds found neither room
+    /// nor an idle object and no object moved meanwhile.
     fn alloc_new_or_idle(&self) -> *mut u8 {
-        for _ in 0..LIMIT_ROUNDS {
+        let mut spin = Spin::new();
+        let (mut rounds, mut retries) = (0, 0);
+        loop {
+            let arrived = self.c.arrived.load(SeqCst);
             if self.reserve_one() {
                 let p = self.os_alloc();
                 if p.is_null() {
@@ -179,6 +220,19 @@ impl Pool {
                 self.c.out.fetch_add(1, Relaxed);
                 return p.cast();
             }
+            // SeqCst, both: a transit that began after our searches ended
+            // moves an object we would have found; one that ended before has
+            // moved `arrived` first (see `Transit::drop`).
+            let moving = self.c.transit.load(SeqCst) != 0 || self.c.arrived.load(SeqCst) != arrived;
+            if moving && retries < TRANSIT_RETRIES {
+                retries += 1;
+                spin.wait();
+                continue;
+            }
+            rounds += 1;
+            if rounds == LIMIT_ROUNDS {
+                break;
+            }
         }
         self.c.failed.fetch_add(1, Relaxed);
         null_mut()
@@ -193,35 +247,76 @@ impl Pool {
             .is_ok()
     }
 
+    /// Starts a transit: until the guard drops, a search at the limit that
+    /// finds nothing waits rather than fail (see `alloc_new_or_idle`).
+    pub(crate) fn begin_transit(&self) -> Transit<'_> {
+        // SeqCst: ordered before the detaching that follows, for the searchers.
+        self.c.transit.fetch_add(1, SeqCst);
+        Transit(self)
+    }
+
+    /// Is `allocated` above the limit? Released objects then go to the OS.
+    fn over_limit(&self) -> bool {
+        let limit = self.limit.load(Relaxed);
+        limit != 0 && self.c.allocated.load(Relaxed) > limit
+    }
+
+    /// Are released objects to go to the OS rather than to a thread cache
+    /// (the pool is above a lowered limit)? One relaxed load: the fast path asks.
+    #[inline(always)]
+    pub(crate) fn is_capped(&self) -> bool {
+        self.capped.load(Relaxed)
+    }
+
     /// Sends an object out of the caller's hands or a thread cache to the
-    /// shared cache, or to the OS when the pool is crowded.
+    /// shared cache, or to the OS when the pool is crowded or above its limit.
     ///
     /// # Safety
     /// `item` is an object of this pool counted in `out` that the caller owns.
     pub(crate) unsafe fn release(&self, item: *mut Link) {
-        // SAFETY: forwarded caller guarantee.
-        unsafe { self.release_or_keep(item, false) }
+        // SAFETY: the caller's guarantee, passed on unchanged.
+        unsafe { self.release_or_keep(item, false) };
     }
 
     /// `release`; with `keep`, the object stays idle even in a crowded pool
-    /// (the reserve that `dynbuf` keeps allocated without a limit).
+    /// (the reserve that `dynbuf` keeps allocated without a limit). Returns
+    /// whether the object stayed idle in the pool (false: it went to the OS).
     ///
     /// # Safety
     /// As `release`.
-    pub(crate) unsafe fn release_or_keep(&self, item: *mut Link, keep: bool) {
+    pub(crate) unsafe fn release_or_keep(&self, item: *mut Link, keep: bool) -> bool {
         if self.dbg.on() {
-            // SAFETY: forwarded caller guarantee (checked here in tag/uaf modes).
+            // SAFETY: the caller's guarantee, checked here in tag/uaf modes.
             unsafe { self.dbg.check_free(self, item.cast()) };
         }
         let out = self.c.out.load(Relaxed);
         self.sample_need(out);
-        // SAFETY: forwarded caller guarantee.
-        if (!keep && self.is_crowded()) || !unsafe { self.idle_push(item) } {
+        let over = self.over_limit();
+        // SAFETY: the caller owns `item`, an object of this pool.
+        let kept = !over && (keep || !self.is_crowded()) && unsafe { self.idle_push(item) };
+        if !kept {
             // SAFETY: the object is ours and in no list.
-            unsafe { self.os_free(item.cast()) };
-            self.c.allocated.fetch_sub(1, Relaxed);
+            unsafe { self.to_os(item.cast()) };
         }
-        self.c.out.fetch_sub(1, Relaxed);
+        let was = self.c.out.fetch_sub(1, Relaxed);
+        debug_assert!(was > 0, "out counts the object released");
+        if over && !self.over_limit() {
+            self.capped.store(false, Relaxed);
+        }
+        kept
+    }
+
+    /// Gives an object back to the OS: out of `allocated` first, so that an
+    /// allocation at the limit finds room as soon as the object is out of
+    /// sight (it may briefly exceed the limit by the objects being freed).
+    ///
+    /// # Safety
+    /// `p` came from `os_alloc` of this pool and is in no list.
+    unsafe fn to_os(&self, p: *mut u8) {
+        let was = self.c.allocated.fetch_sub(1, Relaxed);
+        debug_assert!(was > 0, "allocated counts the object freed");
+        // SAFETY: the caller's guarantee, passed on unchanged.
+        unsafe { self.os_free(p) };
     }
 
     /// `release` for each object of a null-terminated chain.
@@ -232,7 +327,7 @@ impl Pool {
         while !p.is_null() {
             // SAFETY: the chain is ours; read the link before `release` reuses it.
             let next = unsafe { next_of(p) };
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: an object of the caller's chain: ours, of this pool, counted out.
             unsafe { self.release(p) };
             p = next;
         }
@@ -275,11 +370,11 @@ impl Pool {
     /// `p` came from `os_alloc` of this pool and is in no list.
     unsafe fn os_free(&self, p: *mut u8) {
         if self.dbg.on() {
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller's guarantee, passed on unchanged.
             return unsafe { self.dbg.os_free(self, p) };
         }
-        // SAFETY: caller guarantee; malloc and posix_memalign blocks both go to free.
-        unsafe { libc::free(p.cast()) }
+        // SAFETY: the caller's guarantee: a block of `heap_alloc`, unused.
+        unsafe { heap_free(p) }
     }
 
     // ---- debug pools: the debug store replaces the shared cache ---------
@@ -298,10 +393,10 @@ impl Pool {
     /// `item` is an object of this pool that the caller owns.
     unsafe fn idle_push(&self, item: *mut Link) -> bool {
         if self.dbg.on() {
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller owns `item`, an object of this pool.
             return unsafe { self.dbg.push_idle(self, item.cast()) };
         }
-        // SAFETY: forwarded caller guarantee.
+        // SAFETY: the caller owns `item`, an object of this pool.
         unsafe { self.shared.push(item) }
     }
 
@@ -333,24 +428,26 @@ impl Pool {
     /// `ptr` came from this pool and the caller holds it.
     pub(crate) unsafe fn free_nocache(&self, ptr: *mut u8) {
         if self.dbg.on() {
-            // SAFETY: forwarded caller guarantee (checked here in tag/uaf modes).
+            // SAFETY: the caller's guarantee, checked here in tag/uaf modes.
             unsafe { self.dbg.check_free(self, ptr) };
         }
-        // SAFETY: caller guarantee.
-        unsafe { self.os_free(ptr) };
-        self.c.allocated.fetch_sub(1, Relaxed);
+        // SAFETY: the caller holds `ptr`, an object of this pool in no list.
+        unsafe { self.to_os(ptr) };
         self.c.out.fetch_sub(1, Relaxed);
+        if !self.over_limit() {
+            self.capped.store(false, Relaxed);
+        }
     }
 
     /// Frees every idle object of the shared cache to the OS.
     pub(crate) fn flush(&self) {
+        let _moving = self.begin_transit();
         let mut p = if self.dbg.on() { self.idle_pop() } else { self.shared.take_all() };
         while !p.is_null() {
             // SAFETY: the detached chain is ours alone (a debug store links nothing).
             let next = if self.dbg.on() { self.idle_pop() } else { unsafe { next_of(p) } };
             // SAFETY: idle object of this pool, in no list any more.
-            unsafe { self.os_free(p.cast()) };
-            self.c.allocated.fetch_sub(1, Relaxed);
+            unsafe { self.to_os(p.cast()) };
             p = next;
         }
     }
@@ -364,6 +461,7 @@ impl Pool {
     /// Moves every thread cache's idle objects of this pool to the shared
     /// cache, then frees idle objects to the OS while `too_many(allocated, out)`.
     fn trim(&self, too_many: impl Fn(usize, usize) -> bool) {
+        let _moving = self.begin_transit();
         cache::drain(self, |chain| {
             let mut p = chain;
             while !p.is_null() {
@@ -372,8 +470,7 @@ impl Pool {
                 // SAFETY: an idle object of this pool, ours, in no list.
                 if !unsafe { self.idle_push(p) } {
                     // SAFETY: as above.
-                    unsafe { self.os_free(p.cast()) };
-                    self.c.allocated.fetch_sub(1, Relaxed);
+                    unsafe { self.to_os(p.cast()) };
                 }
                 self.c.out.fetch_sub(1, Relaxed);
                 p = next;
@@ -385,17 +482,22 @@ impl Pool {
                 break;
             }
             // SAFETY: popped, so ours and in no list.
-            unsafe { self.os_free(p.cast()) };
-            self.c.allocated.fetch_sub(1, Relaxed);
+            unsafe { self.to_os(p.cast()) };
         }
     }
 
     /// Sets the limit. A limit below what is allocated takes effect at once:
-    /// idle objects above it, in any cache, go back to the OS.
+    /// idle objects above it, in any cache, go back to the OS, and objects
+    /// released later go to the OS too until the pool is within the limit.
     pub(crate) fn set_limit(&self, n: usize) {
         self.limit.store(n, Relaxed);
         if n != 0 && self.c.allocated.load(Relaxed) > n {
+            // Caches first refuse new objects, then give up what they hold.
+            self.capped.store(true, Relaxed);
             self.trim(|allocated, out| allocated > n && allocated > out);
+        }
+        if !self.over_limit() {
+            self.capped.store(false, Relaxed);
         }
     }
 
@@ -416,10 +518,15 @@ impl Pool {
         self.c.allocated.load(Relaxed).saturating_sub(self.c.out.load(Relaxed))
     }
 
-    /// Objects held by callers. Counts the thread caches under their locks:
-    /// call it off the fast path.
+    /// Objects held by callers: `out` minus the thread caches' idle
+    /// objects, read while every cache is held (a snapshot no owner can
+    /// change; see `cache::snapshot`), so it never counts less than callers
+    /// hold. Objects in flight inside a call count as held.
     pub(crate) fn used(&self) -> usize {
-        self.c.out.load(Relaxed).saturating_sub(cache::idle(self))
+        let Some(slot) = self.slot else { return self.c.out.load(Relaxed) };
+        let (out, idle) = cache::snapshot(slot, || self.c.out.load(SeqCst));
+        debug_assert!(out >= idle, "every object idle in a thread cache counts as out");
+        out.saturating_sub(idle)
     }
 
     pub(crate) fn failed(&self) -> usize {
@@ -432,23 +539,20 @@ impl Pool {
     }
 }
 
-/// Takes `size` bytes aligned on `align` (0: malloc's own) from the heap.
-pub(crate) fn heap_alloc(size: usize, align: usize) -> *mut u8 {
-    if align == 0 {
-        // SAFETY: malloc has no precondition; a null result is handled.
-        return unsafe { libc::malloc(size) }.cast();
-    }
-    let mut p = null_mut();
-    // SAFETY: align is a power of two and a multiple of the pointer size (checked at creation).
-    if unsafe { libc::posix_memalign(&mut p, align, size) } != 0 {
-        return null_mut();
-    }
-    p.cast()
+/// Creates a pool, or returns the pool it merges with. Null on bad input
+/// or when memory is short.
+pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Pool {
+    create_with(name, size, align, flags, false)
 }
 
-/// Creates a pool, or returns the pool it merges with. Null on bad input.
-pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Pool {
+/// Creates one of the library's own pools: never merged with another.
+pub(crate) fn create_private(name: &[u8], size: u32, flags: u32) -> *mut Pool {
+    create_with(name, size, 0, flags, true)
+}
+
+fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) -> *mut Pool {
     debug::init_from_env();
+    crate::fork::ensure_registered();
     let algo = flags & ALGO_FLAGS;
     if size == 0
         || size > MAX_SIZE
@@ -466,63 +570,64 @@ pub(crate) fn create(name: &[u8], size: u32, align: u32, flags: u32) -> *mut Poo
     let dbg = debug::PoolDebug::snapshot(size, !debug::no_global() && algo != POOL_F_SHARED_NONE);
     let dbg_on = dbg.on();
     let mut reg = pools();
-    if flags & MEM_F_SHARED != 0 {
+    if flags & MEM_F_SHARED != 0 && !private {
         for p in reg.iter() {
             // SAFETY: registered pools are alive while POOLS is locked.
-            let q = unsafe { &*p.0 };
-            if q.flags == flags && q.size == size && q.align == align && q.dbg.same(&dbg) {
+            let q = unsafe { p.0.as_ref() };
+            if !q.private && q.flags == flags && q.size == size && q.align == align && q.dbg.same(&dbg) {
                 q.users.fetch_add(1, Relaxed);
-                return p.0;
+                return p.0.as_ptr();
             }
         }
     }
-    let shared = if debug::no_global() {
-        Shared::None
-    } else {
-        Shared::for_flag(algo)
-    };
+    if reg.try_reserve(1).is_err() {
+        return null_mut();
+    }
+    let shared = if debug::no_global() { Shared::None } else { Shared::for_flag(algo) };
     let mut stored = [0u8; NAME_LEN];
     let n = name.len().min(NAME_LEN - 1);
     stored[..n].copy_from_slice(&name[..n]);
-    let pool = Box::into_raw(Box::new(Pool {
+    let Some(pool) = try_box(Pool {
         size,
         alloc_size: (size + dbg.extra()).max(MIN_OBJECT),
         align,
         flags,
-        cache_idx: NO_INDEX,
-        cache_size: usize::MAX,
+        private,
+        slot: None,
         shared,
         name: stored,
         users: AtomicUsize::new(1),
         limit: AtomicUsize::new(0),
         minavail: AtomicUsize::new(0),
+        capped: AtomicBool::new(false),
         c: CachePadded::new(Counters {
             allocated: AtomicUsize::new(0),
             out: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             need_sum: AtomicUsize::new(0),
+            transit: AtomicUsize::new(0),
+            arrived: AtomicUsize::new(0),
         }),
         dbg,
-    }));
+    }) else {
+        return null_mut();
+    };
     // A debug pool has no thread cache: every object goes through the slow path.
     if flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() && !dbg_on {
         // SAFETY: not yet shared with anyone.
-        unsafe {
-            (*pool).cache_idx = cache::claim_index(pool);
-            if (*pool).cache_idx != NO_INDEX {
-                (*pool).cache_size = size;
-            }
-        }
+        unsafe { (*pool.as_ptr()).slot = cache::claim_slot(pool.as_ptr()) };
     }
     reg.push(PoolPtr(pool));
-    pool
+    pool.as_ptr()
 }
 
 /// Destroys a pool whose objects are all back: null once freed (or when
 /// other users of a merged pool remain), the pool itself while in use.
-pub(crate) fn destroy(p: *mut Pool) -> *mut Pool {
+/// `on_free` is told the address of a pool that is freed, under the
+/// registry lock (before another pool can take the address).
+pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut Pool {
     let mut reg = pools();
-    let Some(pos) = reg.iter().position(|q| q.0 == p) else {
+    let Some(pos) = reg.iter().position(|q| q.0.as_ptr() == p) else {
         return null_mut(); // not a live pool: nothing to do
     };
     // SAFETY: registered, hence alive while POOLS is locked.
@@ -533,65 +638,77 @@ pub(crate) fn destroy(p: *mut Pool) -> *mut Pool {
     if pool.users.fetch_sub(1, Relaxed) > 1 {
         return null_mut();
     }
-    reg.swap_remove(pos);
-    drop(reg);
-    free_pool(p);
+    let q = reg.swap_remove(pos);
+    free_pool(q.0);
+    on_free(p);
     null_mut()
 }
 
 /// Frees a pool that is out of the registry and has no object in use.
-fn free_pool(p: *mut Pool) {
+fn free_pool(p: NonNull<Pool>) {
     // SAFETY: the caller took it out of the registry; we are its last user.
-    let pool = unsafe { &*p };
+    let pool = unsafe { p.as_ref() };
     cache::drain(pool, |mut c| {
         while !c.is_null() {
             // SAFETY: drained objects are ours.
             let next = unsafe { next_of(c) };
-            // SAFETY: idle object of this pool.
+            // SAFETY: idle object of this pool, in no list.
             unsafe { pool.os_free(c.cast()) };
             c = next;
         }
     });
     pool.flush();
-    cache::release_index(pool.cache_idx);
-    // SAFETY: made by Box::into_raw in `create`, now unreachable.
-    drop(unsafe { Box::from_raw(p) });
+    if let Some(slot) = pool.slot {
+        cache::release_slot(slot);
+    }
+    // SAFETY: made by try_box in `create_with`, now unreachable.
+    unsafe { free_box(p) };
 }
 
 /// Destroys every pool with no object in use, whatever its number of users.
-pub(crate) fn destroy_all() {
+/// `on_free` is told each freed pool's address, under the registry lock.
+pub(crate) fn destroy_all(mut on_free: impl FnMut(*const Pool)) {
     let mut reg = pools();
-    let mut keep = Vec::new();
-    for p in reg.drain(..) {
+    let mut i = 0;
+    while i < reg.len() {
         // SAFETY: registered pools are alive while POOLS is locked.
-        if unsafe { &*p.0 }.used() == 0 {
-            free_pool(p.0);
+        if unsafe { reg[i].0.as_ref() }.used() == 0 {
+            let q = reg.swap_remove(i);
+            free_pool(q.0);
+            on_free(q.0.as_ptr());
         } else {
-            keep.push(p);
+            i += 1;
         }
     }
-    *reg = keep;
 }
 
 /// Runs `f` on every live pool, under the registry lock.
 pub(crate) fn for_each(mut f: impl FnMut(&Pool)) {
     for p in pools().iter() {
         // SAFETY: registered pools are alive while POOLS is locked.
-        f(unsafe { &*p.0 });
+        f(unsafe { p.0.as_ref() });
     }
 }
 
 /// Is `p` a live pool? (For the unit tests.)
 #[cfg(all(test, not(loom)))]
 pub(crate) fn is_live(p: *const Pool) -> bool {
-    pools().iter().any(|q| q.0 as *const Pool == p)
+    pools().iter().any(|q| q.0.as_ptr() as *const Pool == p)
 }
 
 /// Releases idle objects above `minavail` in every pool, then trims malloc.
 pub(crate) fn gc_all() {
     for_each(|p| p.gc());
+    trim_malloc();
+}
+
+/// Asks malloc to give free memory back to the OS, where it can.
+fn trim_malloc() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no precondition.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub(crate) fn total_bytes() -> (u64, u64) {
@@ -603,50 +720,112 @@ pub(crate) fn total_bytes() -> (u64, u64) {
     (alloc, used)
 }
 
-/// Writes the `show pools` text to `fd`; a bad fd or a short write ends it.
+/// Writes the `show pools` text to `fd`, a line at a time, formatted on the
+/// stack (it works when memory is exhausted) and written with the registry
+/// unlocked (a slow reader does not stall pool creation). A pool created or
+/// destroyed meanwhile may be missed or shown twice. `EINTR` is retried;
+/// a bad fd ends it.
 pub(crate) fn dump_to_fd(fd: i32) {
-    let text = dump();
-    let mut buf = text.as_bytes();
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd just fails.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        buf = &buf[n as usize..];
+    use std::fmt::Write;
+    let mut line = StackLine::new();
+    let _ = writeln!(line, "Dumping pools usage.");
+    if !write_all(fd, line.as_bytes()) {
+        return;
     }
+    let (mut n, mut alloc, mut used) = (0usize, 0usize, 0usize);
+    for i in 0.. {
+        line.clear();
+        {
+            let reg = pools();
+            let Some(q) = reg.get(i) else { break };
+            // SAFETY: registered pools are alive while POOLS is locked.
+            let p = unsafe { q.0.as_ref() };
+            let (a, u) = (p.allocated(), p.used());
+            let _ = write!(
+                line,
+                "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, needed_avg {}, {} failures, {} users, shared={}{}{}",
+                p.name(),
+                p.size,
+                a,
+                a * p.size,
+                u,
+                p.needed_avg(),
+                p.failed(),
+                p.users.load(Relaxed),
+                p.shared.name(),
+                if p.flags & MEM_F_SHARED != 0 { " [SHARED]" } else { "" },
+                if p.slot.is_none() { " [NOCACHE]" } else { "" },
+            );
+            p.dbg.describe(&mut line);
+            let _ = writeln!(line, " @{:p}", p as *const Pool);
+            n += 1;
+            alloc += a * p.size;
+            used += u * p.size;
+        }
+        if !write_all(fd, line.as_bytes()) {
+            return;
+        }
+    }
+    line.clear();
+    let _ = writeln!(line, "Total: {n} pools, {alloc} bytes allocated, {used} used.");
+    write_all(fd, line.as_bytes());
 }
 
-/// The `show pools` text.
-pub(crate) fn dump() -> String {
-    use std::fmt::Write;
-    let mut s = String::from("Dumping pools usage.\n");
-    let (mut n, mut alloc, mut used) = (0usize, 0usize, 0usize);
-    for_each(|p| {
-        let (a, u) = (p.allocated(), p.used());
-        let _ = writeln!(
-            s,
-            "  - Pool {} ({} bytes) : {} allocated ({} bytes), {} used, needed_avg {}, {} failures, {} users, shared={}{}{}{} @{:p}",
-            p.name(),
-            p.size,
-            a,
-            a * p.size,
-            u,
-            p.needed_avg(),
-            p.failed(),
-            p.users.load(Relaxed),
-            p.shared.name(),
-            if p.flags & MEM_F_SHARED != 0 { " [SHARED]" } else { "" },
-            if p.cache_idx == NO_INDEX { " [NOCACHE]" } else { "" },
-            p.dbg.describe(),
-            p as *const Pool,
-        );
-        n += 1;
-        alloc += a * p.size;
-        used += u * p.size;
-    });
-    let _ = writeln!(s, "Total: {n} pools, {alloc} bytes allocated, {used} used.");
-    s
+// ---- fork ----------------------------------------------------------------
+
+static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, Vec<PoolPtr>>> = crate::sync::ForkSlot::new();
+
+/// Before `fork()`: takes the registry, then every thread cache, then
+/// every pool's shared cache and debug store, in the library's lock order.
+pub(crate) fn fork_prepare() {
+    let reg = pools();
+    cache::fork_prepare();
+    for p in reg.iter() {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        let p = unsafe { p.0.as_ref() };
+        p.shared.fork_lock();
+        p.dbg.fork_lock();
+    }
+    debug::fork_lock();
+    FORK_HELD.put(reg);
+}
+
+/// After `fork()`, in the parent: everything taken by `fork_prepare`, let go.
+pub(crate) fn fork_parent() {
+    let Some(reg) = FORK_HELD.take() else { return };
+    debug::fork_unlock();
+    for p in reg.iter() {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        let p = unsafe { p.0.as_ref() };
+        // SAFETY: locked by `fork_prepare` on this thread.
+        unsafe {
+            p.dbg.fork_unlock();
+            p.shared.fork_unlock();
+        }
+    }
+    cache::fork_parent();
+    drop(reg);
+}
+
+/// After `fork()`, in the child (one thread): the same, and the state the
+/// parent's other threads left behind is put right: their transits will
+/// never end, and their thread caches are emptied into the shared caches.
+pub(crate) fn fork_child() {
+    let Some(reg) = FORK_HELD.take() else { return };
+    debug::fork_unlock();
+    for p in reg.iter() {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        let p = unsafe { p.0.as_ref() };
+        // SAFETY: locked by `fork_prepare` on this thread.
+        unsafe {
+            p.dbg.fork_unlock();
+            p.shared.fork_unlock();
+        }
+        // Threads that were moving objects do not exist here.
+        p.c.transit.store(0, SeqCst);
+    }
+    cache::fork_child();
+    drop(reg);
 }
 
 #[cfg(all(test, not(loom)))]
@@ -669,7 +848,7 @@ pub(crate) mod tests {
     }
 
     fn destroy_ok(p: &Pool) {
-        assert!(destroy(p as *const Pool as *mut Pool).is_null());
+        assert!(destroy(p as *const Pool as *mut Pool, |_| {}).is_null());
     }
 
     #[test]
@@ -805,14 +984,14 @@ pub(crate) mod tests {
         assert_ne!(p, r, "other flags: not merged");
         // SAFETY: live pool.
         let o = unsafe { &*p }.alloc();
-        assert_eq!(destroy(p), p, "in use");
+        assert_eq!(destroy(p, |_| {}), p, "in use");
         // SAFETY: from `p`, given back once.
         unsafe { (*p).free(o) };
-        assert!(destroy(p).is_null());
+        assert!(destroy(p, |_| {}).is_null());
         assert!(is_live(p), "one user left");
-        assert!(destroy(p).is_null());
+        assert!(destroy(p, |_| {}).is_null());
         assert!(!is_live(p));
-        assert!(destroy(r).is_null());
+        assert!(destroy(r, |_| {}).is_null());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! pieces can be model-checked with the very same source.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr};
+#[allow(unused_imports)] // `fence` is used by the loom build only
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicPtr};
 
 pub(crate) use std::sync::atomic::Ordering;
 
@@ -80,6 +81,46 @@ pub(crate) fn release_flag(b: &AtomicBool) {
     #[cfg(loom)]
     {
         b.swap(false, Ordering::Release);
+    }
+}
+
+/// Clears a flag word (to 0) with Release, as `release_store` does.
+#[inline(always)]
+pub(crate) fn release_u32(w: &AtomicU32) {
+    #[cfg(not(loom))]
+    w.store(0, Ordering::Release);
+    #[cfg(loom)]
+    {
+        w.swap(0, Ordering::Release);
+    }
+}
+
+/// A place where the thread that calls `fork()` keeps the guards of the
+/// locks it took in the prepare handler, until the parent or child handler
+/// (on the same thread) lets them go.
+pub(crate) struct ForkSlot<G>(core::cell::UnsafeCell<Option<G>>);
+
+// SAFETY: only the thread running the fork handlers touches the slot, and
+// only while it holds the lock the slot keeps the guard of: `put` is called
+// with that lock held, `take` by the same thread before anyone else can
+// take the lock. Two forking threads are serialised by that very lock.
+unsafe impl<G> Sync for ForkSlot<G> {}
+
+impl<G> ForkSlot<G> {
+    pub(crate) const fn new() -> Self {
+        ForkSlot(core::cell::UnsafeCell::new(None))
+    }
+
+    /// Keeps a guard; the caller holds the lock the guard is of.
+    pub(crate) fn put(&self, g: G) {
+        // SAFETY: see the Sync impl: we hold the lock, so we are the only user.
+        unsafe { *self.0.get() = Some(g) };
+    }
+
+    /// Gives the guard back, on the thread that `put` it.
+    pub(crate) fn take(&self) -> Option<G> {
+        // SAFETY: see the Sync impl.
+        unsafe { (*self.0.get()).take() }
     }
 }
 

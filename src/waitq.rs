@@ -6,16 +6,19 @@
 //! mutex. Callbacks run with the mutex released, so they may call anything
 //! (allocate, queue, dequeue, offer).
 //!
-//! The dequeue guarantee. While a waiter's callback runs, the waiter stays
-//! linked in its place and carries `run`, a pointer to a record on the
-//! offering thread's stack. Other offers skip a waiter that is running.
-//! `dequeue` from another thread waits on the condition variable until
-//! `run` is clear; `dequeue` from the thread that runs the callback (the
+//! The dequeue guarantee. While a waiter's callback runs, a record of the
+//! run (on the offering thread's stack) sits in the queue's list of running
+//! callbacks, naming the waiter; it leaves that list only when the callback
+//! has returned. Offers skip a waiter that has a running record, so a
+//! callback never runs twice at once, even one that dequeued and queued
+//! itself again. `dequeue` from another thread waits on the condition
+//! variable while the waiter has a running record, whatever the callback
+//! did meanwhile; `dequeue` from the thread that runs the callback (the
 //! callback itself, or anything it calls) cannot wait for itself: it
-//! unlinks the waiter, clears `run` and marks the record, and the offer
-//! then never touches the waiter again (the callback may have freed it).
-//! Once `dequeue` returns, the waiter is unlinked and not running, so no
-//! offer can reach it: the caller may free it.
+//! unlinks the waiter and marks the record, and the offer then never
+//! touches the waiter again (the callback may have freed it). Once
+//! `dequeue` returns, the waiter is unlinked and no callback of it runs, so
+//! no offer can reach it: the caller may free it.
 //!
 //! Each offer stamps the waiters it calls (`Link::seen`) so as to call each
 //! once. An offer made from a callback (same thread, `NEST`) uses the stamp
@@ -53,8 +56,6 @@ pub struct BufferWait {
 struct Link {
     next: *mut BufferWait,
     prev: *mut BufferWait,
-    /// While its callback runs: the offer's record, else null.
-    run: *mut Running,
     /// The last offer that visited it (so that an offer visits it once).
     seen: usize,
     /// Its class + 1 while queued, 0 when not.
@@ -71,9 +72,14 @@ std::thread_local! { static NEST: core::cell::Cell<usize> = const { core::cell::
 #[cfg(loom)]
 loom::thread_local! { static NEST: core::cell::Cell<usize> = core::cell::Cell::new(0); }
 
-/// One running callback, on the offering thread's stack.
+/// One running callback, on the offering thread's stack, linked into
+/// `State::running` from just before the call until just after it.
 struct Running {
+    /// The waiter whose callback runs. Only compared once `dequeued` is set
+    /// (the callback may have freed it).
+    w: *mut BufferWait,
     thread: usize,
+    next: *mut Running,
     /// Set by `dequeue` from the running thread: the offer must forget the waiter.
     dequeued: bool,
     /// Set by `queue` while the callback runs: a new queueing, which a
@@ -97,6 +103,35 @@ struct State {
     seq: usize,
     /// Threads waiting in `dequeue` for a callback to end.
     dequeuers: usize,
+    /// The records of the callbacks running now.
+    running: *mut Running,
+}
+
+impl State {
+    /// The record of `w`'s running callback, or null.
+    fn running_of(&self, w: *mut BufferWait) -> *mut Running {
+        let mut r = self.running;
+        // SAFETY: records in the list are alive: each offer unlinks its own
+        // before its stack frame ends; the mutex is held (we have `&self`).
+        while !r.is_null() && unsafe { (*r).w } != w {
+            // SAFETY: as above.
+            r = unsafe { (*r).next };
+        }
+        r
+    }
+
+    /// Unlinks a record from `running`.
+    fn forget_run(&mut self, rec: *mut Running) {
+        let mut at: *mut *mut Running = &mut self.running;
+        // SAFETY: as in `running_of`; `rec` is in the list (pushed by its offer).
+        unsafe {
+            while *at != rec {
+                debug_assert!(!(*at).is_null(), "a running record is in the list until its offer removes it");
+                at = &mut (**at).next;
+            }
+            *at = (*rec).next;
+        }
+    }
 }
 
 // SAFETY: the raw pointers are waiters owned by C callers, reached only under the mutex.
@@ -111,7 +146,8 @@ pub struct WaitQueue {
     map: AtomicU32,
 }
 
-const EMPTY: State = State { head: [null_mut(); CLASSES], tail: [null_mut(); CLASSES], seq: 0, dequeuers: 0 };
+const EMPTY: State =
+    State { head: [null_mut(); CLASSES], tail: [null_mut(); CLASSES], seq: 0, dequeuers: 0, running: null_mut() };
 
 #[cfg(not(loom))]
 static GLOBAL: WaitQueue = WaitQueue { state: Mutex::new(EMPTY), done: Condvar::new(), map: AtomicU32::new(0) };
@@ -184,9 +220,11 @@ impl WaitQueue {
         // SAFETY: live waiter, mutex held.
         let l = unsafe { link(w) };
         if l.queued != 0 {
-            if !l.run.is_null() {
-                // SAFETY: a non-null `run` is a running offer's record.
-                unsafe { (*l.run).requeued = true };
+            let rec = st.running_of(w);
+            // SAFETY: records in the list are alive (see `running_of`).
+            if !rec.is_null() && !unsafe { (*rec).dequeued } {
+                // SAFETY: as above; written only under the mutex.
+                unsafe { (*rec).requeued = true };
             }
             return true;
         }
@@ -230,18 +268,18 @@ impl WaitQueue {
         let me = crate::sync::thread_token();
         let mut st = self.lock();
         loop {
-            // SAFETY: live waiter (caller guarantee), mutex held.
-            let l = unsafe { link(w) };
-            if l.run.is_null() {
+            let rec = st.running_of(w);
+            if rec.is_null() {
                 break;
             }
-            // SAFETY: a non-null `run` is the record of an offer that is
-            // still inside its callback (it clears `run` before leaving).
-            let rec = unsafe { &mut *l.run };
+            // SAFETY: records in the list are alive (see `running_of`);
+            // written only under the mutex.
+            let rec = unsafe { &mut *rec };
             if rec.thread == me {
-                // Our own callback (at any depth): it cannot end while we wait.
+                // Our own callback (at any depth): it cannot end while we
+                // wait. The record stays until it returns: other threads'
+                // dequeues wait for it, other offers skip the waiter.
                 rec.dequeued = true;
-                l.run = null_mut();
                 break;
             }
             st.dequeuers += 1;
@@ -311,30 +349,17 @@ impl WaitQueue {
         let mut woken = 0;
         for class in (0..CLASSES).rev() {
             let mut cur = st.head[class];
-            loop {
-                if budget <= threshold {
-                    return woken;
-                }
-                // Skip what another offer is running, what we saw, and `from`.
-                while !cur.is_null() {
-                    // SAFETY: queued waiters are live; mutex held.
-                    let l = unsafe { link(cur) };
-                    // SAFETY: as above.
-                    let skip_from = !from.is_null() && unsafe { (*cur).target } == from;
-                    if l.run.is_null() && l.seen != seq && !skip_from {
-                        break;
-                    }
-                    cur = l.next;
-                }
+            while budget > threshold {
+                cur = Self::next_due(&st, cur, seq, from);
                 if cur.is_null() {
                     break;
                 }
-                let mut rec = Running { thread: me, dequeued: false, requeued: false };
+                let mut rec =
+                    Running { w: cur, thread: me, next: st.running, dequeued: false, requeued: false };
                 let rec_ptr: *mut Running = &mut rec;
+                st.running = rec_ptr;
                 // SAFETY: queued, hence live; mutex held.
-                let l = unsafe { link(cur) };
-                l.seen = seq;
-                l.run = rec_ptr;
+                unsafe { link(cur) }.seen = seq;
                 // SAFETY: as above; C does not change a queued waiter.
                 let (cb, target) = unsafe { ((*cur).wakeup_cb, (*cur).target) };
                 drop(st);
@@ -343,40 +368,109 @@ impl WaitQueue {
                 let r = cb.map_or(0, |f| unsafe { f(target) });
                 NEST.with(|n| n.set(outer));
                 st = self.lock();
+                st.forget_run(rec_ptr);
                 if r != 0 {
                     budget -= 1;
                     woken += 1;
                 }
-                // SAFETY: `rec` is ours; `dequeue` writes it only under the mutex.
-                if unsafe { (*rec_ptr).dequeued } {
-                    // Dequeued by its own callback: it may be gone. Rescan
-                    // the class; the `seen` stamps keep the order.
-                    cur = st.head[class];
-                } else {
-                    // Still running (only `dequeue` from our thread clears it),
-                    // so its owner waited for us and it is live.
-                    // SAFETY: live, mutex held.
-                    let l = unsafe { link(cur) };
-                    l.run = null_mut();
-                    let next = l.next;
-                    if r != 0 {
-                        // SAFETY: live, mutex held.
-                        unsafe { self.unlink(&mut st, cur) };
-                        // SAFETY: `rec` is ours, written only under the mutex.
-                        if unsafe { (*rec_ptr).requeued } {
-                            // Queued again while it ran: a new queueing, at the tail.
-                            // SAFETY: live, unlinked, mutex held.
-                            unsafe { self.append(&mut st, class, cur) };
-                        }
-                    }
-                    cur = next;
-                }
+                // SAFETY: `rec` is ours, out of the list; `dequeue` and `queue`
+                // wrote it only under the mutex, which we hold again.
+                cur = unsafe { self.settle(&mut st, class, &*rec_ptr, r != 0) };
                 if st.dequeuers != 0 {
                     self.done.notify_all();
                 }
             }
         }
         woken
+    }
+
+    /// The first waiter from `cur` on that this offer may call: not running
+    /// (in another offer, or up the stack of this one), not yet called by
+    /// this offer (stamp `seq`), and whose target is not `from`. Null: none.
+    fn next_due(st: &State, mut cur: *mut BufferWait, seq: usize, from: *mut c_void) -> *mut BufferWait {
+        while !cur.is_null() {
+            // SAFETY: queued waiters are live; mutex held (we have `st`).
+            let l = unsafe { link(cur) };
+            // SAFETY: as above.
+            let skip_from = !from.is_null() && unsafe { (*cur).target } == from;
+            if l.seen != seq && !skip_from && st.running_of(cur).is_null() {
+                return cur;
+            }
+            cur = l.next;
+        }
+        cur
+    }
+
+    /// Applies a callback's answer (`woken`: it returned non-zero) to its
+    /// waiter once it returned; returns where the offer goes on in `class`.
+    ///
+    /// # Safety
+    /// `rec` is the record of the run that just ended, out of the running
+    /// list; `st` is the held mutex.
+    unsafe fn settle(&self, st: &mut State, class: usize, rec: &Running, woken: bool) -> *mut BufferWait {
+        if rec.dequeued {
+            // Dequeued by its own callback: it may be gone. Rescan the class;
+            // the `seen` stamps keep the order.
+            return st.head[class];
+        }
+        // Not dequeued by its callback, so its owner (whose dequeue waited
+        // for the record to leave) has not freed it: it is live and queued.
+        let cur = rec.w;
+        // SAFETY: live, mutex held.
+        let next = unsafe { link(cur) }.next;
+        if woken {
+            // SAFETY: live and queued, mutex held.
+            unsafe { self.unlink(st, cur) };
+            if rec.requeued {
+                // Queued again while it ran: a new queueing, at the tail.
+                // SAFETY: live, unlinked, mutex held.
+                unsafe { self.append(st, class, cur) };
+            }
+        }
+        next
+    }
+}
+
+#[cfg(not(loom))]
+static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, State>> = crate::sync::ForkSlot::new();
+
+/// Before `fork()`: takes the queue's mutex (before the pool registry: an
+/// offer counts buffers under it).
+#[cfg(not(loom))]
+pub(crate) fn fork_prepare() {
+    FORK_HELD.put(GLOBAL.lock());
+}
+
+/// After `fork()`, in the parent.
+#[cfg(not(loom))]
+pub(crate) fn fork_parent() {
+    drop(FORK_HELD.take());
+}
+
+/// After `fork()`, in the child: callbacks that ran on the parent's other
+/// threads and dequeues that waited there are gone with those threads; the
+/// waiters stay queued.
+#[cfg(not(loom))]
+pub(crate) fn fork_child() {
+    if let Some(mut st) = FORK_HELD.take() {
+        let me = crate::sync::thread_token();
+        let mut keep = null_mut();
+        let mut r = st.running;
+        // Keep only this thread's records: the fork ran from a callback.
+        while !r.is_null() {
+            // SAFETY: records in the list are alive in the child's copy of
+            // the memory; only those of this thread will ever be unlinked.
+            let next = unsafe { (*r).next };
+            // SAFETY: as above.
+            if unsafe { (*r).thread } == me {
+                // SAFETY: as above.
+                unsafe { (*r).next = keep };
+                keep = r;
+            }
+            r = next;
+        }
+        st.running = keep;
+        st.dequeuers = 0;
     }
 }
 

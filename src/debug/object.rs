@@ -17,9 +17,10 @@
 //! byte of it is read: a foreign pointer is reported, never dereferenced.
 
 use super::{in_critical, M_CALLER, M_COLD_FIRST, M_FAIL, M_INTEGRITY, M_POISON, M_TAG, M_UAF};
-use crate::pool::{heap_alloc, Pool};
+use crate::os::heap_alloc;
+use crate::pool::Pool;
 use std::cell::UnsafeCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
@@ -28,13 +29,13 @@ const WORD: usize = core::mem::size_of::<usize>();
 const NONE: usize = usize::MAX;
 
 /// Live objects of `tag`/`uaf` pools: address → owning pool.
-static REGISTRY: Lock<BTreeMap<usize, usize>> = Lock::new(BTreeMap::new());
+static REGISTRY: Lock<AddrMap> = Lock::new(AddrMap::new());
 /// Seeds of the integrity patterns: each fill gets a new one.
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 /// State of the fault-injection generator.
 static FAIL_RNG: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
-fn registry() -> Guard<'static, BTreeMap<usize, usize>> {
+fn registry() -> Guard<'static, AddrMap> {
     REGISTRY.lock()
 }
 
@@ -63,6 +64,20 @@ impl<T> Lock<T> {
             std::thread::yield_now();
         }
         Guard(self)
+    }
+
+    /// Takes the lock and keeps it past this call (across `fork()`).
+    fn lock_forever(&self) {
+        std::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken by `lock_forever`.
+    ///
+    /// # Safety
+    /// This thread took it with `lock_forever` and holds no guard of it.
+    unsafe fn unlock_forever(&self) {
+        // Release: as in `drop(Guard)`.
+        self.held.store(false, Ordering::Release);
     }
 }
 
@@ -151,14 +166,37 @@ impl PoolDebug {
         self.modes & bit != 0
     }
 
-    /// The modes, for `dump_pools_to_fd`.
-    pub(crate) fn describe(&self) -> String {
+    /// The modes, for `dump_pools_to_fd`: " [DEBUG a,b]", or nothing.
+    /// Written without heap allocation.
+    pub(crate) fn describe(&self, w: &mut impl std::fmt::Write) {
         let names = ["poison", "integrity", "tag", "caller", "cold-first", "uaf", "fail"];
-        let on: Vec<_> = names.iter().enumerate().filter(|(i, _)| self.modes & (1 << i) != 0).map(|(_, n)| *n).collect();
-        if on.is_empty() {
-            String::new()
-        } else {
-            format!(" [DEBUG {}]", on.join(","))
+        let mut sep = " [DEBUG ";
+        for (i, n) in names.iter().enumerate() {
+            if self.modes & (1 << i) != 0 {
+                let _ = write!(w, "{sep}{n}");
+                sep = ",";
+            }
+        }
+        if self.modes != 0 {
+            let _ = w.write_str("]");
+        }
+    }
+
+    /// Before `fork()`: takes this pool's store.
+    pub(crate) fn fork_lock(&self) {
+        if let Some(store) = &self.idle {
+            store.lock_forever();
+        }
+    }
+
+    /// After `fork()`, parent or child: lets the store go.
+    ///
+    /// # Safety
+    /// `fork_lock` took it on this thread.
+    pub(crate) unsafe fn fork_unlock(&self) {
+        if let Some(store) = &self.idle {
+            // SAFETY: caller guarantee.
+            unsafe { store.unlock_forever() };
         }
     }
 
@@ -242,13 +280,13 @@ impl PoolDebug {
         let name = pool.name();
         if self.has(M_TAG | M_UAF) {
             let reg = registry();
-            match reg.get(&(p as usize)) {
+            match reg.get(p as usize) {
                 None => die(format!(
                     "foreign free of {p:p} to pool '{name}' (not an object of any tag/uaf-mode pool, or already \
                      returned to the OS){}",
                     self.this_call()
                 )),
-                Some(&owner) if owner != pool as *const Pool as usize => {
+                Some(owner) if owner != pool as *const Pool as usize => {
                     // SAFETY: a pool outlives its registered objects (it
                     // unregisters them all before it is freed) and we hold the lock.
                     let other = unsafe { &*(owner as *const Pool) }.name();
@@ -301,7 +339,12 @@ impl PoolDebug {
                 self.set_word(p, self.seed_at, seed);
             }
         }
-        store.lock().push_back(p as usize);
+        let mut s = store.lock();
+        // No memory for the store: the object goes to the OS instead.
+        if s.try_reserve(1).is_err() {
+            return false;
+        }
+        s.push_back(p as usize);
         true
     }
 
@@ -347,8 +390,12 @@ impl PoolDebug {
         } else {
             heap_alloc(pool.alloc_size, pool.align)
         };
-        if !p.is_null() && self.has(M_TAG | M_UAF) {
-            registry().insert(p as usize, pool as *const Pool as usize);
+        if !p.is_null() && self.has(M_TAG | M_UAF) && !registry().insert(p as usize, pool as *const Pool as usize) {
+            // No memory to register it: fail the allocation rather than hand
+            // out an object the checks would call foreign.
+            // SAFETY: just made above, never handed out.
+            unsafe { self.free_unregistered(p, pool) };
+            return null_mut();
         }
         p
     }
@@ -359,8 +406,15 @@ impl PoolDebug {
     /// `p` came from `os_alloc` of `pool` and is in no list.
     pub(crate) unsafe fn os_free(&self, pool: &Pool, p: *mut u8) {
         if self.has(M_TAG | M_UAF) {
-            registry().remove(&(p as usize));
+            registry().remove(p as usize);
         }
+        // SAFETY: the caller's guarantee, passed on unchanged.
+        unsafe { self.free_unregistered(p, pool) };
+    }
+
+    /// # Safety
+    /// As `os_free`, and `p` is not in the registry.
+    unsafe fn free_unregistered(&self, p: *mut u8, pool: &Pool) {
         if self.has(M_UAF) {
             // SAFETY: caller guarantee: a mapping made by `map_object`.
             unsafe { unmap_object(p, pool.alloc_size) };
@@ -368,6 +422,120 @@ impl PoolDebug {
             // SAFETY: caller guarantee: a heap block.
             unsafe { libc::free(p.cast()) };
         }
+    }
+}
+
+/// Takes the registry across `fork()`.
+pub(crate) fn fork_lock() {
+    REGISTRY.lock_forever();
+}
+
+/// # Safety
+/// `fork_lock` took it on this thread.
+pub(crate) unsafe fn fork_unlock() {
+    // SAFETY: caller guarantee.
+    unsafe { REGISTRY.unlock_forever() };
+}
+
+/// A map from object address to pool address that grows without aborting
+/// when memory is short (`insert` says so instead). Open addressing with
+/// linear probing over a power-of-two table; deletion shifts the following
+/// entries back, so there are no tombstones. Keys are never 0.
+struct AddrMap {
+    slots: Vec<(usize, usize)>,
+    len: usize,
+}
+
+impl AddrMap {
+    const fn new() -> Self {
+        AddrMap { slots: Vec::new(), len: 0 }
+    }
+
+    fn home(&self, key: usize) -> usize {
+        mix(key as u64) as usize & (self.slots.len() - 1)
+    }
+
+    fn find(&self, key: usize) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            match self.slots[i].0 {
+                0 => return None,
+                k if k == key => return Some(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn get(&self, key: usize) -> Option<usize> {
+        self.find(key).map(|i| self.slots[i].1)
+    }
+
+    /// Adds or replaces an entry; false when the table could not grow.
+    fn insert(&mut self, key: usize, val: usize) -> bool {
+        debug_assert!(key != 0, "0 marks an empty entry");
+        if let Some(i) = self.find(key) {
+            self.slots[i].1 = val;
+            return true;
+        }
+        // At most half full, so that probes stay short.
+        if (self.len + 1) * 2 > self.slots.len() && !self.grow() {
+            return false;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        while self.slots[i].0 != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = (key, val);
+        self.len += 1;
+        true
+    }
+
+    fn grow(&mut self) -> bool {
+        let cap = (self.slots.len() * 2).max(64);
+        let mut bigger = Vec::new();
+        if bigger.try_reserve_exact(cap).is_err() {
+            return false;
+        }
+        bigger.resize(cap, (0, 0));
+        let old = std::mem::replace(&mut self.slots, bigger);
+        self.len = 0;
+        for (k, v) in old.into_iter().filter(|e| e.0 != 0) {
+            let mask = self.slots.len() - 1;
+            let mut i = self.home(k);
+            while self.slots[i].0 != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = (k, v);
+            self.len += 1;
+        }
+        true
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(mut hole) = self.find(key) else { return };
+        let mask = self.slots.len() - 1;
+        let mut i = hole;
+        loop {
+            i = (i + 1) & mask;
+            let k = self.slots[i].0;
+            if k == 0 {
+                break;
+            }
+            // An entry may fill the hole if its home is not in (hole, i].
+            let home = self.home(k);
+            let between = if hole <= i { hole < home && home <= i } else { hole < home || home <= i };
+            if !between {
+                self.slots[hole] = self.slots[i];
+                hole = i;
+            }
+        }
+        self.slots[hole] = (0, 0);
+        self.len -= 1;
     }
 }
 
@@ -538,6 +706,33 @@ fn die(msg: String) -> ! {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_address_map_agrees_with_a_model() {
+        let mut m = AddrMap::new();
+        let mut model = std::collections::BTreeMap::new();
+        let mut x = 1u64;
+        for step in 0..20_000u64 {
+            x = mix(x + step);
+            // Few distinct keys, so that removals and replacements are common.
+            let key = ((x % 500) as usize + 1) * 16;
+            match x >> 62 {
+                0 | 1 => {
+                    assert!(m.insert(key, step as usize));
+                    model.insert(key, step as usize);
+                }
+                2 => {
+                    m.remove(key);
+                    model.remove(&key);
+                }
+                _ => assert_eq!(m.get(key), model.get(&key).copied(), "step {step}"),
+            }
+            assert_eq!(m.len, model.len());
+        }
+        for (&k, &v) in &model {
+            assert_eq!(m.get(k), Some(v));
+        }
+    }
 
     #[test]
     fn the_pattern_catches_any_changed_byte() {

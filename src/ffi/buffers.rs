@@ -36,10 +36,27 @@ pub const DB_F_NOQUEUE: u32 = 0x100;
 
 /// The buffer pool, set by `dynbuf_init` (NULL before). Read it, never
 /// write it; it may be passed to the `pool_*` functions (`pool_used`,
-/// `pool_set_limit`...). Never `pool_destroy` it; `pool_destroy_all()`
-/// ends it too (when no buffer is held): call no buffer function after that.
+/// `pool_set_limit`...). It is the library's own pool: no `create_pool`
+/// ever merges with it. `pool_destroy_all()`, or `pool_destroy()` of it,
+/// ends it when no buffer is held: `pool_head_buffer` is then NULL again,
+/// the buffer functions behave as before `dynbuf_init`, and `dynbuf_init`
+/// may be called again (with any `bufsize`). Make no buffer call on another
+/// thread while that destroy runs.
 #[no_mangle]
 pub static mut pool_head_buffer: *mut Pool = null_mut();
+
+/// Told by the pool registry that the pool at `freed` was freed: when it
+/// was the buffer pool, the buffer functions and `pool_head_buffer` go back
+/// to their state before `dynbuf_init`.
+pub(crate) fn forget_buffer_pool(freed: *const Pool) {
+    if dynbuf::forget(freed) {
+        // SAFETY: the address of our own static, aligned for a pointer;
+        // written only here and in `dynbuf_init`, never read non-atomically by Rust.
+        let head = unsafe { AtomicPtr::from_ptr(core::ptr::addr_of_mut!(pool_head_buffer)) };
+        // Release: pairs with C readers that load it after the destroy returned.
+        head.store(null_mut(), Ordering::Release);
+    }
+}
 
 /// Creates the process-wide buffer pool ("buffer", `MEM_F_SHARED |
 /// MEM_F_EXACT`, objects of `bufsize` bytes) and sets `pool_head_buffer`.
@@ -48,29 +65,28 @@ pub static mut pool_head_buffer: *mut Pool = null_mut();
 /// buffers (its minavail), allocated at once. `limit` caps the buffers,
 /// held and idle (0: unlimited). Call it before other threads use buffers;
 /// calling it again with the same `bufsize` retunes the reserve and the
-/// limit. Returns 0, -1 on bad input (`bufsize` 0 or above 2 GiB, `limit`
-/// not above `reserved_bufs`, another `bufsize` than the first call; nothing
-/// changes), or -2 when the idle reserve could not be made: memory is
+/// limit (a limit lowered below the buffers allocated takes effect as they
+/// come back: released buffers above it go to the OS). Returns 0, -1 on bad
+/// input (`bufsize` 0 or above 2 GiB, `limit` not above `reserved_bufs`,
+/// another `bufsize` than the first call, or an absurd reserve:
+/// `max(reserved_bufs, 3) * bufsize` above half of the physical memory, or
+/// of `RLIMIT_AS` when that is lower; nothing changes), or -2 when the idle reserve could not be made: memory is
 /// short, or, on a retune, callers already hold so many buffers that the
 /// new limit leaves no room for it. With -2 the pool and the new reserve
 /// and limit are in place all the same; the reserve fills as buffers come
 /// back.
 #[no_mangle]
 pub extern "C" fn dynbuf_init(bufsize: usize, reserved_bufs: c_uint, limit: c_uint) -> c_int {
-    match dynbuf::init(bufsize, reserved_bufs as usize, limit as usize) {
-        Ok(p) => {
-            // SAFETY: the address of our own static, aligned for a pointer.
-            // It is written here only, under `init`'s lock and only when it
-            // changes (the first call): Rust never reads it non-atomically.
-            let head = unsafe { AtomicPtr::from_ptr(core::ptr::addr_of_mut!(pool_head_buffer)) };
-            // Release: C threads started after this see the pool built.
-            if head.load(Ordering::Relaxed) != p {
-                head.store(p, Ordering::Release);
-            }
-            0
+    dynbuf::init(bufsize, reserved_bufs as usize, limit as usize, |p| {
+        // SAFETY: the address of our own static, aligned for a pointer.
+        // It is written here under `init`'s lock and only when it changes,
+        // and in `forget_buffer_pool`: Rust never reads it non-atomically.
+        let head = unsafe { AtomicPtr::from_ptr(core::ptr::addr_of_mut!(pool_head_buffer)) };
+        // Release: C threads started after this see the pool built.
+        if head.load(Ordering::Relaxed) != p {
+            head.store(p, Ordering::Release);
         }
-        Err(e) => e,
-    }
+    })
 }
 
 /// Converts a waiter pointer from C; None for NULL.
@@ -93,7 +109,11 @@ fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
 /// failure NULL is returned and `*buf` is left as it was. A negative margin
 /// counts as 0. NULL `buf`, or no `dynbuf_init` yet: NULL. It ignores the
 /// wait queue (see `b_alloc_crit`). Racing allocations on other threads are
-/// checked against the margin each on its own.
+/// checked against the margin each on its own. Without a limit, a margin
+/// whose buffers would exceed half of the memory the process can have (as
+/// for `dynbuf_init`'s reserve) is refused at once: NULL. In the `uaf` and
+/// `no-global` debug modes no idle buffer can be kept, so a margin without
+/// a limit reserves nothing (buffers come from the OS when asked for).
 #[no_mangle]
 pub extern "C" fn b_alloc_margin(buf: *mut Buffer, margin: c_int) -> *mut Buffer {
     match buf_mut(buf) {
@@ -192,10 +212,12 @@ pub extern "C" fn b_queue(bw: *mut BufferWait) -> c_int {
 }
 
 /// Takes `bw` out of the wait queue (not queued: no-op). If its callback is
-/// running on another thread, waits for it to return. Once it returns, no
+/// running on another thread, waits for it to return, even if that callback
+/// dequeued (or dequeued and queued) itself meanwhile. Once it returns, no
 /// callback for `bw` runs or is running, and the library never touches
 /// `bw` again: it may be freed. Called from inside `bw`'s own callback (or
-/// anything that callback calls), it does not wait. Do not dequeue, from a
+/// anything that callback calls), it does not wait. A callback never runs
+/// twice at once: an offer skips a waiter whose callback is running. Do not dequeue, from a
 /// callback, a waiter whose callback may be running on another thread that
 /// dequeues yours: each would wait for the other. NULL: no-op.
 #[no_mangle]

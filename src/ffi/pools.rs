@@ -46,7 +46,9 @@ fn pool_ref<'a>(p: *const Pool) -> Option<&'a Pool> {
 /// With `MEM_F_SHARED`, an existing pool of the same rounded size, alignment
 /// and flags is returned instead (it counts one more user).
 /// Returns NULL when `size` is 0 or above 2 GiB, when flags are unknown or
-/// name two algorithms, or when memory is short.
+/// name two algorithms, or when memory is short (no function of the library
+/// aborts for lack of memory: each returns its documented failure; a thread
+/// that cannot get memory for its cache works without one).
 #[no_mangle]
 pub extern "C" fn create_pool(name: *const c_char, size: c_uint, flags: c_uint) -> *mut Pool {
     create_aligned_pool(name, size, 0, flags)
@@ -68,21 +70,22 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
 
 /// Destroys a pool. Returns NULL once done: the pool is freed, or, for a
 /// merged pool, one user fewer remains. Returns `pool` itself, untouched,
-/// while callers still hold objects of it. NULL, or a pointer that is not a
+/// while callers still hold objects of it, whatever other threads are doing
+/// with it meanwhile. NULL, or a pointer that is not a
 /// live pool, is ignored and gives NULL.
 #[no_mangle]
 pub extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
     if pool.is_null() {
         return null_mut();
     }
-    pool::destroy(pool).cast()
+    pool::destroy(pool, super::buffers::forget_buffer_pool).cast()
 }
 
 /// Destroys every pool whose objects are all back, whatever its number of
 /// users (for the end of a process). Pools still in use stay valid.
 #[no_mangle]
 pub extern "C" fn pool_destroy_all() {
-    pool::destroy_all()
+    pool::destroy_all(super::buffers::forget_buffer_pool)
 }
 
 /// Takes an object from the pool: this thread's cache first, then the
@@ -157,7 +160,13 @@ pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
 
 /// Caps the number of objects of the pool, held and idle alike; 0 means
 /// unlimited. Idle objects never make an allocation fail: at the limit they
-/// are handed out from wherever they sit, another thread's cache included.
+/// are handed out from wherever they sit, another thread's cache included,
+/// and an object on its way to the OS (by `pool_flush`, `pool_gc` or a
+/// release) is waited for rather than failed on. A limit below the objects
+/// allocated takes effect at once: idle objects above it go back to the OS,
+/// and objects freed while the pool is still above it go back to the OS
+/// too, until the pool is within the limit. Objects being freed to the OS
+/// may exceed the limit for the length of their `free()`.
 #[no_mangle]
 pub extern "C" fn pool_set_limit(pool: *mut Pool, max_objects: c_uint) {
     if let Some(p) = pool_ref(pool) {
@@ -174,8 +183,10 @@ pub extern "C" fn pool_set_minavail(pool: *mut Pool, min_idle: c_uint) {
 }
 
 /// Sets the per-thread cache budget in bytes, all pools together (512 KiB by
-/// default). Objects larger than the budget are never cached in a thread. A
-/// cache above a lowered budget shrinks at its thread's next release.
+/// default; 0 caches nothing, `SIZE_MAX` is no budget). Objects larger than
+/// the budget are never cached in a thread. It takes effect at once in every
+/// thread's cache: a cache above the new budget sends its least recently
+/// used objects to their pools' shared caches until it is back to 7/8 of it.
 #[no_mangle]
 pub extern "C" fn pool_set_cache_size(bytes: usize) {
     crate::cache::set_budget(bytes)
@@ -188,8 +199,13 @@ pub extern "C" fn pool_allocated(pool: *const Pool) -> c_ulong {
 }
 
 /// Objects held by callers (idle objects in thread caches are not). Exact
-/// when no call is in flight. It visits every thread cache: not for a hot
-/// loop. 0 for NULL.
+/// when no call is in flight, and never less than callers hold: an object
+/// inside a pool call on another thread counts as held. It reads every
+/// thread cache at once without ever waiting for the scheduler: a thread
+/// that was preempted in the middle of a pool call (on a busy machine) has
+/// the idle objects of its cache counted as held for that call, erring high
+/// rather than waiting. Some microseconds at most: not for a hot loop.
+/// 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.used() as c_ulong)
@@ -221,7 +237,11 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
 }
 
 /// Writes the state of every pool to `fd`, one line a pool, in the style of
-/// HAProxy's `show pools`, then a total line. A bad fd is ignored.
+/// HAProxy's `show pools`, then a total line. Each line is written with
+/// `write(2)` as soon as it is formatted (without heap allocation, so it
+/// works when memory is exhausted): interrupted writes (`EINTR`) are
+/// retried and short writes continued. A pool created or destroyed on
+/// another thread during the dump may be missed. A bad fd is ignored.
 #[no_mangle]
 pub extern "C" fn dump_pools_to_fd(fd: c_int) {
     pool::dump_to_fd(fd)
@@ -257,8 +277,9 @@ pub extern "C" fn pool_set_debugging(opts: *const c_char) -> c_int {
     }
     crate::debug::init_from_env();
     // SAFETY: a non-null `opts` is a NUL-terminated string (C contract).
-    let s = unsafe { CStr::from_ptr(opts) }.to_string_lossy();
-    match crate::debug::apply(&s) {
+    // Not valid UTF-8: no word can match, so the whole text is the bad word.
+    let s = unsafe { CStr::from_ptr(opts) }.to_str().unwrap_or("\u{fffd}");
+    match crate::debug::apply(s) {
         Ok(()) => 0,
         Err(word) => {
             eprintln!("bufpool: unknown debug word '{word}' (try \"help\")");

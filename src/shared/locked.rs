@@ -55,6 +55,17 @@ impl LockedList {
         release_flag(&self.inner.lock);
     }
 
+    /// Takes the lock and keeps it until `fork_unlock`.
+    pub(crate) fn fork_lock(&self) {
+        self.lock();
+    }
+
+    /// # Safety
+    /// `fork_lock` took the lock on this thread.
+    pub(crate) unsafe fn fork_unlock(&self) {
+        self.unlock();
+    }
+
     /// Takes the first idle object, or null when the list is empty.
     pub(crate) fn pop(&self) -> *mut Link {
         self.lock();

@@ -104,6 +104,36 @@ impl Shared {
         }
     }
 
+    /// Before `fork()`: takes the list, so that no thread is inside it when
+    /// the process is copied (a child would find it locked forever). The
+    /// lock-free DWCAS list has no lock to take, and needs none: a thread
+    /// inside it leaves it consistent at every step.
+    pub(crate) fn fork_lock(&self) {
+        match self {
+            Shared::Xchg(l) => l.fork_lock(),
+            Shared::Locked(l) => l.fork_lock(),
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(_) => {}
+            Shared::None => {}
+        }
+    }
+
+    /// After `fork()`, parent or child: lets the list go.
+    ///
+    /// # Safety
+    /// `fork_lock` took it on this thread.
+    pub(crate) unsafe fn fork_unlock(&self) {
+        match self {
+            // SAFETY: caller guarantee.
+            Shared::Xchg(l) => unsafe { l.fork_unlock() },
+            // SAFETY: caller guarantee.
+            Shared::Locked(l) => unsafe { l.fork_unlock() },
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(_) => {}
+            Shared::None => {}
+        }
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Shared::Xchg(_) => "xchg",

@@ -18,11 +18,42 @@ pub(crate) const BUSY: *mut Link = 1 as *mut Link;
 
 pub(crate) struct XchgList {
     head: CachePadded<AtomicPtr<Link>>,
+    /// The head saved by `fork_lock` while the list is held across `fork()`.
+    fork_saved: AtomicPtr<Link>,
 }
 
 impl XchgList {
     pub(crate) fn new() -> Self {
-        XchgList { head: CachePadded::new(AtomicPtr::new(core::ptr::null_mut())) }
+        XchgList {
+            head: CachePadded::new(AtomicPtr::new(core::ptr::null_mut())),
+            fork_saved: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Takes the list as a popper does (the head becomes `BUSY`) and keeps
+    /// it until `fork_unlock`.
+    pub(crate) fn fork_lock(&self) {
+        let mut spin = Spin::new();
+        loop {
+            // Acquire: as in `pop`, we own the chain the head names.
+            let seen = self.head.swap(BUSY, Ordering::Acquire);
+            if seen != BUSY {
+                // Relaxed: only this thread reads it back, in `fork_unlock`.
+                self.fork_saved.store(seen, Ordering::Relaxed);
+                return;
+            }
+            spin.wait();
+        }
+    }
+
+    /// # Safety
+    /// `fork_lock` took the list on this thread.
+    pub(crate) unsafe fn fork_unlock(&self) {
+        debug_assert_eq!(self.head.load(Ordering::Relaxed), BUSY, "held since fork_lock");
+        // Relaxed: written by this thread in `fork_lock`.
+        let head = self.fork_saved.load(Ordering::Relaxed);
+        // Release (inside release_store): hands the list back, as `pop` does.
+        release_store(&self.head, head);
     }
 
     /// Takes the first idle object, or null when the list is empty.

@@ -1,0 +1,64 @@
+//! `fork()` from a multi-threaded program: the child gets a copy of memory
+//! and one thread. Any lock another thread held at that moment would stay
+//! held in the child forever, and a structure it was changing would stay
+//! half-changed. So the library registers `pthread_atfork` handlers:
+//!
+//! - before the fork, the forking thread takes every lock of the library,
+//!   in the library's lock order: `dynbuf_init`'s lock, the wait queue's
+//!   mutex, the pool registry, the thread-cache registry, every thread
+//!   cache (held from outside: no owner is inside one), every pool's shared
+//!   cache and debug store, the debug registry;
+//! - after it, the parent lets them all go;
+//! - the child lets them go too, after putting right what the parent's
+//!   other threads left behind: their thread caches are emptied into the
+//!   pools' shared caches and freed (their exit hooks will never run),
+//!   their transits and running callbacks are forgotten.
+//!
+//! The handlers are registered when the library is loaded (an ELF
+//! constructor) and, in case a loader skipped it, at the first pool or
+//! thread cache. Objects that the parent's other threads held are held by
+//! nobody in the child: they stay counted as used.
+
+use std::sync::Once;
+
+static REGISTER: Once = Once::new();
+
+/// Registers the fork handlers, once per process.
+pub(crate) fn ensure_registered() {
+    REGISTER.call_once(|| {
+        // SAFETY: the three handlers have the C ABI pthread_atfork expects
+        // and stay mapped for the life of the process (the .so is linked
+        // -z nodelete). A failure (ENOMEM) leaves fork as unsafe as before.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    });
+}
+
+/// The ELF constructor: registration at load time, before any thread of
+/// the program can call us.
+#[used]
+#[link_section = ".init_array"]
+static AT_LOAD: extern "C" fn() = at_load;
+
+extern "C" fn at_load() {
+    ensure_registered();
+}
+
+extern "C" fn prepare() {
+    // Never copied half-done: `BUFPOOL_DEBUG` is read before the locks.
+    crate::debug::init_from_env();
+    crate::dynbuf::fork_prepare();
+    crate::waitq::fork_prepare();
+    crate::pool::fork_prepare();
+}
+
+extern "C" fn parent() {
+    crate::pool::fork_parent();
+    crate::waitq::fork_parent();
+    crate::dynbuf::fork_release();
+}
+
+extern "C" fn child() {
+    crate::pool::fork_child();
+    crate::waitq::fork_child();
+    crate::dynbuf::fork_release();
+}

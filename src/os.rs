@@ -1,0 +1,151 @@
+//! The OS side: memory the library takes for objects and for itself, and
+//! writes to a file descriptor.
+//!
+//! Nothing here aborts on memory exhaustion: every allocation returns null
+//! (or `None`) and its caller turns that into its documented failure result.
+//! Rust's `Box::new` and `Vec::push` abort the process instead, so the
+//! library's own structures are made with [`try_box`] and grown with
+//! `try_reserve`.
+
+use std::alloc::Layout;
+use std::ptr::{null_mut, NonNull};
+
+/// Takes `size` bytes aligned on `align` (0: malloc's own) from the heap.
+/// Null when the heap refuses.
+pub(crate) fn heap_alloc(size: usize, align: usize) -> *mut u8 {
+    if align == 0 {
+        // SAFETY: malloc has no precondition; a null result is handled.
+        return unsafe { libc::malloc(size) }.cast();
+    }
+    let mut p = null_mut();
+    // SAFETY: align is a power of two and a multiple of the pointer size (checked at pool creation).
+    if unsafe { libc::posix_memalign(&mut p, align, size) } != 0 {
+        return null_mut();
+    }
+    p.cast()
+}
+
+/// Gives a block of `heap_alloc` back.
+///
+/// # Safety
+/// `p` came from `heap_alloc` and is not used any more.
+pub(crate) unsafe fn heap_free(p: *mut u8) {
+    // SAFETY: caller guarantee; malloc and posix_memalign blocks both go to free.
+    unsafe { libc::free(p.cast()) }
+}
+
+/// `Box::new(v)` that returns `None` instead of aborting when memory is short.
+/// The box is a raw pointer: give it back with [`free_box`].
+pub(crate) fn try_box<T>(v: T) -> Option<NonNull<T>> {
+    let layout = Layout::new::<T>();
+    debug_assert!(layout.size() != 0, "no zero-sized library structure");
+    // SAFETY: the layout has a non-zero size (asserted above).
+    let p = NonNull::new(unsafe { std::alloc::alloc(layout) }.cast::<T>())?;
+    // SAFETY: freshly allocated for a `T`, aligned, not yet initialised.
+    unsafe { p.as_ptr().write(v) };
+    Some(p)
+}
+
+/// Drops and frees a box made by [`try_box`].
+///
+/// # Safety
+/// `p` came from `try_box::<T>` and nothing uses it any more.
+pub(crate) unsafe fn free_box<T>(p: NonNull<T>) {
+    // SAFETY: caller guarantee: a live, initialised `T` that we own.
+    unsafe {
+        p.as_ptr().drop_in_place();
+        std::alloc::dealloc(p.as_ptr().cast(), Layout::new::<T>());
+    }
+}
+
+/// Writes all of `buf` to `fd`: retries on `EINTR` and continues after
+/// short writes. False when the fd refuses (bad fd, closed pipe, ...).
+pub(crate) fn write_all(fd: i32, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad fd just fails.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return false;
+        }
+        if n == 0 {
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}
+
+/// A line of text formatted on the stack, for output that must not touch
+/// the heap (`dump_pools_to_fd` runs when memory is exhausted too). What
+/// does not fit is cut, and the line ends with "...".
+pub(crate) struct StackLine {
+    buf: [u8; 512],
+    len: usize,
+    cut: bool,
+}
+
+impl StackLine {
+    pub(crate) fn new() -> Self {
+        StackLine { buf: [0; 512], len: 0, cut: false }
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.cut = false;
+    }
+}
+
+impl std::fmt::Write for StackLine {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.cut {
+            return Ok(());
+        }
+        // Room for "...\n" stays free so that a cut line still ends well.
+        let room = self.buf.len() - 4 - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            self.cut = true;
+            self.buf[self.len..self.len + 4].copy_from_slice(b"...\n");
+            self.len += 4;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+
+    #[test]
+    fn stack_lines_cut_what_does_not_fit() {
+        let mut l = StackLine::new();
+        write!(l, "abc {}", 12).unwrap();
+        assert_eq!(l.as_bytes(), b"abc 12");
+        l.clear();
+        for _ in 0..100 {
+            write!(l, "0123456789").unwrap();
+        }
+        assert_eq!(l.as_bytes().len(), 512);
+        assert!(l.as_bytes().ends_with(b"...\n"));
+    }
+
+    #[test]
+    fn boxes_round_trip() {
+        let b = try_box([7u64; 100]).unwrap();
+        // SAFETY: a live box made just above.
+        assert_eq!(unsafe { b.as_ref() }[99], 7);
+        // SAFETY: made by try_box, used no more.
+        unsafe { free_box(b) };
+    }
+}
