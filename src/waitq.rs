@@ -551,6 +551,7 @@ mod loom_tests {
         got: AtomicUsize,
         calls: AtomicUsize,
         freed: AtomicBool,
+        running: AtomicBool,
     }
     // SAFETY: `bw` is only handed to the queue, which locks around it.
     unsafe impl Send for World {}
@@ -566,6 +567,7 @@ mod loom_tests {
             got: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             freed: AtomicBool::new(false),
+            running: AtomicBool::new(false),
         });
         // SAFETY: fresh, not queued; the world outlives every use of the target.
         unsafe { init(bw, Arc::as_ptr(&w) as *mut c_void, Some(cb)) };
@@ -642,6 +644,44 @@ mod loom_tests {
         // SAFETY: the waiter itself, from its own callback.
         unsafe { w.q.dequeue(w.bw) };
         1
+    }
+
+    unsafe extern "C" fn self_dequeue_then_run_cb(t: *mut c_void) -> c_int {
+        // SAFETY: the target is the world.
+        let w = unsafe { enter(t) };
+        // SAFETY: the waiter itself, from its own callback.
+        unsafe { w.q.dequeue(w.bw) };
+        // Still running after dequeueing itself: an outside dequeue must
+        // wait for this, and no other offer may call it meanwhile.
+        // AcqRel/Release: the flag itself says whether a call is running.
+        assert!(!w.running.swap(true, Ordering::AcqRel), "called twice at once");
+        loom::thread::yield_now();
+        w.running.store(false, Ordering::Release);
+        1
+    }
+
+    /// An offer whose callback dequeues itself and keeps running, against
+    /// a dequeue and a second offer on other threads: the dequeue returns
+    /// only once the callback has returned, and the second offer never
+    /// calls it meanwhile.
+    #[test]
+    fn loom_dequeue_waits_for_a_self_dequeued_callback() {
+        loom::model(|| {
+            let w = world(self_dequeue_then_run_cb);
+            // SAFETY: live waiter with a callback.
+            assert!(unsafe { w.q.queue(1, w.bw) });
+            let offer = |w: Arc<World>| loom::thread::spawn(move || w.q.offer(null_mut(), 0, || 1));
+            let t1 = offer(w.clone());
+            let t2 = offer(w.clone());
+            // SAFETY: live waiter.
+            unsafe { w.q.dequeue(w.bw) };
+            // Acquire: pairs with the callback's Release when it ended.
+            assert!(!w.running.load(Ordering::Acquire), "b_dequeue returned while the callback runs");
+            w.freed.store(true, Ordering::Release);
+            t1.join().unwrap();
+            t2.join().unwrap();
+            finish(w);
+        });
     }
 
     /// Two offers race with a dequeue from a third thread; the callback
