@@ -32,13 +32,6 @@
 #endif
 
 /**
- * Flag OR-ed into a class for `b_alloc_crit`: allocate even though waiters
- * of the same or a more critical class are queued. A woken waiter claims
- * its buffer with it (it is still queued while its callback runs).
- */
-#define DB_F_NOQUEUE 256
-
-/**
  * Pool flag: the pool may be merged with another pool of the same
  * (rounded) size, the same alignment and the same flags.
  */
@@ -84,6 +77,13 @@
  * Pool flag: no thread-local cache for this pool.
  */
 #define POOL_F_NO_LOCAL_CACHE 256
+
+/**
+ * Flag OR-ed into a class for `b_alloc_crit`: allocate even though waiters
+ * of the same or a more critical class are queued. A woken waiter claims
+ * its buffer with it (it is still queued while its callback runs).
+ */
+#define DB_F_NOQUEUE 256
 
 /**
  * Criticality classes of a buffer allocation, least critical first. Each

@@ -26,11 +26,10 @@
 
 use crate::os::{free_box, try_box};
 use crate::owned::Owned;
-use crate::pool::Pool;
-use crate::shared::{next_of, set_next, Link};
+use crate::link::{next_of, set_next, Link};
 use std::cell::Cell;
 use std::ptr::{null, null_mut, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many pools can have a thread cache; the others work without one.
@@ -50,13 +49,53 @@ impl Slot {
     }
 }
 
+/// What a thread cache knows of a pool: embedded in the pool, enough to
+/// cache its objects and to send them back. The cache never sees the rest
+/// of the pool.
+pub(crate) struct Home {
+    /// The pool's slot in every thread cache; `None`: no thread cache.
+    pub(crate) slot: Option<Slot>,
+    /// Object size.
+    pub(crate) size: usize,
+    /// Set while released objects must go to the OS rather than to a cache
+    /// (the pool is above a lowered limit). One relaxed load on the fast path.
+    pub(crate) capped: AtomicBool,
+    /// Where objects that leave a cache go.
+    pub(crate) back: &'static Back,
+}
+
+/// The pool's side of a [`Home`].
+pub(crate) struct Back {
+    /// Objects of this home are about to leave a cache: a transit begins
+    /// (a search at the pool's limit waits for them rather than fail).
+    pub(crate) begin: fn(&Home),
+    /// A chain of objects that left a cache (still counted as out of the
+    /// pool's shared layer) is the pool's again; the transit ends.
+    pub(crate) take: unsafe fn(&Home, *mut Link),
+}
+
+impl Home {
+    /// Sends a chain that left a cache back to the pool, in a transit begun
+    /// before it was detached (`detach` runs inside it).
+    ///
+    /// # Safety
+    /// The chain `detach` returns is of objects of this home, cached until
+    /// now, owned by the caller.
+    unsafe fn send_back(&self, detach: impl FnOnce() -> *mut Link) {
+        (self.back.begin)(self);
+        let chain = detach();
+        // SAFETY: the caller's guarantee; `take` ends the transit `begin` began.
+        unsafe { (self.back.take)(self, chain) };
+    }
+}
+
 /// Per-thread byte budget, all pools together.
 static BUDGET: AtomicUsize = AtomicUsize::new(512 * 1024);
 
 /// The pool that owns each slot (null: free). A pool keeps its slot until
 /// it is freed, after every cache was drained of it: so a cache that holds
-/// objects of slot `i` can always reach their pool through `SLOTS[i]`.
-static SLOTS: [AtomicPtr<Pool>; MAX_POOLS] = [const { AtomicPtr::new(null_mut()) }; MAX_POOLS];
+/// objects of slot `i` can always reach their pool's `Home` through `SLOTS[i]`.
+static SLOTS: [AtomicPtr<Home>; MAX_POOLS] = [const { AtomicPtr::new(null_mut()) }; MAX_POOLS];
 
 /// Every live thread cache. Lock order: `CACHES`, then a cache's `foreign` hold.
 static CACHES: Mutex<Vec<CachePtr>> = Mutex::new(Vec::new());
@@ -184,8 +223,8 @@ fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
 
 /// Takes an idle object of `pool` from this thread's cache; null if none.
 #[inline(always)]
-pub(crate) fn take(pool: &Pool) -> *mut u8 {
-    let Some(slot) = pool.slot else { return null_mut() };
+pub(crate) fn take(home: &Home) -> *mut u8 {
+    let Some(slot) = home.slot else { return null_mut() };
     let tc = current::get();
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let Some(tc) = (unsafe { tc.as_ref() }) else { return null_mut() };
@@ -196,7 +235,7 @@ pub(crate) fn take(pool: &Pool) -> *mut u8 {
     let local = unsafe { tc.get() };
     // SAFETY: a slot's index is below MAX_POOLS, the length of `heads`.
     let head = unsafe { local.heads.get_unchecked_mut(slot.index()) };
-    let item = pop_head(head, &mut local.bytes, pool.size);
+    let item = pop_head(head, &mut local.bytes, home.size);
     tc.exit();
     item.cast()
 }
@@ -228,11 +267,12 @@ pub(crate) enum Put {
 
 /// Keeps a released object in this thread's cache, if it can without waiting.
 #[inline(always)]
-pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> Put {
-    let Some(slot) = pool.slot else { return Put::Refused };
+pub(crate) fn put(home: &Home, ptr: *mut u8) -> Put {
+    let Some(slot) = home.slot else { return Put::Refused };
     let budget = BUDGET.load(Ordering::Relaxed);
     let tc = current::get();
-    if pool.size > budget || tc.is_null() || pool.is_capped() {
+    // Relaxed `capped`: a setting; a release racing its change may go either way.
+    if home.size > budget || tc.is_null() || home.capped.load(Ordering::Relaxed) {
         return Put::Refused;
     }
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
@@ -241,7 +281,7 @@ pub(crate) fn put(pool: &Pool, ptr: *mut u8) -> Put {
         return Put::Refused;
     }
     // SAFETY: we are inside our cache, and the caller gives the object up.
-    let over = unsafe { push_head(tc.get(), slot, pool.size, ptr, budget) };
+    let over = unsafe { push_head(tc.get(), slot, home.size, ptr, budget) };
     tc.exit();
     if over {
         Put::OverBudget
@@ -276,10 +316,11 @@ unsafe fn push_head(local: &mut Local, slot: Slot, size: usize, ptr: *mut u8, bu
 /// caller then releases it to the pool. Never waits.
 #[cold]
 #[inline(never)]
-pub(crate) fn put_slow(pool: &Pool, ptr: *mut u8) -> bool {
-    let Some(slot) = pool.slot else { return false };
+pub(crate) fn put_slow(home: &Home, ptr: *mut u8) -> bool {
+    let Some(slot) = home.slot else { return false };
     let budget = BUDGET.load(Ordering::Relaxed);
-    if pool.size > budget || pool.is_capped() {
+    // Relaxed `capped`: as in `put`.
+    if home.size > budget || home.capped.load(Ordering::Relaxed) {
         return false;
     }
     let mut tc = current::get();
@@ -297,7 +338,7 @@ pub(crate) fn put_slow(pool: &Pool, ptr: *mut u8) -> bool {
     // SAFETY: we are inside our cache, and the caller gives the object up.
     unsafe {
         tc.with(|local| {
-            if push_head(local, slot, pool.size, ptr, budget) {
+            if push_head(local, slot, home.size, ptr, budget) {
                 evict_inside(local, budget);
             }
         })
@@ -336,20 +377,23 @@ fn evict_inside(local: &mut Local, budget: usize) {
         };
         // SAFETY: a pool keeps its slot until every cache is drained of it,
         // and this cache still holds objects of it.
-        let pool = unsafe { &*slot_pool(idx) };
-        // Objects in transit to the pool: a search at the limit waits for them.
-        let _moving = pool.begin_transit();
-        let (chain, n) = detach_older_half(&mut local.heads[idx]);
-        local.bytes -= n as usize * pool.size;
-        // SAFETY: the objects left our cache but still count as out of the
-        // pool's shared layer, so the pool cannot be destroyed under us.
-        unsafe { pool.release_chain(chain) };
+        let home = unsafe { &*slot_home(idx) };
+        // SAFETY: detached from our cache: objects of this home, ours; they
+        // still count as out of the pool's shared layer, so the pool cannot
+        // be destroyed under us.
+        unsafe {
+            home.send_back(|| {
+                let (chain, n) = detach_older_half(&mut local.heads[idx]);
+                local.bytes -= n as usize * home.size;
+                chain
+            })
+        };
     }
 }
 
-/// The pool of a slot that a cache holds objects of.
-fn slot_pool(idx: usize) -> *const Pool {
-    // Acquire: pairs with the Release of `claim_slot`: we see the whole pool.
+/// The home of a slot that a cache holds objects of.
+fn slot_home(idx: usize) -> *const Home {
+    // Acquire: pairs with the Release of `claim_slot`: we see the whole home.
     let p = SLOTS[idx].load(Ordering::Acquire);
     debug_assert!(!p.is_null(), "a slot with cached objects has its pool");
     p
@@ -395,11 +439,10 @@ fn empty_into_pools(local: &mut Local) {
             continue;
         }
         // SAFETY: a pool keeps its slot while objects of it are cached.
-        let pool = unsafe { &*slot_pool(idx) };
-        let _moving = pool.begin_transit();
-        let (chain, _) = detach_all(local, idx, pool.size);
-        // SAFETY: detached from the cache, still counted out of the pool's shared layer.
-        unsafe { pool.release_chain(chain) };
+        let home = unsafe { &*slot_home(idx) };
+        // SAFETY: detached from the cache: objects of this home, ours, still
+        // counted out of the pool's shared layer.
+        unsafe { home.send_back(|| detach_all(local, idx, home.size).0) };
     }
     debug_assert_eq!(local.bytes, 0, "an emptied cache holds no bytes");
 }
@@ -412,7 +455,6 @@ fn attach() -> *const ThreadCache {
     if EXITED.with(Cell::get) {
         return null();
     }
-    crate::fork::ensure_registered();
     let Some(tc) = try_box(Owned::new(Local { bytes: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] })) else {
         return null();
     };
@@ -458,12 +500,12 @@ unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
 }
 
 /// Takes one idle object of `pool` from any thread's cache (the limit path).
-pub(crate) fn steal(pool: &Pool) -> *mut u8 {
-    let Some(slot) = pool.slot else { return null_mut() };
+pub(crate) fn steal(home: &Home) -> *mut u8 {
+    let Some(slot) = home.slot else { return null_mut() };
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
-        let item = tc.with_held(|local| pop_head(&mut local.heads[slot.index()], &mut local.bytes, pool.size));
+        let item = tc.with_held(|local| pop_head(&mut local.heads[slot.index()], &mut local.bytes, home.size));
         if !item.is_null() {
             return item.cast();
         }
@@ -474,14 +516,14 @@ pub(crate) fn steal(pool: &Pool) -> *mut u8 {
 /// Detaches every idle object of `pool` from every thread's cache and hands
 /// each chain to `f`, inside that cache's foreign hold (see the module
 /// comment). Returns how many objects were detached.
-pub(crate) fn drain(pool: &Pool, mut f: impl FnMut(*mut Link)) -> usize {
-    let Some(slot) = pool.slot else { return 0 };
+pub(crate) fn drain(home: &Home, mut f: impl FnMut(*mut Link)) -> usize {
+    let Some(slot) = home.slot else { return 0 };
     let mut total = 0;
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
         total += tc.with_held(|local| {
-            let (chain, n) = detach_all(local, slot.index(), pool.size);
+            let (chain, n) = detach_all(local, slot.index(), home.size);
             if !chain.is_null() {
                 f(chain);
             }
@@ -545,8 +587,8 @@ const OWNER_SPINS: u32 = 256;
 
 /// How many idle objects of `pool` sit in thread caches (for the tests).
 #[cfg(all(test, not(loom)))]
-pub(crate) fn idle(pool: &Pool) -> usize {
-    match pool.slot {
+pub(crate) fn idle(home: &Home) -> usize {
+    match home.slot {
         Some(slot) => snapshot(slot, || 0).1,
         None => 0,
     }
@@ -554,11 +596,11 @@ pub(crate) fn idle(pool: &Pool) -> usize {
 
 /// Gives `pool` a slot; `None` when all are taken.
 /// Called under the pool registry lock.
-pub(crate) fn claim_slot(pool: *mut Pool) -> Option<Slot> {
+pub(crate) fn claim_slot(home: *const Home) -> Option<Slot> {
     for (i, s) in SLOTS.iter().enumerate() {
         if s.load(Ordering::Relaxed).is_null() {
-            // Release: evicting threads that read the slot see the whole pool.
-            s.store(pool, Ordering::Release);
+            // Release: evicting threads that read the slot see the whole home.
+            s.store(home.cast_mut(), Ordering::Release);
             return Some(Slot(i as u8));
         }
     }

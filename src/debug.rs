@@ -5,26 +5,26 @@
 //! - process-wide switches read where they act (`no-cache`, `no-global`,
 //!   `race-window`): one relaxed load each;
 //! - object modes (`poison`, `integrity`, `tag`, `caller`, `cold-first`,
-//!   `uaf`, `fail`), snapshotted into each pool when it is created
-//!   ([`PoolDebug`]). A pool with any object mode gets no thread cache and
-//!   keeps its idle objects in a debug store of its own (below), so the fast
-//!   path is untouched and every alloc/free of such a pool takes the slow
-//!   path, where the pool calls the small functions of this module. Pools
-//!   created before a mode is turned on keep working without it.
+//!   `uaf`, `fail`), fixed into each pool when it is created
+//!   ([`Checks`]). A pool with any object mode gets no thread cache and
+//!   keeps its idle objects in a debug store apart from their memory
+//!   (`shared::debug_store`), so the fast path is untouched and every
+//!   alloc/free of such a pool takes the slow path, where the pool calls
+//!   the hooks of [`object`]: refuse (`fail`), hand out, check a free,
+//!   retire. Pools created before a mode is turned on keep working without it.
 //!
-//! The per-object work lives in [`object`].
+//! One table, [`WORDS`], drives the parsing, the `help` text and the
+//! modes shown by `dump_pools_to_fd`.
 
 pub(crate) mod object;
 
+use crate::sync::RACE_YIELD;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Once;
 
-pub(crate) use object::PoolDebug;
+pub(crate) use object::Checks;
 
-/// `race-window=N`: 0 off, `YIELD` for `sched_yield()`, else N `pause`s.
-static RACE_WINDOW: AtomicUsize = AtomicUsize::new(0);
-const YIELD: usize = usize::MAX;
 /// `no-cache`: pools created from now on get no thread cache.
 static NO_CACHE: AtomicBool = AtomicBool::new(false);
 /// `no-global`: pools created from now on get no shared cache.
@@ -45,35 +45,142 @@ pub(crate) const M_UAF: u32 = 1 << 5;
 pub(crate) const M_FAIL: u32 = 1 << 6;
 const DEFAULT_POISON: u8 = 0x50;
 
-/// The object-mode words, each with its `no-` form.
-const OBJ_WORDS: [(&str, u32); 6] = [
-    ("poison", M_POISON),
-    ("integrity", M_INTEGRITY),
-    ("tag", M_TAG),
-    ("caller", M_CALLER),
-    ("cold-first", M_COLD_FIRST),
-    ("uaf", M_UAF),
+/// What a word does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An object mode (its `M_*` bit); `no-WORD` turns it off.
+    Mode(u32),
+    /// `poison` or `poison=BYTE`: the `M_POISON` mode and its byte.
+    Poison,
+    /// `fail=PERCENT`: the `M_FAIL` mode and its share (0 turns it off).
+    Fail,
+    /// A process-wide switch: `no-cache` / `cache`.
+    NoCache,
+    /// A process-wide switch: `no-global` / `global`.
+    NoGlobal,
+    /// `race-window=N|yield`.
+    RaceWindow,
+    /// `help`.
+    Help,
+}
+
+/// A debug word: its name, what follows it in the help, what it does.
+struct Word {
+    name: &'static str,
+    arg: &'static str,
+    kind: Kind,
+    help: &'static str,
+}
+
+/// Every word, in the order of the help text. Object modes keep the order
+/// of their bits: `dump_pools_to_fd` names them in this order.
+const WORDS: [Word; 11] = [
+    Word {
+        name: "poison",
+        arg: "[=BYTE]",
+        kind: Kind::Poison,
+        help: "fill each object handed out with BYTE (default 0x50; 0..255, decimal or 0x..)",
+    },
+    Word {
+        name: "integrity",
+        arg: "",
+        kind: Kind::Mode(M_INTEGRITY),
+        help: "fill idle objects with a changing pattern, check it on reuse (write after free)",
+    },
+    Word {
+        name: "tag",
+        arg: "",
+        kind: Kind::Mode(M_TAG),
+        help: "a word after each object names its pool: double, wrong-pool and foreign frees abort",
+    },
+    Word {
+        name: "caller",
+        arg: "",
+        kind: Kind::Mode(M_CALLER),
+        help: "remember the last allocating/freeing caller of each object, shown on abort",
+    },
+    Word {
+        name: "cold-first",
+        arg: "",
+        kind: Kind::Mode(M_COLD_FIRST),
+        help: "reuse the idle object freed longest ago first (FIFO), not the last one",
+    },
+    Word {
+        name: "uaf",
+        arg: "",
+        kind: Kind::Mode(M_UAF),
+        help: "each object in its own mapping, unmapped on free (use after free faults)",
+    },
+    Word {
+        name: "fail",
+        arg: "=PERCENT",
+        kind: Kind::Fail,
+        help: "make PERCENT % of allocations fail (0..100); buffer allocations of the classes DB_MUX_TX \
+               and DB_PERMANENT are spared",
+    },
+    Word { name: "no-cache", arg: "", kind: Kind::NoCache, help: "no thread cache" },
+    Word { name: "no-global", arg: "", kind: Kind::NoGlobal, help: "no shared cache" },
+    Word {
+        name: "race-window",
+        arg: "=N",
+        kind: Kind::RaceWindow,
+        help: "spin N pauses (or 'yield') between reading a shared-cache head and its link, in every \
+               shared-cache algorithm (DWCAS then crashes when objects go to the OS)",
+    },
+    Word { name: "help", arg: "", kind: Kind::Help, help: "print this list" },
 ];
 
+/// The last line of the help text.
+const HELP_TAIL: &str = "Object modes (poison..uaf, fail) apply to pools created afterwards; 'no-WORD' turns one off \
+                         ('cache', 'global', 'hot-first', 'fail=0', 'race-window=0' likewise).";
+
+/// The name of each object-mode bit, in bit order (for the dump).
+fn mode_name(bit: u32) -> &'static str {
+    WORDS
+        .iter()
+        .find(|w| match w.kind {
+            Kind::Mode(b) => b == bit,
+            Kind::Poison => bit == M_POISON,
+            Kind::Fail => bit == M_FAIL,
+            _ => false,
+        })
+        .map_or("?", |w| w.name)
+}
+
+/// Writes `text` wrapped at 100 columns, every line after the first
+/// indented by `indent` spaces.
+fn write_wrapped(out: &mut String, text: &str, first: usize, indent: usize) {
+    use std::fmt::Write;
+    let mut col = first;
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 && col + 1 + word.len() > 100 {
+            let _ = write!(out, "\n{:indent$}", "");
+            col = indent;
+        } else if i > 0 {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+    out.push('\n');
+}
+
+/// The `help` text, from `WORDS`.
+fn help_text() -> String {
+    use std::fmt::Write;
+    let mut s = String::from("bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-separated list of:\n");
+    for w in &WORDS {
+        let left = format!("{}{}", w.name, w.arg);
+        let _ = write!(s, "  {left:<16} ");
+        write_wrapped(&mut s, w.help, 19, 19);
+    }
+    s.push_str("  ");
+    write_wrapped(&mut s, HELP_TAIL, 2, 2);
+    s
+}
+
 static ENV_ONCE: Once = Once::new();
-
-const HELP: &str = "bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-separated list of:\n\
-  poison[=BYTE]    fill each object handed out with BYTE (default 0x50; 0..255, decimal or 0x..)\n\
-  integrity        fill idle objects with a changing pattern, check it on reuse (write after free)\n\
-  tag              a word after each object names its pool: double, wrong-pool and foreign frees abort\n\
-  caller           remember the last allocating/freeing caller of each object, shown on abort\n\
-  cold-first       reuse the idle object freed longest ago first (FIFO), not the last one\n\
-  uaf              each object in its own mapping, unmapped on free (use after free faults)\n\
-  fail=PERCENT     make PERCENT % of allocations fail (0..100); buffer allocations of the\n\
-                   classes DB_MUX_TX and DB_PERMANENT are spared\n\
-  no-cache         no thread cache\n\
-  no-global        no shared cache\n\
-  race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link,\n\
-                   in every shared-cache algorithm (DWCAS then crashes when objects go to the OS)\n\
-  help             print this list\n\
-  Object modes (poison..uaf, fail) apply to pools created afterwards; 'no-WORD' turns one off\n\
-  ('cache', 'global', 'hot-first', 'fail=0', 'race-window=0' likewise).\n";
-
 /// Reads `BUFPOOL_DEBUG` once. Called at every entry that creates state.
 pub(crate) fn init_from_env() {
     ENV_ONCE.call_once(|| {
@@ -117,52 +224,52 @@ pub(crate) fn apply(opts: &str) -> Result<(), &str> {
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let bad = || Err(word);
-        match (key, val) {
-            ("no-cache", None) => no_cache = Some(true),
-            ("cache", None) => no_cache = Some(false),
-            ("no-global", None) => no_global = Some(true),
-            ("global", None) => no_global = Some(false),
-            ("race-window", Some("yield")) => race = Some(YIELD),
-            ("race-window", Some(n)) => match n.parse::<usize>() {
-                Ok(n) if n < YIELD => race = Some(n),
-                _ => return bad(),
+        // `hot-first` is the opposite of `cold-first`; `cache` and `global`
+        // of `no-cache` and `no-global`; `no-WORD` of an object mode.
+        let negates = |n: &str| WORDS.iter().any(|w| w.name == n && matches!(w.kind, Kind::Mode(_) | Kind::Poison));
+        let (on, name) = match key {
+            "hot-first" => (false, "cold-first"),
+            "cache" => (false, "no-cache"),
+            "global" => (false, "no-global"),
+            k => match k.strip_prefix("no-") {
+                Some(n) if negates(n) => (false, n),
+                _ => (true, k),
             },
-            ("poison", Some(b)) => match parse_u32(b) {
+        };
+        let Some(w) = WORDS.iter().find(|w| w.name == name) else { return Err(word) };
+        match (w.kind, val) {
+            (Kind::Mode(bit), None) => modes = if on { modes | bit } else { modes & !bit },
+            (Kind::Poison, None) => modes = if on { modes | M_POISON } else { modes & !M_POISON },
+            (Kind::Poison, Some(b)) if on => match parse_u32(b) {
                 Some(b) if b <= 255 => {
                     poison = Some(b);
                     modes |= M_POISON;
                 }
-                _ => return bad(),
+                _ => return Err(word),
             },
-            ("fail", Some(n)) => match n.parse::<u32>() {
+            (Kind::Fail, Some(n)) if on => match n.parse::<u32>() {
                 Ok(n) if n <= 100 => {
                     fail = Some(n);
                     modes = if n == 0 { modes & !M_FAIL } else { modes | M_FAIL };
                 }
-                _ => return bad(),
+                _ => return Err(word),
             },
-            ("hot-first", None) => modes &= !M_COLD_FIRST,
-            ("help", None) => help = true,
-            (k, None) => {
-                let (neg, name) = match k.strip_prefix("no-") {
-                    Some(n) => (true, n),
-                    None => (false, k),
-                };
-                match OBJ_WORDS.iter().find(|(w, _)| *w == name) {
-                    Some(&(_, bit)) if neg => modes &= !bit,
-                    Some(&(_, bit)) => modes |= bit,
-                    None => return bad(),
-                }
-            }
-            _ => return bad(),
+            (Kind::NoCache, None) => no_cache = Some(on),
+            (Kind::NoGlobal, None) => no_global = Some(on),
+            (Kind::RaceWindow, Some("yield")) => race = Some(RACE_YIELD),
+            (Kind::RaceWindow, Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n < RACE_YIELD => race = Some(n),
+                _ => return Err(word),
+            },
+            (Kind::Help, None) => help = true,
+            _ => return Err(word),
         }
     }
     if help {
-        eprint!("{HELP}");
+        eprint!("{}", help_text());
     }
     if let Some(r) = race {
-        RACE_WINDOW.store(r, Ordering::Relaxed);
+        crate::sync::set_race_window(r);
     }
     if let Some(b) = no_cache {
         NO_CACHE.store(b, Ordering::Relaxed);
@@ -236,38 +343,11 @@ pub(crate) fn fork_unlock() {
     unsafe { object::fork_unlock() };
 }
 
-/// Widens the window between reading a shared-cache head and reading the
-/// link of the object it names, when `race-window` is set. Every shared
-/// cache algorithm calls it at that point.
-#[inline(always)]
-pub(crate) fn race_window() {
-    #[cfg(not(loom))]
-    {
-        let n = RACE_WINDOW.load(Ordering::Relaxed);
-        if n != 0 {
-            race_window_slow(n);
-        }
-    }
-}
-
-#[cold]
-#[inline(never)]
-#[cfg(not(loom))]
-fn race_window_slow(n: usize) {
-    if n == YIELD {
-        std::thread::yield_now();
-    } else {
-        for _ in 0..n {
-            core::hint::spin_loop();
-        }
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     /// Mode changes would leak into pools other tests create: share their lock.
-    use crate::pool::tests::serial as modes_lock;
+    use crate::test_support::serial as modes_lock;
 
     #[test]
     fn words_are_all_checked_before_any_applies() {
@@ -282,28 +362,6 @@ mod tests {
         apply("no-tag,hot-first,fail=0,no-caller,no-poison,poison=0x50,no-poison").unwrap();
         assert_eq!(object_modes().0, 0);
         assert_eq!(object_modes().1, 0x50);
-    }
-
-    #[test]
-    fn fault_injection_spares_critical_sections_and_is_fixed_at_creation() {
-        let _g = modes_lock();
-        apply("fail=100").unwrap();
-        let p = crate::pool::create(b"f", 64, 0, 0);
-        apply("fail=0").unwrap();
-        // SAFETY: a live pool, destroyed below.
-        let pool = unsafe { &*p };
-        assert!(pool.alloc().is_null());
-        assert!(pool.alloc_nocache().is_null());
-        assert_eq!(pool.failed(), 2);
-        let o = {
-            let _c = critical();
-            pool.alloc()
-        };
-        assert!(!o.is_null(), "a critical allocation is spared");
-        assert!(pool.alloc().is_null(), "the guard is gone, the pool still has fail=100");
-        // SAFETY: from `pool`, given back once.
-        unsafe { pool.free(o) };
-        assert!(crate::pool::destroy(p, |_| {}).is_null());
     }
 
     #[test]

@@ -20,9 +20,9 @@
 //! memory the process can have ([`max_reserve_bytes`]) is refused up front:
 //! it could only fill the address space before failing.
 
-use crate::ffi::{MEM_F_EXACT, MEM_F_SHARED};
-use crate::pool::{self, Pool, MAX_SIZE};
-use crate::waitq::CLASSES;
+use crate::flags::{DynbufCrit, CLASSES, MEM_F_EXACT, MEM_F_SHARED};
+use crate::pool::Pool;
+use crate::registry::{self, MAX_SIZE};
 use core::ffi::c_char;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -118,14 +118,14 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize, publish: impl 
     if p.is_null() {
         // The library's own pool: a user's pool of the same size and flags
         // never merges with it (its limit and minavail are ours to set).
-        p = pool::create_private(b"buffer", bufsize as u32, MEM_F_SHARED | MEM_F_EXACT);
+        p = registry::create_private(b"buffer", bufsize as u32, MEM_F_SHARED | MEM_F_EXACT);
         if p.is_null() {
             return -2;
         }
     }
     // SAFETY: created above or by an earlier init, never destroyed while in use.
     let pool = unsafe { &*p };
-    if pool.size != bufsize {
+    if pool.size() != bufsize {
         return -1;
     }
     let minavail = reserved.max(3);
@@ -194,7 +194,7 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     }
     let Some(pool) = buffer_pool() else { return false };
     let limit = pool.limit();
-    if limit == 0 && margin != 0 && absurd_reserve(margin, pool.size) {
+    if limit == 0 && margin != 0 && absurd_reserve(margin, pool.size()) {
         return false;
     }
     // used <= allocated: the exact count only near the limit. Margin 0 is
@@ -221,7 +221,7 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
 
 /// The least critical class whose allocations must not fail: responses and
 /// permanent buffers (`DB_MUX_TX` and above). `fail=PERCENT` spares them.
-const CRITICAL_CLASS: usize = crate::ffi::DynbufCrit::DB_MUX_TX as usize;
+const CRITICAL_CLASS: usize = DynbufCrit::DB_MUX_TX as usize;
 
 /// Allocates `*buf` for criticality class `class` (< `CLASSES`): refused
 /// while a waiter of the same or a more critical class is queued (unless
@@ -292,25 +292,25 @@ mod tests {
     /// reserve cannot be held, and must not be counted as held.
     #[test]
     fn a_reserve_is_not_counted_from_buffers_sent_to_the_os() {
-        let _g = crate::pool::tests::serial();
+        let _g = crate::test_support::serial();
         for mode in ["no-global", "uaf"] {
             crate::debug::apply(mode).unwrap();
-            let p = pool::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
+            let p = registry::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
             crate::debug::apply(if mode == "uaf" { "no-uaf" } else { "global" }).unwrap();
             // SAFETY: created above, destroyed below.
             let pool = unsafe { &*p };
             assert_eq!(top_up(pool, 4), Reserve::Unkeepable, "{mode}");
             assert_eq!(pool.allocated(), 0, "{mode}: nothing idle, nothing kept");
-            assert!(pool::destroy(p, |_| {}).is_null());
+            assert!(registry::destroy(p, |_| {}).is_null());
         }
-        let p = pool::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
+        let p = registry::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
         // SAFETY: as above.
         let pool = unsafe { &*p };
         assert_eq!(top_up(pool, 4), Reserve::Held);
         assert_eq!((pool.allocated(), pool.used()), (4, 0), "four idle buffers");
         pool.set_minavail(0);
         pool.flush();
-        assert!(pool::destroy(p, |_| {}).is_null());
+        assert!(registry::destroy(p, |_| {}).is_null());
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //!   their transits and running callbacks are forgotten.
 //!
 //! The handlers are registered when the library is loaded (an ELF
-//! constructor) and, in case a loader skipped it, at the first pool or
-//! thread cache. Objects that the parent's other threads held are held by
+//! constructor) and, in case a loader skipped it, by the C functions that
+//! create state (`create_pool`, `dynbuf_init`, `b_queue_crit`). Objects that the parent's other threads held are held by
 //! nobody in the child: they stay counted as used.
 
 use std::sync::Once;
@@ -48,17 +48,17 @@ extern "C" fn prepare() {
     crate::debug::init_from_env();
     crate::dynbuf::fork_prepare();
     crate::waitq::fork_prepare();
-    crate::pool::fork_prepare();
+    crate::registry::fork_prepare();
 }
 
 extern "C" fn parent() {
-    crate::pool::fork_parent();
+    crate::registry::fork_parent();
     crate::waitq::fork_parent();
     crate::dynbuf::fork_release();
 }
 
 extern "C" fn child() {
-    crate::pool::fork_child();
+    crate::registry::fork_child();
     crate::waitq::fork_child();
     crate::dynbuf::fork_release();
 }

@@ -17,16 +17,37 @@ pub mod cache;
 pub mod debug;
 pub mod dynbuf;
 pub mod ffi;
+pub mod flags;
 #[cfg(not(loom))]
 pub(crate) mod fork;
+pub(crate) mod link;
 pub(crate) mod os;
 pub(crate) mod owned;
 pub mod pool;
+pub(crate) mod registry;
+pub(crate) mod report;
 pub mod shared;
 pub(crate) mod sync;
 pub mod waitq;
 
 pub use pool::Pool;
+
+#[cfg(all(test, not(loom)))]
+mod core_tests;
+
+/// What the unit tests share.
+#[cfg(all(test, not(loom)))]
+pub(crate) mod test_support {
+    use std::sync::{Mutex, MutexGuard};
+
+    /// The budget, the debug modes and the registry are process-wide:
+    /// tests that touch them run one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    pub(crate) fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Under loom there is no process to fork.
 #[cfg(loom)]

@@ -34,6 +34,42 @@ pub(crate) unsafe fn heap_free(p: *mut u8) {
     unsafe { libc::free(p.cast()) }
 }
 
+/// Takes the memory of one object of `size` bytes aligned on `align` (0:
+/// malloc's own): from the heap, or, `mapped`, in a mapping of its own (the
+/// `uaf` debug mode: unmapped on free, so any later access faults). Null
+/// when the OS refuses.
+pub(crate) fn alloc_object(size: usize, align: usize, mapped: bool) -> *mut u8 {
+    if mapped {
+        map_object(size, align)
+    } else {
+        heap_alloc(size, align)
+    }
+}
+
+/// Gives an object's memory back to the OS.
+///
+/// # Safety
+/// `p` came from `alloc_object(size, _, mapped)` and is not used any more.
+pub(crate) unsafe fn free_object(p: *mut u8, size: usize, mapped: bool) {
+    if mapped {
+        // SAFETY: the caller's guarantee: a mapping of `map_object(size, _)`.
+        unsafe { unmap_object(p, size) }
+    } else {
+        // SAFETY: the caller's guarantee: a heap block, unused.
+        unsafe { heap_free(p) }
+    }
+}
+
+/// Asks malloc to give free memory back to the OS, where it can (glibc's
+/// `malloc_trim`; other C libraries have none, or do it on `free`).
+pub(crate) fn trim_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no precondition.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `Box::new(v)` that returns `None` instead of aborting when memory is short.
 /// The box is a raw pointer: give it back with [`free_box`].
 pub(crate) fn try_box<T>(v: T) -> Option<NonNull<T>> {
@@ -57,6 +93,58 @@ pub(crate) unsafe fn free_box<T>(p: NonNull<T>) {
         std::alloc::dealloc(p.as_ptr().cast(), Layout::new::<T>());
     }
 }
+
+fn page() -> usize {
+    // SAFETY: sysconf has no precondition.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// Maps an object of `len` bytes at the end of its own pages (so that an
+/// overrun past its debug words faults), aligned on `align` (0: 16).
+pub(crate) fn map_object(len: usize, align: usize) -> *mut u8 {
+    let pg = page();
+    let size = len.next_multiple_of(pg);
+    let align = align.max(16);
+    let extra = if align > pg { align } else { 0 };
+    // SAFETY: an anonymous private mapping has no precondition.
+    let raw = unsafe {
+        libc::mmap(null_mut(), size + extra, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if raw == libc::MAP_FAILED {
+        return null_mut();
+    }
+    let raw = raw as usize;
+    if extra == 0 {
+        // Below a page, the object starts within the first page: see unmap_object.
+        return (raw + ((size - len) & !(align - 1))) as *mut u8;
+    }
+    let start = raw.next_multiple_of(align);
+    // SAFETY: both ranges are parts of the mapping just made, outside [start, start + size).
+    unsafe {
+        if start > raw {
+            libc::munmap(raw as *mut _, start - raw);
+        }
+        if raw + extra > start {
+            libc::munmap((start + size) as *mut _, raw + extra - start);
+        }
+    }
+    start as *mut u8
+}
+
+/// # Safety
+/// `p` came from `map_object(len, _)`: its mapping starts at its page.
+pub(crate) unsafe fn unmap_object(p: *mut u8, len: usize) {
+    let pg = page();
+    let base = p as usize & !(pg - 1);
+    // SAFETY: caller guarantee: [base, base + len rounded to pages) is that mapping.
+    unsafe { libc::munmap(base as *mut _, len.next_multiple_of(pg)) };
+}
+
 
 /// Writes all of `buf` to `fd`: retries on `EINTR` and continues after
 /// short writes. False when the fd refuses (bad fd, closed pipe, ...).
@@ -138,6 +226,23 @@ mod tests {
         }
         assert_eq!(l.as_bytes().len(), 512);
         assert!(l.as_bytes().ends_with(b"...\n"));
+    }
+
+    #[test]
+    fn mapped_objects_end_at_their_last_page_and_honour_alignment() {
+        let pg = page();
+        for (len, align) in [(100, 0), (pg, 0), (pg + 8, 64), (40, 4 * pg)] {
+            let p = map_object(len, align);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align.max(16), 0);
+            // SAFETY: the mapping holds `len` bytes at `p`.
+            unsafe { p.write_bytes(7, len) };
+            if align <= pg {
+                assert!(len.next_multiple_of(pg) - (p as usize % pg + len) < align.max(16), "the object ends the mapping");
+            }
+            // SAFETY: made by map_object(len, _).
+            unsafe { unmap_object(p, len) };
+        }
     }
 
     #[test]

@@ -138,3 +138,118 @@ pub(crate) fn thread_token() -> usize {
     loom::thread_local! { static TOKEN: u8 = 0; }
     TOKEN.with(|t| t as *const u8 as usize)
 }
+
+// ---- the race window ------------------------------------------------------
+
+/// `race-window=N` (a `BUFPOOL_DEBUG` word): 0 off, `RACE_YIELD` for
+/// `sched_yield()`, else N `pause`s. It widens, in every shared-cache
+/// algorithm, the window between reading the head and reading the link of
+/// the object the head names: the window in which the lock-free list can
+/// read memory another thread already gave back to the OS. It belongs to
+/// the shared caches, not to debugging, hence here.
+static RACE_WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(crate) const RACE_YIELD: usize = usize::MAX;
+
+/// Sets the race window (see `RACE_WINDOW`).
+pub(crate) fn set_race_window(n: usize) {
+    // Relaxed: a setting; when it takes effect does not matter.
+    RACE_WINDOW.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Widens the window between reading a shared-cache head and reading the
+/// link of the object it names, when `race-window` is set. Every shared
+/// cache algorithm calls it at that point.
+#[inline(always)]
+pub(crate) fn race_window() {
+    #[cfg(not(loom))]
+    {
+        // Relaxed: a setting; when it takes effect does not matter.
+        let n = RACE_WINDOW.load(std::sync::atomic::Ordering::Relaxed);
+        if n != 0 {
+            race_window_slow(n);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[cfg(not(loom))]
+fn race_window_slow(n: usize) {
+    if n == RACE_YIELD {
+        std::thread::yield_now();
+    } else {
+        for _ in 0..n {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+
+// ---- a spin lock for the debug paths ----------------------------------------
+
+/// A small lock of our own rather than `std::sync::Mutex`: its acquire and
+/// release are atomics compiled into this crate, so ThreadSanitizer sees
+/// the hand-over of objects between threads through a debug pool (std's
+/// mutex is compiled into an uninstrumented std), and it can be held
+/// across `fork()`. Debug paths only: waiters yield, never sleep. Always
+/// std atomics (it is not part of any loom model).
+pub(crate) struct SpinLock<T> {
+    held: std::sync::atomic::AtomicBool,
+    val: core::cell::UnsafeCell<T>,
+}
+
+// SAFETY: `val` is only reached through a `Guard`, one at a time.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+pub(crate) struct SpinGuard<'a, T>(&'a SpinLock<T>);
+
+impl<T> SpinLock<T> {
+    pub(crate) const fn new(v: T) -> Self {
+        SpinLock { held: std::sync::atomic::AtomicBool::new(false), val: core::cell::UnsafeCell::new(v) }
+    }
+
+    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+        // Acquire: pairs with the Release in `drop(SpinGuard)`: we see the last holder's writes.
+        while self.held.swap(true, std::sync::atomic::Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        SpinGuard(self)
+    }
+
+    /// Takes the lock and keeps it past this call (across `fork()`).
+    pub(crate) fn lock_forever(&self) {
+        std::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken by `lock_forever`.
+    ///
+    /// # Safety
+    /// This thread took it with `lock_forever` and holds no guard of it.
+    pub(crate) unsafe fn unlock_forever(&self) {
+        // Release: as in `drop(SpinGuard)`.
+        self.held.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl<T> core::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: we hold the lock.
+        unsafe { &*self.0.val.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: we hold the lock.
+        unsafe { &mut *self.0.val.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release: publishes our writes to the next holder.
+        self.0.held.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+

@@ -29,8 +29,7 @@ use crate::sync::{AtomicU32, Condvar, Mutex, MutexGuard, Ordering};
 use core::ffi::{c_int, c_void};
 use std::ptr::null_mut;
 
-/// Number of criticality classes (`enum dynbuf_crit`).
-pub(crate) const CLASSES: usize = 5;
+pub(crate) use crate::flags::CLASSES;
 /// Words of the private part of `struct buffer_wait`.
 const PRIVATE_WORDS: usize = 6;
 

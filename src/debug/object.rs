@@ -16,113 +16,54 @@
 //! a registry (address → pool), so a pointer is looked up before a single
 //! byte of it is read: a foreign pointer is reported, never dereferenced.
 
-use super::{in_critical, M_CALLER, M_COLD_FIRST, M_FAIL, M_INTEGRITY, M_POISON, M_TAG, M_UAF};
-use crate::os::heap_alloc;
-use crate::pool::Pool;
-use std::cell::UnsafeCell;
-use std::collections::VecDeque;
-use std::ops::{Deref, DerefMut};
+use super::{in_critical, mode_name, M_CALLER, M_COLD_FIRST, M_FAIL, M_INTEGRITY, M_POISON, M_TAG, M_UAF};
+use crate::sync::{SpinGuard, SpinLock};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const WORD: usize = core::mem::size_of::<usize>();
 const NONE: usize = usize::MAX;
+/// Bytes of a pool's name kept (as the pool keeps them).
+const NAME_LEN: usize = 31;
 
 /// Live objects of `tag`/`uaf` pools: address → owning pool.
-static REGISTRY: Lock<AddrMap> = Lock::new(AddrMap::new());
+static REGISTRY: SpinLock<AddrMap> = SpinLock::new(AddrMap::new());
 /// Seeds of the integrity patterns: each fill gets a new one.
 static SEED: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 /// State of the fault-injection generator.
 static FAIL_RNG: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
-fn registry() -> Guard<'static, AddrMap> {
+fn registry() -> SpinGuard<'static, AddrMap> {
     REGISTRY.lock()
 }
 
-/// A small lock of our own rather than `std::sync::Mutex`: its acquire and
-/// release are atomics compiled into this crate, so ThreadSanitizer sees
-/// the hand-over of objects between threads through a debug pool (std's
-/// mutex is compiled into an uninstrumented std). Debug paths only.
-struct Lock<T> {
-    held: AtomicBool,
-    val: UnsafeCell<T>,
-}
-
-// SAFETY: `val` is only reached through a `Guard`, one at a time.
-unsafe impl<T: Send> Sync for Lock<T> {}
-
-struct Guard<'a, T>(&'a Lock<T>);
-
-impl<T> Lock<T> {
-    const fn new(v: T) -> Self {
-        Lock { held: AtomicBool::new(false), val: UnsafeCell::new(v) }
-    }
-
-    fn lock(&self) -> Guard<'_, T> {
-        // Acquire: pairs with the Release in `drop(Guard)`: we see the last holder's writes.
-        while self.held.swap(true, Ordering::Acquire) {
-            std::thread::yield_now();
-        }
-        Guard(self)
-    }
-
-    /// Takes the lock and keeps it past this call (across `fork()`).
-    fn lock_forever(&self) {
-        std::mem::forget(self.lock());
-    }
-
-    /// Releases a lock taken by `lock_forever`.
-    ///
-    /// # Safety
-    /// This thread took it with `lock_forever` and holds no guard of it.
-    unsafe fn unlock_forever(&self) {
-        // Release: as in `drop(Guard)`.
-        self.held.store(false, Ordering::Release);
-    }
-}
-
-impl<T> Deref for Guard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: we hold the lock.
-        unsafe { &*self.0.val.get() }
-    }
-}
-
-impl<T> DerefMut for Guard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: we hold the lock.
-        unsafe { &mut *self.0.val.get() }
-    }
-}
-
-impl<T> Drop for Guard<'_, T> {
-    fn drop(&mut self) {
-        // Release: publishes our writes to the next holder.
-        self.0.held.store(false, Ordering::Release);
-    }
-}
-
-/// The object modes of one pool, fixed at its creation.
-pub(crate) struct PoolDebug {
+/// The object modes of one pool, fixed at its creation, and what they
+/// need: where each debug word sits in an object, the pool's name for the
+/// messages. It lives inside its pool and never moves: its address is the
+/// pool's identity in the tag words and in the registry.
+pub(crate) struct Checks {
+    name: [u8; NAME_LEN],
     modes: u32,
     poison: u8,
     fail_pct: u32,
+    /// Object size as callers see it.
+    size: usize,
     /// Offsets of the debug words from the object's start, or `NONE`.
     tag_at: usize,
     caller_at: usize,
     seed_at: usize,
     /// Bytes of debug words after the object.
     extra: usize,
-    /// Idle objects; None when they go straight back to the OS.
-    idle: Option<Lock<VecDeque<usize>>>,
 }
 
-impl PoolDebug {
-    /// The modes set now, for a new pool of `size` bytes. `keep_idle`: the
-    /// pool has a shared cache (its idle objects then go to the store).
-    pub(crate) fn snapshot(size: usize, keep_idle: bool) -> Self {
+impl Checks {
+    /// The modes set now, for a new pool of `size` bytes named `name`;
+    /// `None` when no object mode is on.
+    pub(crate) fn snapshot(size: usize, name: &[u8]) -> Option<Self> {
         let (modes, poison, fail_pct) = super::object_modes();
+        if modes == 0 {
+            return None;
+        }
         let mut at = size.next_multiple_of(WORD);
         let mut word = |bit: u32| {
             if modes & bit == 0 {
@@ -132,24 +73,10 @@ impl PoolDebug {
             at - WORD
         };
         let (tag_at, caller_at, seed_at) = (word(M_TAG), word(M_CALLER), word(M_INTEGRITY));
-        let extra = if modes == 0 { 0 } else { at - size };
-        let keep = modes != 0 && keep_idle && modes & M_UAF == 0;
-        PoolDebug {
-            modes,
-            poison,
-            fail_pct,
-            tag_at,
-            caller_at,
-            seed_at,
-            extra,
-            idle: keep.then(|| Lock::new(VecDeque::new())),
-        }
-    }
-
-    /// Any object mode on: the pool takes the slow path for everything.
-    #[inline(always)]
-    pub(crate) fn on(&self) -> bool {
-        self.modes != 0
+        let mut stored = [0u8; NAME_LEN];
+        let n = name.len().min(NAME_LEN);
+        stored[..n].copy_from_slice(&name[..n]);
+        Some(Checks { name: stored, modes, poison, fail_pct, size, tag_at, caller_at, seed_at, extra: at - size })
     }
 
     /// Bytes of debug words to add after each object.
@@ -157,52 +84,55 @@ impl PoolDebug {
         self.extra
     }
 
-    /// Two pools may merge only with the same modes.
-    pub(crate) fn same(&self, o: &PoolDebug) -> bool {
-        (self.modes, self.poison, self.fail_pct) == (o.modes, o.poison, o.fail_pct)
+    /// Two pools may merge only with the same modes (or none).
+    pub(crate) fn same(a: Option<&Checks>, b: Option<&Checks>) -> bool {
+        let key = |c: Option<&Checks>| c.map(|c| (c.modes, c.poison, c.fail_pct));
+        key(a) == key(b)
     }
 
     fn has(&self, bit: u32) -> bool {
         self.modes & bit != 0
     }
 
-    /// The modes, for `dump_pools_to_fd`: " [DEBUG a,b]", or nothing.
-    /// Written without heap allocation.
+    /// The pool's identity in tag words and in the registry.
+    fn id(&self) -> usize {
+        self as *const Checks as usize
+    }
+
+    fn name(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        std::str::from_utf8(&self.name[..n]).unwrap_or("?")
+    }
+
+    /// `uaf`: each object in its own mapping, unmapped when it goes back to the OS.
+    pub(crate) fn mapped(&self) -> bool {
+        self.has(M_UAF)
+    }
+
+    /// Can idle objects be kept? Not in `uaf` mode: every free unmaps.
+    pub(crate) fn keeps_idle(&self) -> bool {
+        !self.has(M_UAF)
+    }
+
+    /// `cold-first`: idle objects are reused oldest first.
+    pub(crate) fn cold_first(&self) -> bool {
+        self.has(M_COLD_FIRST)
+    }
+
+    /// The modes, for `dump_pools_to_fd`: " [DEBUG a,b]". Written without
+    /// heap allocation.
     pub(crate) fn describe(&self, w: &mut impl std::fmt::Write) {
-        let names = ["poison", "integrity", "tag", "caller", "cold-first", "uaf", "fail"];
         let mut sep = " [DEBUG ";
-        for (i, n) in names.iter().enumerate() {
-            if self.modes & (1 << i) != 0 {
-                let _ = write!(w, "{sep}{n}");
-                sep = ",";
-            }
+        for bit in (0..u32::BITS).map(|i| 1 << i).filter(|&b| self.has(b)) {
+            let _ = write!(w, "{sep}{}", mode_name(bit));
+            sep = ",";
         }
-        if self.modes != 0 {
-            let _ = w.write_str("]");
-        }
-    }
-
-    /// Before `fork()`: takes this pool's store.
-    pub(crate) fn fork_lock(&self) {
-        if let Some(store) = &self.idle {
-            store.lock_forever();
-        }
-    }
-
-    /// After `fork()`, parent or child: lets the store go.
-    ///
-    /// # Safety
-    /// `fork_lock` took it on this thread.
-    pub(crate) unsafe fn fork_unlock(&self) {
-        if let Some(store) = &self.idle {
-            // SAFETY: caller guarantee.
-            unsafe { store.unlock_forever() };
-        }
+        let _ = w.write_str("]");
     }
 
     /// `fail=PERCENT`: should this allocation fail? Never inside a
     /// `critical()` section.
-    pub(crate) fn inject_failure(&self) -> bool {
+    pub(crate) fn refuse(&self) -> bool {
         if !self.has(M_FAIL) || in_critical() {
             return false;
         }
@@ -216,18 +146,19 @@ impl PoolDebug {
     /// # Safety
     /// `p` is an object of this pool (mapped, with its debug words).
     unsafe fn word(&self, p: *mut u8, at: usize) -> usize {
-        // SAFETY: `at` is inside the object's allocation (caller guarantee).
+        // SAFETY: `at` is one of this pool's word offsets, inside the
+        // object's allocation of `size + extra` bytes (caller guarantee).
         unsafe { p.add(at).cast::<usize>().read_unaligned() }
     }
 
     /// # Safety
     /// As `word`, and the caller owns `p`.
     unsafe fn set_word(&self, p: *mut u8, at: usize, v: usize) {
-        // SAFETY: as above; the object is ours to write.
+        // SAFETY: `at` is inside the object (as in `word`), which the caller owns.
         unsafe { p.add(at).cast::<usize>().write_unaligned(v) }
     }
 
-    /// " (last allocated or freed by X)" when `caller` is on.
+    /// ", last allocated or freed by X" when `caller` is on.
     ///
     /// # Safety
     /// As `word`.
@@ -235,11 +166,11 @@ impl PoolDebug {
         if !self.has(M_CALLER) {
             return String::new();
         }
-        // SAFETY: forwarded.
+        // SAFETY: `p` is an object of this pool with its caller word (caller guarantee).
         format!(", last allocated or freed by {}", describe(unsafe { self.word(p, self.caller_at) }))
     }
 
-    /// "; this call from X" when `caller` is on.
+    /// ", this call from X" when `caller` is on.
     fn this_call(&self) -> String {
         if self.has(M_CALLER) {
             format!(", this call from {}", describe(caller()))
@@ -248,36 +179,59 @@ impl PoolDebug {
         }
     }
 
-    // ---- hooks the pool calls -------------------------------------------
+    // ---- the hooks the pool calls ---------------------------------------
 
-    /// An object leaves the pool for a caller (new or reused): tag it
-    /// allocated, note the caller, poison it.
+    /// An object leaves the pool for a caller. A `reused` one was idle: it
+    /// must still hold what it held when it went idle (the integrity
+    /// pattern, the idle tag), or something wrote to it after its free. A
+    /// new one is registered (`tag`, `uaf`). Then it is tagged allocated,
+    /// its caller noted, and it is poisoned. False when a new object could
+    /// not be registered (no memory): the pool then frees it and fails.
     ///
     /// # Safety
-    /// `p` is an object of `pool` that the caller now owns.
-    pub(crate) unsafe fn hand_out(&self, pool: &Pool, p: *mut u8) {
+    /// `p` is an object of `owner`'s pool that the caller now owns; a
+    /// `reused` one went idle through `check_free`.
+    pub(crate) unsafe fn hand_out(&self, p: *mut u8, reused: bool) -> bool {
+        let name = self.name();
+        if reused && self.has(M_INTEGRITY) {
+            // SAFETY: an idle object of this pool, now ours, filled by `check_free`.
+            unsafe { self.check_pattern(p) };
+        }
+        // SAFETY: as above, with its tag word.
+        if reused && self.has(M_TAG) && unsafe { self.word(p, self.tag_at) } != tag(self.id(), true) {
+            die(format!(
+                "write after free of {p:p} in pool '{name}' (the tag word after its {} bytes changed while idle){}",
+                self.size,
+                // SAFETY: as above.
+                unsafe { self.last(p) }
+            ));
+        }
+        if !reused && self.has(M_TAG | M_UAF) && !registry().insert(p as usize, self.id()) {
+            return false;
+        }
         if self.has(M_TAG) {
             // SAFETY: an owned object of this pool, with its tag word.
-            unsafe { self.set_word(p, self.tag_at, tag(pool, false)) };
+            unsafe { self.set_word(p, self.tag_at, tag(self.id(), false)) };
         }
         if self.has(M_CALLER) {
-            // SAFETY: as above, with its caller word.
+            // SAFETY: an owned object of this pool, with its caller word.
             unsafe { self.set_word(p, self.caller_at, caller()) };
         }
         if self.has(M_POISON) {
             // SAFETY: an owned object of `size` bytes.
-            unsafe { p.write_bytes(self.poison, pool.size) };
+            unsafe { p.write_bytes(self.poison, self.size) };
         }
+        true
     }
 
-    /// A caller gives `p` back to `pool`: aborts with one line on stderr
-    /// when it is not an object of this pool held by a caller; else marks it
-    /// idle and notes the caller.
+    /// A caller gives `p` back to `owner`'s pool: aborts with one line on
+    /// stderr when it is not an object of this pool held by a caller; else
+    /// marks it idle, notes the caller, and fills it with a fresh pattern.
     ///
     /// # Safety
-    /// In `tag` or `uaf` mode any `p`; otherwise `p` is an object of `pool`.
-    pub(crate) unsafe fn check_free(&self, pool: &Pool, p: *mut u8) {
-        let name = pool.name();
+    /// In `tag` or `uaf` mode any `p`; otherwise `p` is an object of the pool.
+    pub(crate) unsafe fn check_free(&self, p: *mut u8) {
+        let name = self.name();
         if self.has(M_TAG | M_UAF) {
             let reg = registry();
             match reg.get(p as usize) {
@@ -286,141 +240,84 @@ impl PoolDebug {
                      returned to the OS){}",
                     self.this_call()
                 )),
-                Some(owner) if owner != pool as *const Pool as usize => {
-                    // SAFETY: a pool outlives its registered objects (it
-                    // unregisters them all before it is freed) and we hold the lock.
-                    let other = unsafe { &*(owner as *const Pool) }.name();
-                    die(format!(
-                        "wrong-pool free of {p:p} to pool '{name}' (it belongs to pool '{other}'){}",
-                        self.this_call()
-                    ))
-                }
+                Some(other) if other != self.id() => die(format!(
+                    "wrong-pool free of {p:p} to pool '{name}' (it belongs to pool '{}'){}",
+                    // SAFETY: registered objects' owners are live `Checks`
+                    // (a pool retires all its objects before it is freed),
+                    // and we hold the registry's lock.
+                    unsafe { &*(other as *const Checks) }.name(),
+                    self.this_call()
+                )),
                 Some(_) => {}
             }
         }
         if self.has(M_TAG) {
             // SAFETY: registered in this pool, so mapped with its words.
             let t = unsafe { self.word(p, self.tag_at) };
-            if t == tag(pool, true) {
+            if t == tag(self.id(), true) {
                 // SAFETY: as above.
                 die(format!("double free of {p:p} to pool '{name}'{}{}", unsafe { self.last(p) }, self.this_call()));
             }
-            if t != tag(pool, false) {
+            if t != tag(self.id(), false) {
                 die(format!(
                     "overrun free of {p:p} to pool '{name}' (the tag word after its {} bytes was overwritten){}{}",
-                    pool.size,
+                    self.size,
                     // SAFETY: as above.
                     unsafe { self.last(p) },
                     self.this_call()
                 ));
             }
             // SAFETY: as above; the caller gives it up.
-            unsafe { self.set_word(p, self.tag_at, tag(pool, true)) };
+            unsafe { self.set_word(p, self.tag_at, tag(self.id(), true)) };
         }
         if self.has(M_CALLER) {
-            // SAFETY: an object of this pool that the caller gives up.
+            // SAFETY: an object of this pool that the caller gives up, with its caller word.
             unsafe { self.set_word(p, self.caller_at, caller()) };
         }
-    }
-
-    /// Keeps an idle object; false when the pool keeps none (the caller
-    /// frees it to the OS).
-    ///
-    /// # Safety
-    /// `p` is an object of `pool`, checked by `check_free`, owned by the caller.
-    pub(crate) unsafe fn push_idle(&self, pool: &Pool, p: *mut u8) -> bool {
-        let Some(store) = &self.idle else { return false };
         if self.has(M_INTEGRITY) {
             // Relaxed: only needs a different value each time.
             let seed = SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed) as usize;
-            // SAFETY: owned object with its words.
+            // SAFETY: an object of this pool given up by the caller, with its seed word.
             unsafe {
-                fill(p, pool.size, seed);
+                fill(p, self.size, seed);
                 self.set_word(p, self.seed_at, seed);
             }
         }
-        let mut s = store.lock();
-        // No memory for the store: the object goes to the OS instead.
-        if s.try_reserve(1).is_err() {
-            return false;
-        }
-        s.push_back(p as usize);
-        true
     }
 
-    /// Takes an idle object (the coldest with `cold-first`), checking that
-    /// nothing wrote to it while idle. Null when there is none.
-    pub(crate) fn pop_idle(&self, pool: &Pool) -> *mut u8 {
-        let Some(store) = &self.idle else { return null_mut() };
-        let mut s = store.lock();
-        let p = if self.has(M_COLD_FIRST) { s.pop_front() } else { s.pop_back() };
-        drop(s);
-        let Some(p) = p.map(|a| a as *mut u8) else { return null_mut() };
-        let name = pool.name();
-        if self.has(M_INTEGRITY) {
-            // SAFETY: an idle object of this pool, now ours.
-            let seed = unsafe { self.word(p, self.seed_at) };
-            // SAFETY: as above.
-            if let Some(at) = unsafe { check(p, pool.size, seed) } {
-                die(format!(
-                    "write after free of {p:p} in pool '{name}' (byte {at} of {} changed while idle){}",
-                    pool.size,
-                    // SAFETY: as above.
-                    unsafe { self.last(p) }
-                ));
-            }
-        }
-        // SAFETY: as above.
-        if self.has(M_TAG) && unsafe { self.word(p, self.tag_at) } != tag(pool, true) {
-            die(format!(
-                "write after free of {p:p} in pool '{name}' (the tag word after its {} bytes changed while idle){}",
-                pool.size,
-                // SAFETY: as above.
-                unsafe { self.last(p) }
-            ));
-        }
-        p
-    }
-
-    /// Takes an object from the OS: its own mapping in `uaf` mode, else the
-    /// heap; registers it in `tag`/`uaf` modes.
-    pub(crate) fn os_alloc(&self, pool: &Pool) -> *mut u8 {
-        let p = if self.has(M_UAF) {
-            map_object(pool.alloc_size, pool.align)
-        } else {
-            heap_alloc(pool.alloc_size, pool.align)
-        };
-        if !p.is_null() && self.has(M_TAG | M_UAF) && !registry().insert(p as usize, pool as *const Pool as usize) {
-            // No memory to register it: fail the allocation rather than hand
-            // out an object the checks would call foreign.
-            // SAFETY: just made above, never handed out.
-            unsafe { self.free_unregistered(p, pool) };
-            return null_mut();
-        }
-        p
-    }
-
-    /// Gives an object back to the OS: unmapped in `uaf` mode, else freed.
+    /// An object goes back to the OS: an `idle` one must still hold its
+    /// pattern (`integrity`: a write after free aborts here too), and it
+    /// leaves the registry.
     ///
     /// # Safety
-    /// `p` came from `os_alloc` of `pool` and is in no list.
-    pub(crate) unsafe fn os_free(&self, pool: &Pool, p: *mut u8) {
+    /// `p` is an object of this pool; an `idle` one went idle through
+    /// `check_free` and is now the caller's.
+    pub(crate) unsafe fn retire(&self, p: *mut u8, idle: bool) {
+        if idle && self.has(M_INTEGRITY) {
+            // SAFETY: the caller's guarantee: an idle object of this pool with its seed word.
+            unsafe { self.check_pattern(p) };
+        }
         if self.has(M_TAG | M_UAF) {
             registry().remove(p as usize);
         }
-        // SAFETY: the caller's guarantee, passed on unchanged.
-        unsafe { self.free_unregistered(p, pool) };
     }
 
+    /// Aborts when an idle object no longer holds its pattern.
+    ///
     /// # Safety
-    /// As `os_free`, and `p` is not in the registry.
-    unsafe fn free_unregistered(&self, p: *mut u8, pool: &Pool) {
-        if self.has(M_UAF) {
-            // SAFETY: caller guarantee: a mapping made by `map_object`.
-            unsafe { unmap_object(p, pool.alloc_size) };
-        } else {
-            // SAFETY: caller guarantee: a heap block.
-            unsafe { libc::free(p.cast()) };
+    /// `p` is an idle object of this pool, filled by `check_free`, now the caller's.
+    unsafe fn check_pattern(&self, p: *mut u8) {
+        // SAFETY: the caller's guarantee: the object has its seed word.
+        let seed = unsafe { self.word(p, self.seed_at) };
+        // SAFETY: as above; `size` bytes are the object's.
+        if let Some(at) = unsafe { check(p, self.size, seed) } {
+            die(format!(
+                "write after free of {p:p} in pool '{}' (byte {at} of {} changed while idle){}",
+                self.name(),
+                self.size,
+                // SAFETY: as above.
+                unsafe { self.last(p) }
+            ));
         }
     }
 }
@@ -539,11 +436,11 @@ impl AddrMap {
     }
 }
 
-/// The tag word of an object of `pool`.
-fn tag(pool: &Pool, idle: bool) -> usize {
+/// The tag word of an object of the pool whose `Checks` is at `owner`.
+fn tag(owner: usize, idle: bool) -> usize {
     // The secret changes with ASLR, so a tag is not a plain pool address.
     let secret = (tag as *const () as usize).rotate_left(29) ^ 0x6b43_a9b5_9e37_79b9;
-    ((pool as *const Pool as usize ^ secret) & !1) | idle as usize
+    ((owner ^ secret) & !1) | idle as usize
 }
 
 /// A 64-bit mixer (splitmix64's finaliser).
@@ -584,57 +481,6 @@ unsafe fn check(p: *mut u8, len: usize, seed: usize) -> Option<usize> {
         }
     }
     None
-}
-
-fn page() -> usize {
-    // SAFETY: sysconf has no precondition.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
-    }
-}
-
-/// Maps an object of `len` bytes at the end of its own pages (so that an
-/// overrun past its debug words faults), aligned on `align` (0: 16).
-fn map_object(len: usize, align: usize) -> *mut u8 {
-    let pg = page();
-    let size = len.next_multiple_of(pg);
-    let align = align.max(16);
-    let extra = if align > pg { align } else { 0 };
-    // SAFETY: an anonymous private mapping has no precondition.
-    let raw = unsafe {
-        libc::mmap(null_mut(), size + extra, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
-    if raw == libc::MAP_FAILED {
-        return null_mut();
-    }
-    let raw = raw as usize;
-    if extra == 0 {
-        // Below a page, the object starts within the first page: see unmap_object.
-        return (raw + ((size - len) & !(align - 1))) as *mut u8;
-    }
-    let start = raw.next_multiple_of(align);
-    // SAFETY: both ranges are parts of the mapping just made, outside [start, start + size).
-    unsafe {
-        if start > raw {
-            libc::munmap(raw as *mut _, start - raw);
-        }
-        if raw + extra > start {
-            libc::munmap((start + size) as *mut _, raw + extra - start);
-        }
-    }
-    start as *mut u8
-}
-
-/// # Safety
-/// `p` came from `map_object(len, _)`: its mapping starts at its page.
-unsafe fn unmap_object(p: *mut u8, len: usize) {
-    let pg = page();
-    let base = p as usize & !(pg - 1);
-    // SAFETY: caller guarantee: [base, base + len rounded to pages) is that mapping.
-    unsafe { libc::munmap(base as *mut _, len.next_multiple_of(pg)) };
 }
 
 /// The return address of the first frame outside this library: the C
@@ -751,20 +597,4 @@ mod tests {
         assert!(unsafe { check(buf.as_mut_ptr(), 37, 12346) }.is_some(), "another seed, another pattern");
     }
 
-    #[test]
-    fn mapped_objects_end_at_their_last_page_and_honour_alignment() {
-        let pg = page();
-        for (len, align) in [(100, 0), (pg, 0), (pg + 8, 64), (40, 4 * pg)] {
-            let p = map_object(len, align);
-            assert!(!p.is_null());
-            assert_eq!(p as usize % align.max(16), 0);
-            // SAFETY: the mapping holds `len` bytes at `p`.
-            unsafe { p.write_bytes(7, len) };
-            if align <= pg {
-                assert!(len.next_multiple_of(pg) - (p as usize % pg + len) < align.max(16), "the object ends the mapping");
-            }
-            // SAFETY: made by map_object(len, _).
-            unsafe { unmap_object(p, len) };
-        }
-    }
 }

@@ -1,38 +1,12 @@
-//! The buffer and wait-queue functions of the C face (SPEC section 3).
+//! The buffer and wait-queue functions of the C face (the buffer part of the C contract).
 
 use crate::dynbuf::{self, Buffer};
+use crate::flags::{DynbufCrit, DB_F_NOQUEUE};
 use crate::pool::Pool;
 use crate::waitq::{self, BufferWait, CLASSES};
 use core::ffi::{c_int, c_uint, c_void};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, Ordering};
-
-/// Criticality classes of a buffer allocation, least critical first. Each
-/// class has its own FIFO wait queue; `offer_buffers` wakes the most
-/// critical class first. Reserve tiers (`R` = the `reserved_bufs` of
-/// `dynbuf_init`): an allocation of class `c` must leave
-/// `ceil(R * (DB_PERMANENT - c) / DB_PERMANENT)` buffers to be had after it,
-/// so `DB_MUX_RX` never touches the reserve and `DB_PERMANENT` may take the
-/// last buffer. With `R = 2`: 2, 2, 1, 1, 0.
-#[repr(C)]
-#[allow(non_camel_case_types)]
-pub enum DynbufCrit {
-    /// Receive buffer of a multiplexer (least critical).
-    DB_MUX_RX = 0,
-    /// Receive buffer of a stream endpoint.
-    DB_SE_RX = 1,
-    /// A channel's buffer (the class of plain `b_queue`).
-    DB_CHANNEL = 2,
-    /// Send buffer of a multiplexer.
-    DB_MUX_TX = 3,
-    /// A buffer that must not fail (most critical).
-    DB_PERMANENT = 4,
-}
-
-/// Flag OR-ed into a class for `b_alloc_crit`: allocate even though waiters
-/// of the same or a more critical class are queued. A woken waiter claims
-/// its buffer with it (it is still queued while its callback runs).
-pub const DB_F_NOQUEUE: u32 = 0x100;
 
 /// The buffer pool, set by `dynbuf_init` (NULL before). Read it, never
 /// write it; it may be passed to the `pool_*` functions (`pool_used`,
@@ -77,6 +51,7 @@ pub(crate) fn forget_buffer_pool(freed: *const Pool) {
 /// back.
 #[no_mangle]
 pub extern "C" fn dynbuf_init(bufsize: usize, reserved_bufs: c_uint, limit: c_uint) -> c_int {
+    crate::fork::ensure_registered();
     dynbuf::init(bufsize, reserved_bufs as usize, limit as usize, |p| {
         // SAFETY: the address of our own static, aligned for a pointer.
         // It is written here under `init`'s lock and only when it changes,
@@ -173,7 +148,6 @@ pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
 /// `struct buffer_wait` (static, calloc) is a valid unqueued waiter too.
 /// Must not be called on a queued waiter. NULL `bw`: no-op.
 #[no_mangle]
-#[allow(clippy::not_unsafe_ptr_arg_deref)] // `target` is stored, never dereferenced by us
 pub extern "C" fn buffer_wait_init(
     bw: *mut BufferWait,
     target: *mut c_void,
@@ -197,6 +171,7 @@ pub extern "C" fn buffer_wait_init(
 /// freeing it.
 #[no_mangle]
 pub extern "C" fn b_queue_crit(crit: c_uint, bw: *mut BufferWait) -> c_int {
+    crate::fork::ensure_registered();
     match waiter(bw) {
         // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter that
         // its owner dequeues before freeing (C contract).

@@ -1,36 +1,9 @@
-//! The pool functions of the C face (SPEC section 2).
+//! The pool functions of the C face (the pool part of the C contract).
 
-
-use crate::pool::{self, Pool};
+use crate::pool::Pool;
+use crate::{registry, report};
 use core::ffi::{c_char, c_int, c_uint, c_ulong, c_ulonglong, c_void, CStr};
 use std::ptr::null_mut;
-
-/// Pool flag: the pool may be merged with another pool of the same
-/// (rounded) size, the same alignment and the same flags.
-pub const MEM_F_SHARED: u32 = 0x1;
-/// Pool flag: never round the object size up (sizes are otherwise rounded
-/// up to a multiple of 16 bytes).
-pub const MEM_F_EXACT: u32 = 0x2;
-/// Shared-cache algorithm (the default when no `POOL_F_SHARED_*` is given):
-/// a self-locked head, taken by exchanging it with a busy marker. Immune to
-/// the read-after-unmap race of the lock-free list.
-pub const POOL_F_SHARED_XCHG: u32 = 0x10;
-/// Shared-cache algorithm: a spin lock around the list (waiters back off to
-/// `sched_yield()`). Immune to the read-after-unmap race; the reference the
-/// others are compared with.
-pub const POOL_F_SHARED_LOCKED: u32 = 0x20;
-/// Shared-cache algorithm: the old lock-free list (pointer + pop counter,
-/// swapped by one double-width CAS, `cmpxchg16b`). The counter stops ABA,
-/// not the read of a popped object's link from memory another thread may
-/// already have freed to the OS: with an allocator that unmaps large blocks
-/// at once (musl) it crashes. Kept ONLY to reproduce that bug (`make demo`)
-/// and to compare speed. On CPUs other than x86-64 with `cmpxchg16b`, the
-/// pool gets `POOL_F_SHARED_LOCKED` instead.
-pub const POOL_F_SHARED_DWCAS: u32 = 0x40;
-/// Shared-cache algorithm: none; released objects go back to the OS at once.
-pub const POOL_F_SHARED_NONE: u32 = 0x80;
-/// Pool flag: no thread-local cache for this pool.
-pub const POOL_F_NO_LOCAL_CACHE: u32 = 0x100;
 
 /// Converts a pool handle from C; None for NULL.
 #[inline(always)]
@@ -65,7 +38,8 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
         // SAFETY: a non-null name is a NUL-terminated string (C contract).
         unsafe { CStr::from_ptr(name) }.to_bytes()
     };
-    pool::create(name, size, align, flags)
+    crate::fork::ensure_registered();
+    registry::create(name, size, align, flags)
 }
 
 /// Destroys a pool. Returns NULL once done: the pool is freed, or, for a
@@ -78,14 +52,14 @@ pub extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
     if pool.is_null() {
         return null_mut();
     }
-    pool::destroy(pool, super::buffers::forget_buffer_pool).cast()
+    registry::destroy(pool, super::buffers::forget_buffer_pool).cast()
 }
 
 /// Destroys every pool whose objects are all back, whatever its number of
 /// users (for the end of a process). Pools still in use stay valid.
 #[no_mangle]
 pub extern "C" fn pool_destroy_all() {
-    pool::destroy_all(super::buffers::forget_buffer_pool)
+    registry::destroy_all(super::buffers::forget_buffer_pool)
 }
 
 /// Takes an object from the pool: this thread's cache first, then the
@@ -155,7 +129,7 @@ pub extern "C" fn pool_flush(pool: *mut Pool) {
 #[no_mangle]
 pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
     let _ = pool_ctx;
-    pool::gc_all()
+    registry::gc_all()
 }
 
 /// Caps the number of objects of the pool, held and idle alike; 0 means
@@ -227,13 +201,13 @@ pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
 /// Bytes allocated by all pools (objects times object size).
 #[no_mangle]
 pub extern "C" fn pool_total_allocated() -> c_ulonglong {
-    pool::total_bytes().0
+    report::total_bytes().0
 }
 
 /// Bytes held by callers in all pools.
 #[no_mangle]
 pub extern "C" fn pool_total_used() -> c_ulonglong {
-    pool::total_bytes().1
+    report::total_bytes().1
 }
 
 /// Writes the state of every pool to `fd`, one line a pool, in the style of
@@ -244,7 +218,7 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
 /// another thread during the dump may be missed. A bad fd is ignored.
 #[no_mangle]
 pub extern "C" fn dump_pools_to_fd(fd: c_int) {
-    pool::dump_to_fd(fd)
+    report::dump_to_fd(fd)
 }
 
 /// Applies debug options at run time, like `BUFPOOL_DEBUG` (read once, at

@@ -93,7 +93,7 @@ impl DwcasList {
             if first.is_null() {
                 return first;
             }
-            crate::debug::race_window();
+            crate::sync::race_window();
             // SAFETY: NOT guaranteed, and that is the point of this file: by
             // now another thread may have popped `first` and freed it to the
             // OS (SIGSEGV here), or be rewriting its link (a stale value the

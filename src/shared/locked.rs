@@ -72,7 +72,7 @@ impl LockedList {
         // SAFETY: we hold the lock, the only way to reach `head`.
         let first = unsafe { self.inner.head.with(|h| *h) };
         if !first.is_null() {
-            crate::debug::race_window();
+            crate::sync::race_window();
             // SAFETY: under the lock no one else can pop `first`, so it is
             // idle, mapped, and its link is stable.
             let next = unsafe { next_of(first) };

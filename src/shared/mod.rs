@@ -4,47 +4,23 @@
 //!
 //! Every algorithm threads its list through the first word of each idle
 //! object (a [`Link`]), so an idle object costs no memory besides itself.
+//! This module depends on the leaves only (flags, sync, link).
 //!
-//! Each list calls [`crate::debug::race_window`] between reading its head
+//! Each list calls [`crate::sync::race_window`] between reading its head
 //! and reading the link of the object the head names: the window in which
 //! the lock-free list of seed 004 can read freed memory. The self-locked
 //! and locked lists own the list at that point, so widening it only slows
 //! them down; the DWCAS list does not, and crashes. `None` has no list and
 //! no link to read, so no window.
 
+pub(crate) mod debug_store;
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 pub(crate) mod dwcas;
 pub(crate) mod locked;
 pub(crate) mod xchg;
 
-use crate::sync::RawCell;
 
-/// The first word of an idle object, seen as a list link.
-#[repr(C)]
-pub(crate) struct Link {
-    pub(crate) next: RawCell<*mut Link>,
-}
-
-/// Reads the link of an idle object.
-///
-/// # Safety
-/// `l` points to an idle object that the caller owns or holds the list
-/// lock for, so its memory is mapped and no one writes its link meanwhile.
-#[inline(always)]
-pub(crate) unsafe fn next_of(l: *mut Link) -> *mut Link {
-    // SAFETY: the caller guarantees `l` is a live idle object (see above).
-    unsafe { (*l).next.with(|p| *p) }
-}
-
-/// Writes the link of an idle object.
-///
-/// # Safety
-/// `l` points to an object that the caller owns (not yet published).
-#[inline(always)]
-pub(crate) unsafe fn set_next(l: *mut Link, n: *mut Link) {
-    // SAFETY: the caller owns `l` exclusively (see above).
-    unsafe { (*l).next.with_mut(|p| *p = n) }
-}
+pub(crate) use crate::link::{next_of, set_next, Link};
 
 /// The algorithm a pool uses for its shared cache.
 pub(crate) enum Shared {
@@ -57,6 +33,8 @@ pub(crate) enum Shared {
     Dwcas(dwcas::DwcasList),
     /// No shared cache: released objects go back to the OS at once.
     None,
+    /// The store of a debug pool: a deque apart from the objects' memory.
+    Debug(debug_store::DebugStore),
 }
 
 impl Shared {
@@ -69,6 +47,7 @@ impl Shared {
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(l) => l.pop(),
             Shared::None => core::ptr::null_mut(),
+            Shared::Debug(s) => s.pop(),
         }
     }
 
@@ -88,19 +67,49 @@ impl Shared {
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(l) => unsafe { l.push(item) },
             Shared::None => return false,
+            Shared::Debug(s) => return s.push(item),
         }
         true
     }
 
-    /// Detaches the whole list and returns its first object (null-terminated chain).
+    /// Does it keep every object it is given (so that its pool is never
+    /// crowded)? Only the debug store does.
+    pub(crate) fn keeps_all(&self) -> bool {
+        matches!(self, Shared::Debug(_))
+    }
+
+    /// Detaches every idle object and hands each to `f`, one at a time.
+    pub(crate) fn take_all_each(&self, mut f: impl FnMut(*mut Link)) {
+        if let Shared::Debug(s) = self {
+            loop {
+                let p = s.pop();
+                if p.is_null() {
+                    return;
+                }
+                f(p);
+            }
+        }
+        let mut p = self.take_all();
+        while !p.is_null() {
+            // SAFETY: the detached chain is ours alone; read the link before `f` reuses the object.
+            let next = unsafe { next_of(p) };
+            f(p);
+            p = next;
+        }
+    }
+
+    /// Detaches the whole list and returns its first object (null-terminated
+    /// chain); the debug store has no chain (see `take_all_each`).
     #[inline]
-    pub(crate) fn take_all(&self) -> *mut Link {
+    fn take_all(&self) -> *mut Link {
         match self {
             Shared::Xchg(l) => l.take_all(),
             Shared::Locked(l) => l.take_all(),
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(l) => l.take_all(),
             Shared::None => core::ptr::null_mut(),
+            // Not a chain: `take_all_each` pops it one object at a time.
+            Shared::Debug(_) => core::ptr::null_mut(),
         }
     }
 
@@ -115,6 +124,7 @@ impl Shared {
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(_) => {}
             Shared::None => {}
+            Shared::Debug(s) => s.fork_lock(),
         }
     }
 
@@ -131,6 +141,8 @@ impl Shared {
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(_) => {}
             Shared::None => {}
+            // SAFETY: the caller's guarantee: `fork_lock` took it on this thread.
+            Shared::Debug(s) => unsafe { s.fork_unlock() },
         }
     }
 
@@ -141,6 +153,7 @@ impl Shared {
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(_) => "dwcas",
             Shared::None => "none",
+            Shared::Debug(_) => "debug",
         }
     }
 }
@@ -150,7 +163,7 @@ impl Shared {
     /// for the default). DWCAS needs x86-64 with `cmpxchg16b`; elsewhere,
     /// and in loom builds, it falls back to the locked list.
     pub(crate) fn for_flag(algo: u32) -> Shared {
-        use crate::ffi::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE};
+        use crate::flags::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE};
         match algo {
             POOL_F_SHARED_NONE => Shared::None,
             POOL_F_SHARED_LOCKED => Shared::Locked(locked::LockedList::new()),
@@ -169,7 +182,8 @@ impl Shared {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::ffi::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE, POOL_F_SHARED_XCHG};
+    use crate::flags::{POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE, POOL_F_SHARED_XCHG};
+    use crate::sync::RawCell;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const LISTS: [u32; 3] = [POOL_F_SHARED_XCHG, POOL_F_SHARED_LOCKED, POOL_F_SHARED_DWCAS];

@@ -79,7 +79,7 @@ impl XchgList {
                 release_store(&self.head, first);
                 return first;
             }
-            crate::debug::race_window();
+            crate::sync::race_window();
             // SAFETY: the head holds BUSY, so this thread alone owns `first`
             // until it stores the head back: no one can pop it, free it or
             // unmap it, and its link was published by the push we acquired.
