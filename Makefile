@@ -25,7 +25,8 @@ LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
 C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
-# The C harnesses that TSan runs: the threaded ones and the seed scenarios.
+# The C harnesses that TSan runs: the threaded ones and the scenarios of the
+# HAProxy fixes this library grew out of (test_00N_*).
 TSAN_TESTS := $(patsubst c_tests/test_%.c,$(BINDIR)/tsan_%,$(wildcard c_tests/test_dynbuf_*.c c_tests/test_00[0-3]_*.c))
 
 # Real musl: the race harness and the demo are also linked statically with
@@ -37,7 +38,7 @@ HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
 NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
 DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-debug lint test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean
 
 all: lib header
 
@@ -113,6 +114,27 @@ test-tsan: $(TSAN_TESTS)
 test-rust:
 	$(CARGO) test --release
 
+# The invariants the code states as debug_assert! are checked in a debug
+# build: the Rust tests (the fuzzers scaled down), then every C harness
+# against the debug library (a failed assertion aborts the harness).
+DEBUG_FUZZ_OPS ?= 300000
+test-debug: $(C_TESTS)
+	BUFPOOL_FUZZ_OPS=$(DEBUG_FUZZ_OPS) $(CARGO) test
+	$(CARGO) build --lib
+	@mkdir -p build/lib-debug && cp -f target/debug/libbufpool.so build/lib-debug/libbufpool.so.$(SOMAJOR)
+	@pass=0; fail=0; for t in $(C_TESTS); do \
+	  if LD_LIBRARY_PATH=build/lib-debug $$t > $$t.debug.log 2>&1; then pass=$$((pass+1)); else echo "FAIL (debug library): $$t (log: $$t.debug.log)"; tail -5 $$t.debug.log; fail=$$((fail+1)); fi; \
+	done; echo "c_tests against the debug library: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
+# The gates: clippy with every warning an error (the crate's [lints] deny
+# unsafe operations without their own unsafe block and unsafe blocks
+# without a SAFETY comment), and rustfmt.
+lint:
+	@$(CARGO) clippy --version >/dev/null 2>&1 && $(CARGO) fmt --version >/dev/null 2>&1 || \
+	  { echo "lint: adding the clippy and rustfmt components"; rustup component add clippy rustfmt; }
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --check
+
 # Loom models need their own build of the crate (cfg(loom)).
 test-loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom $(CARGO) test --release --lib loom
@@ -127,7 +149,7 @@ test-musl: lib musl-tools
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
 	else $(NO_MUSL_MSG); fi
 
-test: check-header check-symbols test-rust test-loom test-c test-musl test-tsan
+test: lint check-header check-symbols test-rust test-debug test-loom test-c test-musl test-tsan
 	@echo "make test: all passed"
 
 # The C harnesses under ASan+UBSan and under TSan, the Rust tests under ASan
@@ -138,7 +160,8 @@ test-sanitize: lib
 bench: lib
 	@$(MAKE) --no-print-directory -f bench/bench.mk
 
-# The main job: the race of seed 004 from C on each algorithm, then the
+# The main job: the musl race of the lock-free shared cache from C on each
+# algorithm, then the
 # throughput table; on glibc (mmap threshold fixed at 128 KB) and on musl.
 DEMO_RUNS    ?= 5
 DEMO_SECONDS ?= 1

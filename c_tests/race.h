@@ -1,4 +1,5 @@
-/* The musl large-buffer race of seed 004, reproduced from C. Shared by
+/* The musl large-buffer race of the old lock-free shared cache (the crash
+ * HAProxy fixed with the self-locked head), reproduced from C. Shared by
  * c_tests/test_race.c (short, asserting) and demo/race_demo.c (longer,
  * printing).
  *

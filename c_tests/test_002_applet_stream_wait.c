@@ -10,7 +10,7 @@
  * queue. The harness checks that every callback is handed an entity of its
  * own kind that really waits, that every failed allocation is answered by
  * exactly one wake-up of that very entity, and that nothing is left
- * waiting. (Queueing the stream for its applet, the bug of the seed, leaves
+ * waiting. (Queueing the stream for its applet, the bug HAProxy fixed, leaves
  * the applet waiting forever and fails these checks.) */
 #include "bufpool.h"
 #include "harness.h"

@@ -1,4 +1,4 @@
-/* The contract of SPEC section 3, call by call: margins and the limit, the
+/* The buffer part of the C contract, call by call: margins and the limit, the
  * reserve without a limit, idle buffers in a blocked thread's cache, the
  * offer budget, FIFO order, `from`, zero returns, re-entrant callbacks,
  * dequeue from a callback and from another thread, criticality classes. */

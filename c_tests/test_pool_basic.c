@@ -1,4 +1,4 @@
-/* Single-threaded behaviour of the pool core (SPEC section 2): creation
+/* Single-threaded behaviour of the pool core (the pool part of the C contract): creation
  * arguments, size rounding, distinct objects whose contents survive,
  * zeroing of reused objects, alignment, destroy while in use, merging,
  * the nocache pair, flush, gc with minavail, the cache budget, crowding,

@@ -1,4 +1,4 @@
-/* dump_pools_to_fd (SPEC section 2): the header line, one line per live
+/* dump_pools_to_fd (the pool part of the C contract): the header line, one line per live
  * pool with its name, size, counts, failures and users, and the total line
  * agreeing with pool_total_allocated/pool_total_used. Merged pools show once
  * with their users; destroyed pools (pool_destroy, pool_destroy_all) vanish. */

@@ -1,4 +1,4 @@
-/* Pool limits in one thread (SPEC section 2): pool_alloc returns NULL, and
+/* Pool limits in one thread (the pool part of the C contract): pool_alloc returns NULL, and
  * pool_failed counts it, only when callers hold the limit; idle objects,
  * wherever they sit in this thread, are handed out instead of failing; 0
  * lifts the limit. The cross-thread side is in test_pool_threads.c. */

@@ -1,10 +1,10 @@
-/* The pool core across threads (SPEC section 2):
+/* The pool core across threads (the pool part of the C contract):
  * - objects idle in another thread's cache count as allocated, not used;
  * - a thread that exits gives its cached objects back (to the shared cache,
  *   where main reuses them and pool_flush reaches them), including the
  *   objects it frees from a pthread key destructor;
  * - idle objects in another thread's cache never make an allocation fail,
- *   even while that thread is blocked (issue 2, point 6), nor while two
+ *   even while that thread is blocked, nor while two
  *   threads trade objects at the limit;
  * - objects allocated in one thread and freed in another (a producer and a
  *   consumer), with exact counters at the end.

@@ -1,4 +1,4 @@
-/* The race of seed 004, short version for `make test` (see race.h).
+/* The musl large-buffer race of the lock-free shared cache, short version for `make test` (see race.h).
  *
  * With the race window widened, a DWCAS pool must die of SIGSEGV in nearly
  * every run (it reads the link of an object another thread freed to the OS),

@@ -1,4 +1,5 @@
-/* `make demo`, part 1: the musl large-buffer race of seed 004, from C.
+/* `make demo`, part 1: the musl large-buffer race of the old lock-free
+ * shared cache (which HAProxy fixed with the self-locked head), from C.
  *
  * For each shared-cache algorithm, runs the race of c_tests/race.h in child
  * processes (16 threads, 2 MB objects, thread cache off, pool crowded, an

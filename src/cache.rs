@@ -24,9 +24,9 @@
 //! the pool it used least recently to the shared cache, and repeats until
 //! it is back to 7/8 of its budget.
 
+use crate::link::{next_of, set_next, Link};
 use crate::os::{free_box, try_box};
 use crate::owned::Owned;
-use crate::link::{next_of, set_next, Link};
 use std::cell::Cell;
 use std::ptr::{null, null_mut, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -412,9 +412,9 @@ fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
         // SAFETY: the stack holds `count` linked objects; the caller is inside its cache.
         last_kept = unsafe { next_of(last_kept) };
     }
-    // SAFETY: as above; `last_kept` is the keep-th object.
+    // SAFETY: `last_kept` is the keep-th of the stack's linked objects (keep < count).
     let chain = unsafe { next_of(last_kept) };
-    // SAFETY: as above.
+    // SAFETY: the same object, idle in the stack whose cache the caller is inside.
     unsafe { set_next(last_kept, null_mut()) };
     (chain, evicted)
 }
@@ -552,7 +552,7 @@ pub(crate) fn snapshot(slot: Slot, read: impl FnOnce() -> usize) -> (usize, usiz
     }
     let mut idle = 0;
     for tc in reg.iter() {
-        // SAFETY: as above.
+        // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
         if owner_out_soon(tc) {
             // SAFETY: held: announced, and the owner is out.
@@ -564,8 +564,9 @@ pub(crate) fn snapshot(slot: Slot, read: impl FnOnce() -> usize) -> (usize, usiz
     }
     let r = read();
     for tc in reg.iter() {
-        // SAFETY: as above. A second unhold of a skipped cache only clears
-        // a flag that is already clear and that no one else writes.
+        // SAFETY: a registered cache stays alive while CACHES is locked. A
+        // second unhold of a skipped cache only clears a flag that is
+        // already clear and that only CACHES holders write.
         unsafe { tc.0.as_ref() }.unhold();
     }
     (r, idle)

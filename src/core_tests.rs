@@ -36,7 +36,7 @@ fn objects_are_counted_where_they_sit() {
     let again: Vec<_> = (0..50).map(|_| p.alloc()).collect();
     assert_eq!(p.allocated(), 50);
     for o in again {
-        // SAFETY: as above.
+        // SAFETY: each object came from `p` and is given back once.
         unsafe { p.free(o) };
     }
     gc_all();

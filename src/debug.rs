@@ -297,11 +297,7 @@ pub(crate) fn no_global() -> bool {
 
 /// The object modes as set now: (bits, poison byte, fail percent).
 pub(crate) fn object_modes() -> (u32, u8, u32) {
-    (
-        OBJ_MODES.load(Ordering::Relaxed),
-        POISON_BYTE.load(Ordering::Relaxed) as u8,
-        FAIL_PCT.load(Ordering::Relaxed),
-    )
+    (OBJ_MODES.load(Ordering::Relaxed), POISON_BYTE.load(Ordering::Relaxed) as u8, FAIL_PCT.load(Ordering::Relaxed))
 }
 
 thread_local! {

@@ -304,7 +304,7 @@ mod tests {
             assert!(registry::destroy(p, |_| {}).is_null());
         }
         let p = registry::create_private(b"r", 4096, MEM_F_SHARED | MEM_F_EXACT);
-        // SAFETY: as above.
+        // SAFETY: created above, destroyed below.
         let pool = unsafe { &*p };
         assert_eq!(top_up(pool, 4), Reserve::Held);
         assert_eq!((pool.allocated(), pool.used()), (4, 0), "four idle buffers");

@@ -113,7 +113,14 @@ pub(crate) fn map_object(len: usize, align: usize) -> *mut u8 {
     let extra = if align > pg { align } else { 0 };
     // SAFETY: an anonymous private mapping has no precondition.
     let raw = unsafe {
-        libc::mmap(null_mut(), size + extra, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            null_mut(),
+            size + extra,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     if raw == libc::MAP_FAILED {
         return null_mut();
@@ -144,7 +151,6 @@ pub(crate) unsafe fn unmap_object(p: *mut u8, len: usize) {
     // SAFETY: caller guarantee: [base, base + len rounded to pages) is that mapping.
     unsafe { libc::munmap(base as *mut _, len.next_multiple_of(pg)) };
 }
-
 
 /// Writes all of `buf` to `fd`: retries on `EINTR` and continues after
 /// short writes. False when the fd refuses (bad fd, closed pipe, ...).
@@ -238,7 +244,10 @@ mod tests {
             // SAFETY: the mapping holds `len` bytes at `p`.
             unsafe { p.write_bytes(7, len) };
             if align <= pg {
-                assert!(len.next_multiple_of(pg) - (p as usize % pg + len) < align.max(16), "the object ends the mapping");
+                assert!(
+                    len.next_multiple_of(pg) - (p as usize % pg + len) < align.max(16),
+                    "the object ends the mapping"
+                );
             }
             // SAFETY: made by map_object(len, _).
             unsafe { unmap_object(p, len) };

@@ -303,10 +303,7 @@ impl Pool {
     /// Counts one more allocated object if the limit allows it.
     fn reserve_one(&self) -> bool {
         let limit = self.limit.load(Relaxed);
-        self.c
-            .allocated
-            .fetch_update(Relaxed, Relaxed, |a| (limit == 0 || a < limit).then_some(a + 1))
-            .is_ok()
+        self.c.allocated.fetch_update(Relaxed, Relaxed, |a| (limit == 0 || a < limit).then_some(a + 1)).is_ok()
     }
 
     /// Starts a transit: until the guard drops, a search at the limit that
@@ -487,7 +484,7 @@ impl Pool {
                 let next = unsafe { next_of(p) };
                 // SAFETY: an idle object of this pool, ours, in no list.
                 if !unsafe { self.shared.push(p) } {
-                    // SAFETY: as above.
+                    // SAFETY: the same object, refused by the shared cache: still ours, in no list.
                     unsafe { self.to_os(p.cast(), true) };
                 }
                 let was = self.c.out.fetch_sub(1, Relaxed);

@@ -183,7 +183,7 @@ pub(crate) fn with_nth<R>(i: usize, f: impl FnOnce(&Pool) -> R) -> Option<R> {
 /// Is `p` a live pool? (For the unit tests.)
 #[cfg(all(test, not(loom)))]
 pub(crate) fn is_live(p: *const Pool) -> bool {
-    pools().iter().any(|q| q.0.as_ptr() as *const Pool == p)
+    pools().iter().any(|q| std::ptr::eq(q.0.as_ptr(), p))
 }
 
 /// Releases idle objects above `minavail` in every pool, then trims malloc.

@@ -184,7 +184,6 @@ fn race_window_slow(n: usize) {
     }
 }
 
-
 // ---- a spin lock for the debug paths ----------------------------------------
 
 /// A small lock of our own rather than `std::sync::Mutex`: its acquire and
@@ -252,4 +251,3 @@ impl<T> Drop for SpinGuard<'_, T> {
         self.0.held.store(false, std::sync::atomic::Ordering::Release);
     }
 }
-

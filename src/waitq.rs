@@ -113,7 +113,7 @@ impl State {
         // SAFETY: records in the list are alive: each offer unlinks its own
         // before its stack frame ends; the mutex is held (we have `&self`).
         while !r.is_null() && unsafe { (*r).w } != w {
-            // SAFETY: as above.
+            // SAFETY: `r` is a live record of the list (as in the loop test), mutex held.
             r = unsafe { (*r).next };
         }
         r
@@ -171,8 +171,12 @@ pub(crate) fn global() -> &'static WaitQueue {
 ///
 /// # Safety
 /// `w` is valid for writes and not queued.
-pub(crate) unsafe fn init(w: *mut BufferWait, target: *mut c_void, cb: Option<unsafe extern "C" fn(*mut c_void) -> c_int>) {
-    // SAFETY: caller guarantee.
+pub(crate) unsafe fn init(
+    w: *mut BufferWait,
+    target: *mut c_void,
+    cb: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+) {
+    // SAFETY: the caller's guarantee: `w` is valid for writes and not queued.
     unsafe {
         (*w).target = target;
         (*w).wakeup_cb = cb;
@@ -222,12 +226,12 @@ impl WaitQueue {
             let rec = st.running_of(w);
             // SAFETY: records in the list are alive (see `running_of`).
             if !rec.is_null() && !unsafe { (*rec).dequeued } {
-                // SAFETY: as above; written only under the mutex.
+                // SAFETY: a live record of the list; its fields are written only under the mutex, held.
                 unsafe { (*rec).requeued = true };
             }
             return true;
         }
-        // SAFETY: as above.
+        // SAFETY: `w` is live (the caller's guarantee) and not queued (checked above); mutex held.
         unsafe { self.append(&mut st, class, w) };
         true
     }
@@ -235,7 +239,7 @@ impl WaitQueue {
     /// # Safety
     /// `w` is live and not queued; `st` is the held mutex.
     unsafe fn append(&self, st: &mut State, class: usize, w: *mut BufferWait) {
-        // SAFETY: caller guarantee.
+        // SAFETY: the caller's guarantee: `w` is live and the mutex is held.
         let l = unsafe { link(w) };
         l.queued = class + 1;
         l.next = null_mut();
@@ -285,14 +289,14 @@ impl WaitQueue {
             st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
             st.dequeuers -= 1;
         }
-        // SAFETY: as above.
+        // SAFETY: `w` is live (the caller's guarantee); mutex held.
         unsafe { self.unlink(&mut st, w) };
     }
 
     /// # Safety
     /// `w` is live; `st` is the held mutex.
     unsafe fn unlink(&self, st: &mut State, w: *mut BufferWait) {
-        // SAFETY: caller guarantee.
+        // SAFETY: the caller's guarantee: `w` is live and the mutex is held.
         let l = unsafe { link(w) };
         if l.queued == 0 {
             return;
@@ -353,13 +357,12 @@ impl WaitQueue {
                 if cur.is_null() {
                     break;
                 }
-                let mut rec =
-                    Running { w: cur, thread: me, next: st.running, dequeued: false, requeued: false };
+                let mut rec = Running { w: cur, thread: me, next: st.running, dequeued: false, requeued: false };
                 let rec_ptr: *mut Running = &mut rec;
                 st.running = rec_ptr;
                 // SAFETY: queued, hence live; mutex held.
                 unsafe { link(cur) }.seen = seq;
-                // SAFETY: as above; C does not change a queued waiter.
+                // SAFETY: queued, hence live; C does not change a queued waiter.
                 let (cb, target) = unsafe { ((*cur).wakeup_cb, (*cur).target) };
                 drop(st);
                 let outer = NEST.with(|n| n.replace(seq));
@@ -390,7 +393,7 @@ impl WaitQueue {
         while !cur.is_null() {
             // SAFETY: queued waiters are live; mutex held (we have `st`).
             let l = unsafe { link(cur) };
-            // SAFETY: as above.
+            // SAFETY: queued waiters are live; C does not change a queued waiter.
             let skip_from = !from.is_null() && unsafe { (*cur).target } == from;
             if l.seen != seq && !skip_from && st.running_of(cur).is_null() {
                 return cur;
@@ -460,9 +463,9 @@ pub(crate) fn fork_child() {
             // SAFETY: records in the list are alive in the child's copy of
             // the memory; only those of this thread will ever be unlinked.
             let next = unsafe { (*r).next };
-            // SAFETY: as above.
+            // SAFETY: a record of the list, alive in the child's memory, mutex held.
             if unsafe { (*r).thread } == me {
-                // SAFETY: as above.
+                // SAFETY: the same record; no other thread exists to touch it.
                 unsafe { (*r).next = keep };
                 keep = r;
             }
@@ -489,15 +492,15 @@ mod tests {
         ANSWER.with(|a| a.borrow().get(id).copied().unwrap_or(1))
     }
 
-    fn waiters(n: usize) -> Vec<Box<BufferWait>> {
-        (0..n)
-            .map(|i| {
-                let mut w = Box::new(BufferWait { target: null_mut(), wakeup_cb: None, private_: [7; PRIVATE_WORDS] });
-                // SAFETY: fresh box.
-                unsafe { init(&mut *w, i as *mut c_void, Some(cb)) };
-                w
-            })
-            .collect()
+    /// Waiters at stable addresses (the vector is never grown), as C embeds them.
+    fn waiters(n: usize) -> Vec<BufferWait> {
+        let mut v: Vec<BufferWait> =
+            (0..n).map(|_| BufferWait { target: null_mut(), wakeup_cb: None, private_: [7; PRIVATE_WORDS] }).collect();
+        for (i, w) in v.iter_mut().enumerate() {
+            // SAFETY: a live waiter, not queued.
+            unsafe { init(w, i as *mut c_void, Some(cb)) };
+        }
+        v
     }
 
     fn log() -> Vec<usize> {
@@ -509,21 +512,23 @@ mod tests {
         let q = WaitQueue::new();
         let mut w = waiters(6);
         ANSWER.with(|a| *a.borrow_mut() = vec![1, 0, 1, 1, 1, 1]);
+        // SAFETY: live waiters, dequeued (by offers) before `w` is dropped.
         unsafe {
-            q.queue(2, &mut *w[0]);
-            q.queue(2, &mut *w[1]);
-            q.queue(2, &mut *w[2]);
-            q.queue(4, &mut *w[3]);
-            q.queue(0, &mut *w[4]);
-            q.queue(2, &mut *w[0]); // idempotent: keeps its place
+            q.queue(2, &mut w[0]);
+            q.queue(2, &mut w[1]);
+            q.queue(2, &mut w[2]);
+            q.queue(4, &mut w[3]);
+            q.queue(0, &mut w[4]);
+            q.queue(2, &mut w[0]); // idempotent: keeps its place
         }
         assert!(q.busy_from(2) && q.busy_from(4) && q.busy_from(0));
         // Budget 3, threshold 0: 3 wake-ups; 1 answers 0 and stays; `from` = 2 is skipped.
         assert_eq!(q.offer(2 as *mut c_void, 0, || 3), 3);
         assert_eq!(log(), vec![3, 0, 1, 4]);
+        // SAFETY: live waiters.
         unsafe {
-            assert!(q.is_queued(&mut *w[1]) && q.is_queued(&mut *w[2]));
-            assert!(!q.is_queued(&mut *w[0]) && !q.is_queued(&mut *w[3]) && !q.is_queued(&mut *w[4]));
+            assert!(q.is_queued(&w[1]) && q.is_queued(&w[2]));
+            assert!(!q.is_queued(&w[0]) && !q.is_queued(&w[3]) && !q.is_queued(&w[4]));
         }
         assert!(!q.busy_from(3) && q.busy_from(2));
         // 1 kept its place ahead of 2.
@@ -531,7 +536,8 @@ mod tests {
         assert_eq!(q.offer(null_mut(), 1, || 10), 2);
         assert_eq!(log(), vec![1, 2]);
         assert_eq!(q.offer(null_mut(), 0, || 10), 0);
-        unsafe { q.dequeue(&mut *w[5]) }; // never queued: no-op
+        // SAFETY: a live waiter, never queued: a no-op.
+        unsafe { q.dequeue(&mut w[5]) };
         drop(w);
     }
 }
@@ -558,7 +564,8 @@ mod loom_tests {
 
     /// The waiter is made first, then its world, whose address is its target.
     fn world(cb: unsafe extern "C" fn(*mut c_void) -> c_int) -> Arc<World> {
-        let bw = Box::into_raw(Box::new(BufferWait { target: null_mut(), wakeup_cb: None, private_: [0; PRIVATE_WORDS] }));
+        let bw =
+            Box::into_raw(Box::new(BufferWait { target: null_mut(), wakeup_cb: None, private_: [0; PRIVATE_WORDS] }));
         let w = Arc::new(World {
             q: WaitQueue::new(),
             bw,
@@ -585,7 +592,7 @@ mod loom_tests {
     /// # Safety
     /// `t` is a live `World`.
     unsafe fn enter<'a>(t: *mut c_void) -> &'a World {
-        // SAFETY: caller guarantee.
+        // SAFETY: the caller's guarantee: `t` is a live `World`.
         let w = unsafe { &*(t as *const World) };
         // Acquire: pairs with the Release that marks the waiter freed.
         assert!(!w.freed.load(Ordering::Acquire), "callback after dequeue returned");

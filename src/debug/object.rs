@@ -197,12 +197,12 @@ impl Checks {
             // SAFETY: an idle object of this pool, now ours, filled by `check_free`.
             unsafe { self.check_pattern(p) };
         }
-        // SAFETY: as above, with its tag word.
+        // SAFETY: a reused object of this pool, now ours, with its tag word.
         if reused && self.has(M_TAG) && unsafe { self.word(p, self.tag_at) } != tag(self.id(), true) {
             die(format!(
                 "write after free of {p:p} in pool '{name}' (the tag word after its {} bytes changed while idle){}",
                 self.size,
-                // SAFETY: as above.
+                // SAFETY: the same object, with its caller word.
                 unsafe { self.last(p) }
             ));
         }
@@ -255,19 +255,19 @@ impl Checks {
             // SAFETY: registered in this pool, so mapped with its words.
             let t = unsafe { self.word(p, self.tag_at) };
             if t == tag(self.id(), true) {
-                // SAFETY: as above.
+                // SAFETY: registered in this pool, so mapped with its caller word.
                 die(format!("double free of {p:p} to pool '{name}'{}{}", unsafe { self.last(p) }, self.this_call()));
             }
             if t != tag(self.id(), false) {
                 die(format!(
                     "overrun free of {p:p} to pool '{name}' (the tag word after its {} bytes was overwritten){}{}",
                     self.size,
-                    // SAFETY: as above.
+                    // SAFETY: registered in this pool, so mapped with its caller word.
                     unsafe { self.last(p) },
                     self.this_call()
                 ));
             }
-            // SAFETY: as above; the caller gives it up.
+            // SAFETY: registered in this pool, mapped with its tag word; the caller gives it up.
             unsafe { self.set_word(p, self.tag_at, tag(self.id(), true)) };
         }
         if self.has(M_CALLER) {
@@ -309,13 +309,13 @@ impl Checks {
     unsafe fn check_pattern(&self, p: *mut u8) {
         // SAFETY: the caller's guarantee: the object has its seed word.
         let seed = unsafe { self.word(p, self.seed_at) };
-        // SAFETY: as above; `size` bytes are the object's.
+        // SAFETY: the caller's guarantee: an object of this pool, `size` bytes long.
         if let Some(at) = unsafe { check(p, self.size, seed) } {
             die(format!(
                 "write after free of {p:p} in pool '{}' (byte {at} of {} changed while idle){}",
                 self.name(),
                 self.size,
-                // SAFETY: as above.
+                // SAFETY: the same object, with its caller word.
                 unsafe { self.last(p) }
             ));
         }
@@ -330,7 +330,7 @@ pub(crate) fn fork_lock() {
 /// # Safety
 /// `fork_lock` took it on this thread.
 pub(crate) unsafe fn fork_unlock() {
-    // SAFETY: caller guarantee.
+    // SAFETY: the caller's guarantee: this thread took it in `fork_lock`.
     unsafe { REGISTRY.unlock_forever() };
 }
 
@@ -585,16 +585,15 @@ mod tests {
         let mut buf = vec![0u8; 37];
         // SAFETY: `buf` has 37 bytes.
         unsafe { fill(buf.as_mut_ptr(), 37, 12345) };
-        // SAFETY: as above.
+        // SAFETY: `buf` has 37 bytes.
         assert_eq!(unsafe { check(buf.as_mut_ptr(), 37, 12345) }, None);
         for at in [0, 8, 36] {
             buf[at] ^= 1;
-            // SAFETY: as above.
+            // SAFETY: `buf` has 37 bytes.
             assert_eq!(unsafe { check(buf.as_mut_ptr(), 37, 12345) }, Some(at));
             buf[at] ^= 1;
         }
-        // SAFETY: as above.
+        // SAFETY: `buf` has 37 bytes.
         assert!(unsafe { check(buf.as_mut_ptr(), 37, 12346) }.is_some(), "another seed, another pattern");
     }
-
 }

@@ -61,7 +61,8 @@ mod tests {
 
     #[test]
     fn lifo_or_coldest_first() {
-        let (a, b) = (8 as *mut Link, 16 as *mut Link);
+        // Addresses only: the store never reads an object.
+        let (a, b) = (core::ptr::without_provenance_mut(8), core::ptr::without_provenance_mut(16));
         let hot = DebugStore::new(false);
         assert!(hot.push(a) && hot.push(b));
         assert_eq!((hot.pop(), hot.pop(), hot.pop()), (b, a, null_mut()));

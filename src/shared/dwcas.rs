@@ -1,5 +1,7 @@
 //! The old lock-free list (`POOL_F_SHARED_DWCAS`), kept ONLY to reproduce
-//! the crash of seed 004 and to compare speed. Do not use it for real work.
+//! the crash that HAProxy fixed by replacing it with the self-locked head
+//! (large buffers freed to an allocator that unmaps them, musl) and to
+//! compare speed. Do not use it for real work.
 //!
 //! The head is a pair (first object, pop counter) that a pop replaces in one
 //! double-width compare-and-swap (`lock cmpxchg16b` on x86-64). The counter

@@ -8,7 +8,8 @@
 //!
 //! Each list calls [`crate::sync::race_window`] between reading its head
 //! and reading the link of the object the head names: the window in which
-//! the lock-free list of seed 004 can read freed memory. The self-locked
+//! the lock-free list can read memory another thread already gave back to
+//! the OS (the musl crash that the self-locked head fixes). The self-locked
 //! and locked lists own the list at that point, so widening it only slows
 //! them down; the DWCAS list does not, and crashes. `None` has no list and
 //! no link to read, so no window.
@@ -19,12 +20,11 @@ pub(crate) mod dwcas;
 pub(crate) mod locked;
 pub(crate) mod xchg;
 
-
 pub(crate) use crate::link::{next_of, set_next, Link};
 
 /// The algorithm a pool uses for its shared cache.
 pub(crate) enum Shared {
-    /// Self-locked head (seed 004): the default.
+    /// Self-locked head (HAProxy's fix for the musl crash): the default.
     Xchg(xchg::XchgList),
     /// A lock around the list.
     Locked(locked::LockedList),
@@ -59,11 +59,11 @@ impl Shared {
     #[inline]
     pub(crate) unsafe fn push(&self, item: *mut Link) -> bool {
         match self {
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller owns `item`, in no list: what each list's push requires.
             Shared::Xchg(l) => unsafe { l.push(item) },
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller owns `item`, in no list.
             Shared::Locked(l) => unsafe { l.push(item) },
-            // SAFETY: forwarded caller guarantee.
+            // SAFETY: the caller owns `item`, in no list.
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(l) => unsafe { l.push(item) },
             Shared::None => return false,
@@ -134,9 +134,9 @@ impl Shared {
     /// `fork_lock` took it on this thread.
     pub(crate) unsafe fn fork_unlock(&self) {
         match self {
-            // SAFETY: caller guarantee.
+            // SAFETY: this thread took the list in `fork_lock` (the caller's guarantee).
             Shared::Xchg(l) => unsafe { l.fork_unlock() },
-            // SAFETY: caller guarantee.
+            // SAFETY: this thread took the lock in `fork_lock` (the caller's guarantee).
             Shared::Locked(l) => unsafe { l.fork_unlock() },
             #[cfg(all(target_arch = "x86_64", not(loom)))]
             Shared::Dwcas(_) => {}
@@ -197,7 +197,13 @@ mod tests {
 
     fn objs(n: usize) -> Vec<*mut Link> {
         (0..n)
-            .map(|_| Box::into_raw(Box::new(Obj { link: Link { next: RawCell::new(core::ptr::null_mut()) }, owner: AtomicUsize::new(0) })).cast())
+            .map(|_| {
+                Box::into_raw(Box::new(Obj {
+                    link: Link { next: RawCell::new(core::ptr::null_mut()) },
+                    owner: AtomicUsize::new(0),
+                }))
+                .cast()
+            })
             .collect()
     }
 
@@ -227,7 +233,7 @@ mod tests {
             assert_eq!(chain, o[1]);
             // SAFETY: the detached chain is ours.
             unsafe { assert_eq!(next_of(chain), o[0]) };
-            // SAFETY: as above.
+            // SAFETY: `o[0]` is in the detached chain, which is ours.
             unsafe { assert!(next_of(o[0]).is_null()) };
             assert!(s.pop().is_null() && s.take_all().is_null());
             free(o);

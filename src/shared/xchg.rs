@@ -1,4 +1,6 @@
-//! The self-locked head of seed 004.
+//! The self-locked head: HAProxy's fix for the crash of the lock-free
+//! shared cache under musl (a popper read the link of an object that
+//! another thread had popped and freed to an allocator that unmapped it).
 //!
 //! The head word is either null, the address of the first idle object, or
 //! [`BUSY`]. A popper exchanges the head with `BUSY`: in one atomic step it
@@ -14,7 +16,7 @@ use crate::sync::{release_store, AtomicPtr, Ordering, Spin};
 use crossbeam_utils::CachePadded;
 
 /// The lock marker. Objects are at least 8-byte aligned, so 1 is never one.
-pub(crate) const BUSY: *mut Link = 1 as *mut Link;
+pub(crate) const BUSY: *mut Link = core::ptr::without_provenance_mut(1);
 
 pub(crate) struct XchgList {
     head: CachePadded<AtomicPtr<Link>>,
@@ -141,7 +143,9 @@ mod tests {
     use crate::shared::next_of;
 
     fn nodes(n: usize) -> Vec<*mut Link> {
-        (0..n).map(|_| Box::into_raw(Box::new(Link { next: crate::sync::RawCell::new(core::ptr::null_mut()) }))).collect()
+        (0..n)
+            .map(|_| Box::into_raw(Box::new(Link { next: crate::sync::RawCell::new(core::ptr::null_mut()) })))
+            .collect()
     }
 
     fn free(v: &[*mut Link]) {
@@ -194,7 +198,7 @@ mod tests {
                         }
                     }
                     for p in held {
-                        // SAFETY: as above.
+                        // SAFETY: popped by this thread and not pushed since: owned by it.
                         unsafe { l.push(p as *mut Link) };
                     }
                 });
