@@ -14,19 +14,26 @@
 //! `CACHES`.
 //!
 //! Objects leave a cache for the shared cache or the OS (eviction, thread
-//! exit, drains) inside such a section, so a search at the limit never
-//! misses them: it waits for the section, then finds them in the shared
-//! cache.
+//! exit, drains) inside the cache, in a transit of their pool, so a search
+//! at the limit never misses them.
 //!
-//! Eviction is least-recently-used first: each pool's stack is ordered by
-//! recency, and each pool's slot is stamped when the thread last released
-//! into it. Over budget, the thread sends the older half of the stack of
-//! the pool it used least recently to the shared cache, and repeats until
-//! it is back to 7/8 of its budget.
+//! The budget, in objects per stack. Each stack has a `limit`: the fast
+//! path caches an object only while `count < limit`, and touches no byte
+//! count and no clock. The slow path keeps `sum(limit * size) <= budget`
+//! over the stacks (`reserved`): a full stack grows its limit while the
+//! budget allows, else the stack that went to its slow path least recently
+//! gives up the older half of its objects (a batch, one push to its pool's
+//! shared cache) and its limit shrinks to what it keeps. An empty stack
+//! refills with a batch from its pool's shared cache. So objects move
+//! between a thread cache and a shared cache in batches, and a stack that
+//! the thread uses steadily never leaves the fast path. LRU is per pool and
+//! stamped on the slow path only: a pool that stays on the fast path looks
+//! cold, is the first to give objects up, and comes back on its next slow
+//! call.
 
 use crate::link::{next_of, set_next, Link};
 use crate::os::{free_box, try_box};
-use crate::owned::Owned;
+use crate::owned::{settle, Owned};
 use std::cell::Cell;
 use std::ptr::{null, null_mut, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -34,18 +41,44 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many pools can have a thread cache; the others work without one.
 pub(crate) const MAX_POOLS: usize = 256;
+/// Most objects moved at once between a thread cache and a shared cache.
+const BATCH: u32 = 32;
 
-/// A pool's slot in every thread cache: an index below `MAX_POOLS`. A pool
-/// without a thread cache has no slot (`Option<Slot>` is `None`).
+/// A pool's slot in every thread cache: an index below `MAX_POOLS`, kept
+/// as the byte offset of its stack past the first (`(index + 1) * size of a
+/// stack`), so that the fast path adds it to the cache's address without a
+/// multiplication and `Option<Slot>` is two bytes. A pool without a thread
+/// cache has no slot (`None`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct Slot(u8);
+pub(crate) struct Slot(core::num::NonZeroU16);
 
-const _: () = assert!(MAX_POOLS == u8::MAX as usize + 1, "a Slot's u8 covers every index");
+const HEAD: usize = core::mem::size_of::<Head>();
+const _: () = assert!(MAX_POOLS * HEAD <= u16::MAX as usize, "every slot's offset fits a u16");
 
 impl Slot {
+    fn new(index: usize) -> Self {
+        debug_assert!(index < MAX_POOLS, "a slot is an index below MAX_POOLS");
+        match core::num::NonZeroU16::new(((index + 1) * HEAD) as u16) {
+            Some(off) => Slot(off),
+            None => unreachable!("(index + 1) * HEAD is never 0"),
+        }
+    }
+
     #[inline(always)]
     fn index(self) -> usize {
-        self.0 as usize
+        self.0.get() as usize / HEAD - 1
+    }
+}
+
+impl Local {
+    /// The stack of `slot`: the cache's address plus the slot's offset.
+    #[inline(always)]
+    fn head(&mut self, slot: Slot) -> &mut Head {
+        let off = slot.0.get() as usize - HEAD;
+        debug_assert!(off / HEAD < MAX_POOLS && off.is_multiple_of(HEAD), "a slot's offset names a stack");
+        // SAFETY: `off` is `index * HEAD` with `index < MAX_POOLS` (made by
+        // `Slot::new`), so it addresses one of `heads`, aligned.
+        unsafe { &mut *self.heads.as_mut_ptr().cast::<u8>().add(off).cast::<Head>() }
     }
 }
 
@@ -58,9 +91,11 @@ pub(crate) struct Home {
     /// Object size.
     pub(crate) size: usize,
     /// Set while released objects must go to the OS rather than to a cache
-    /// (the pool is above a lowered limit). One relaxed load on the fast path.
+    /// (the pool is above a lowered limit). Read on the slow path only:
+    /// capping a pool also drains it from every cache, which zeroes its
+    /// stacks' limits.
     pub(crate) capped: AtomicBool,
-    /// Where objects that leave a cache go.
+    /// Where objects that leave a cache go, and where a refill comes from.
     pub(crate) back: &'static Back,
 }
 
@@ -69,23 +104,27 @@ pub(crate) struct Back {
     /// Objects of this home are about to leave a cache: a transit begins
     /// (a search at the pool's limit waits for them rather than fail).
     pub(crate) begin: fn(&Home),
-    /// A chain of objects that left a cache (still counted as out of the
-    /// pool's shared layer) is the pool's again; the transit ends.
-    pub(crate) take: unsafe fn(&Home, *mut Link),
+    /// A chain of `n` objects that left a cache (still counted as out of
+    /// the pool's shared layer) is the pool's again; the transit ends.
+    pub(crate) take: unsafe fn(&Home, *mut Link, usize),
+    /// Up to `n` idle objects of the pool's shared cache, counted out of
+    /// it: the chain and its length; (null, 0) when there are none.
+    pub(crate) fetch: fn(&Home, usize) -> (*mut Link, usize),
 }
 
 impl Home {
     /// Sends a chain that left a cache back to the pool, in a transit begun
-    /// before it was detached (`detach` runs inside it).
+    /// before it was detached (`detach` runs inside it and returns the
+    /// chain and its length).
     ///
     /// # Safety
     /// The chain `detach` returns is of objects of this home, cached until
     /// now, owned by the caller.
-    unsafe fn send_back(&self, detach: impl FnOnce() -> *mut Link) {
+    unsafe fn send_back(&self, detach: impl FnOnce() -> (*mut Link, u32)) {
         (self.back.begin)(self);
-        let chain = detach();
+        let (chain, n) = detach();
         // SAFETY: the caller's guarantee; `take` ends the transit `begin` began.
-        unsafe { (self.back.take)(self, chain) };
+        unsafe { (self.back.take)(self, chain, n as usize) };
     }
 }
 
@@ -107,15 +146,28 @@ unsafe impl Send for CachePtr {}
 #[derive(Clone, Copy)]
 struct Head {
     top: *mut Link,
-    count: u32,
-    /// `Local::tick` when this thread last released into this pool.
+    /// Objects the stack may still take: `limit - count`. Kept instead of
+    /// the count so that a release tests and takes room in one instruction.
+    room: u32,
+    /// Objects the stack may hold; `limit * size` is part of `reserved`.
+    limit: u32,
+    /// `Local::tick` when this stack last went to the slow path.
     stamp: u64,
 }
 
-const EMPTY_HEAD: Head = Head { top: null_mut(), count: 0, stamp: 0 };
+const EMPTY_HEAD: Head = Head { top: null_mut(), room: 0, limit: 0, stamp: 0 };
+
+impl Head {
+    /// Objects in the stack.
+    fn count(&self) -> u32 {
+        debug_assert!(self.room <= self.limit, "room is what the limit leaves");
+        self.limit - self.room
+    }
+}
 
 pub(crate) struct Local {
-    bytes: usize,
+    /// `sum(limit * size)` over the stacks: at most the budget.
+    reserved: usize,
     tick: u64,
     heads: [Head; MAX_POOLS],
 }
@@ -221,7 +273,9 @@ fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
     CACHES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Takes an idle object of `pool` from this thread's cache; null if none.
+// ---- the fast path -------------------------------------------------------
+
+/// Takes an idle object of `home`'s pool from this thread's cache; null if none.
 #[inline(always)]
 pub(crate) fn take(home: &Home) -> *mut u8 {
     let Some(slot) = home.slot else { return null_mut() };
@@ -232,94 +286,150 @@ pub(crate) fn take(home: &Home) -> *mut u8 {
         return null_mut();
     }
     // SAFETY: we are inside our cache.
-    let local = unsafe { tc.get() };
-    // SAFETY: a slot's index is below MAX_POOLS, the length of `heads`.
-    let head = unsafe { local.heads.get_unchecked_mut(slot.index()) };
-    let item = pop_head(head, &mut local.bytes, home.size);
+    let item = pop_head(unsafe { tc.get() }.head(slot));
     tc.exit();
     item.cast()
 }
 
-/// Pops the top of a stack, or null; keeps its count and the cache's bytes.
-/// The caller is inside the cache that owns `head` and `bytes`.
+/// Pops the top of a stack, or null. The caller is inside its cache.
 #[inline(always)]
-fn pop_head(head: &mut Head, bytes: &mut usize, size: usize) -> *mut Link {
+fn pop_head(head: &mut Head) -> *mut Link {
     let item = head.top;
     if !item.is_null() {
-        debug_assert!(head.count > 0 && *bytes >= size, "a non-empty stack is counted");
+        debug_assert!(head.count() > 0, "a non-empty stack is counted");
         // SAFETY: `item` is idle in this stack, whose cache the caller is inside.
         head.top = unsafe { next_of(item) };
-        head.count = head.count.wrapping_sub(1);
-        *bytes = bytes.wrapping_sub(size);
+        head.room = head.room.wrapping_add(1);
     }
     item
 }
 
-/// What `put` did with an object.
-pub(crate) enum Put {
-    /// Cached.
-    Done,
-    /// Cached, and the cache is now over budget: call `evict_current`.
-    OverBudget,
-    /// Not cached: call `put_slow`.
-    Refused,
-}
-
-/// Keeps a released object in this thread's cache, if it can without waiting.
+/// Keeps a released object in this thread's cache if its stack has room,
+/// without waiting. False: the caller takes the slow path (`put_slow`).
 #[inline(always)]
-pub(crate) fn put(home: &Home, ptr: *mut u8) -> Put {
-    let Some(slot) = home.slot else { return Put::Refused };
-    let budget = BUDGET.load(Ordering::Relaxed);
+pub(crate) fn put(home: &Home, ptr: *mut u8) -> bool {
+    let Some(slot) = home.slot else { return false };
     let tc = current::get();
-    // Relaxed `capped`: a setting; a release racing its change may go either way.
-    if home.size > budget || tc.is_null() || home.capped.load(Ordering::Relaxed) {
-        return Put::Refused;
-    }
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    let tc = unsafe { &*tc };
+    let Some(tc) = (unsafe { tc.as_ref() }) else { return false };
     if !tc.enter() {
-        return Put::Refused;
+        return false;
     }
-    // SAFETY: we are inside our cache, and the caller gives the object up.
-    let over = unsafe { push_head(tc.get(), slot, home.size, ptr, budget) };
+    // SAFETY: we are inside our cache.
+    let head = unsafe { tc.get() }.head(slot);
+    let room = head.room != 0;
+    if room {
+        head.room -= 1;
+        // SAFETY: the caller gives the object up; we are inside our cache.
+        unsafe { push_head(head, ptr.cast()) };
+    }
     tc.exit();
-    if over {
-        Put::OverBudget
-    } else {
-        Put::Done
-    }
+    room
 }
 
-/// Pushes an object on the stack of `slot`; true when now over `budget`.
+/// Pushes an object on a stack whose room the caller already took. The
+/// caller is inside its cache.
 ///
 /// # Safety
-/// The caller is inside the cache that owns `local`; `ptr` is an object of
-/// `size` bytes of the pool of `slot`, given up by the caller.
+/// `ptr` is an object of the stack's pool, given up by the caller.
 #[inline(always)]
-unsafe fn push_head(local: &mut Local, slot: Slot, size: usize, ptr: *mut u8, budget: usize) -> bool {
-    // SAFETY: a slot's index is below MAX_POOLS, the length of `heads`.
-    let head = unsafe { local.heads.get_unchecked_mut(slot.index()) };
+unsafe fn push_head(head: &mut Head, ptr: *mut Link) {
     // SAFETY: the object is ours until published in our own stack.
-    unsafe { set_next(ptr.cast(), head.top) };
-    head.top = ptr.cast();
-    head.count = head.count.wrapping_add(1);
-    local.tick += 1;
-    head.stamp = local.tick;
-    local.bytes += size;
-    local.bytes > budget
+    unsafe { set_next(ptr, head.top) };
+    head.top = ptr;
 }
 
-/// The slow side of `put`: gives this thread a cache if it has none.
-/// Returns false when the object cannot be cached here now (no slot for
-/// this pool, larger than the budget, pool above a lowered limit, thread
-/// exiting, no memory for a cache, or a foreign holder in the cache): the
-/// caller then releases it to the pool. Never waits.
+/// Takes room and pushes (the slow paths). The caller is inside its cache.
+///
+/// # Safety
+/// As `push_head`; the stack has room.
+unsafe fn push_counted(head: &mut Head, ptr: *mut Link) {
+    debug_assert!(head.room > 0, "the caller made room");
+    head.room -= 1;
+    // SAFETY: the caller's guarantee.
+    unsafe { push_head(head, ptr) };
+}
+
+// ---- the slow paths ------------------------------------------------------
+
+/// The slow side of `take`: an object of the stack (in the fallback, where
+/// the fast path never enters), else an empty stack refills from its pool's
+/// shared cache with a batch and hands out one object of it; null when the
+/// shared cache is empty, there is no cache for this pool, or a foreign
+/// holder is in ours.
+#[cold]
+#[inline(never)]
+pub(crate) fn refill(home: &Home) -> *mut u8 {
+    let Some(slot) = home.slot else { return null_mut() };
+    // SAFETY: the pointer is non-null only while this thread's cache is alive.
+    let Some(tc) = (unsafe { current::get().as_ref() }) else { return (home.back.fetch)(home, 1).0.cast() };
+    if !tc.enter_fenced() {
+        return (home.back.fetch)(home, 1).0.cast();
+    }
+    // SAFETY: we are inside our cache.
+    let local = unsafe { tc.get() };
+    // The fast path's work, when it came here for the fallback's fence.
+    let item = pop_head(local.head(slot));
+    if !item.is_null() {
+        tc.exit();
+        return item.cast();
+    }
+    let budget = BUDGET.load(Ordering::Relaxed);
+    local.tick += 1;
+    let i = slot.index();
+    local.heads[i].stamp = local.tick;
+    // Room for a batch: grow the stack's limit while the budget allows.
+    grow(local, i, home.size, BATCH + local.heads[i].count(), budget);
+    let want = local.heads[i].room.min(BATCH) as usize + 1;
+    let (chain, n) = (home.back.fetch)(home, want);
+    let mut item = chain;
+    if n > 1 {
+        // SAFETY: the fetched chain is ours, `n` linked objects.
+        let rest = unsafe { next_of(chain) };
+        // SAFETY: `chain` leaves the chain for the caller.
+        unsafe { set_next(chain, null_mut()) };
+        let mut p = rest;
+        while !p.is_null() {
+            // SAFETY: objects of the fetched chain, ours; read the link first.
+            let next = unsafe { next_of(p) };
+            // SAFETY: an idle object of this pool, counted out, now cached;
+            // `want` was at most the room plus the one handed out.
+            unsafe { push_counted(&mut local.heads[i], p) };
+            p = next;
+        }
+    } else if n == 0 {
+        item = null_mut();
+    }
+    tc.exit();
+    item.cast()
+}
+
+/// Raises stack `i`'s limit towards `want` objects while the budget
+/// allows. The caller is inside the cache.
+fn grow(local: &mut Local, i: usize, size: usize, want: u32, budget: usize) {
+    let head = &mut local.heads[i];
+    if head.limit >= want || size == 0 {
+        return;
+    }
+    let more = (budget.saturating_sub(local.reserved) / size).min((want - head.limit) as usize) as u32;
+    head.limit += more;
+    head.room += more;
+    local.reserved += more as usize * size;
+}
+
+/// The slow side of `put`: gives this thread a cache if it has none, makes
+/// room in a full stack (a larger limit, or objects of the least recently
+/// used stack sent to their pool), and caches the object. Returns false
+/// when the object cannot be cached here now (no slot for this pool,
+/// larger than the budget, pool above a lowered limit, thread exiting, no
+/// memory for a cache, or a foreign holder in the cache): the caller then
+/// releases it to the pool. Never waits.
 #[cold]
 #[inline(never)]
 pub(crate) fn put_slow(home: &Home, ptr: *mut u8) -> bool {
     let Some(slot) = home.slot else { return false };
     let budget = BUDGET.load(Ordering::Relaxed);
-    // Relaxed `capped`: as in `put`.
+    // Relaxed `capped`: a setting; a release racing its change may go either way.
     if home.size > budget || home.capped.load(Ordering::Relaxed) {
         return false;
     }
@@ -332,66 +442,90 @@ pub(crate) fn put_slow(home: &Home, ptr: *mut u8) -> bool {
     }
     // SAFETY: the pointer is non-null only while this thread's cache is alive.
     let tc = unsafe { &*tc };
-    if !tc.enter() {
+    if !tc.enter_fenced() {
         return false;
     }
-    // SAFETY: we are inside our cache, and the caller gives the object up.
-    unsafe {
-        tc.with(|local| {
-            if push_head(local, slot, home.size, ptr, budget) {
-                evict_inside(local, budget);
-            }
-        })
-    };
+    // SAFETY: we are inside our cache.
+    let local = unsafe { tc.get() };
+    let i = slot.index();
+    if local.heads[i].room == 0 {
+        // A full stack: the slow path proper (not just the fallback's fence).
+        local.tick += 1;
+        local.heads[i].stamp = local.tick;
+        make_room(local, i, home.size, budget);
+    }
+    let cached = local.heads[i].room > 0;
+    if cached {
+        // SAFETY: the caller gives the object up; we are inside our cache; room checked.
+        unsafe { push_counted(&mut local.heads[i], ptr.cast()) };
+    }
     tc.exit();
-    true
+    cached
 }
 
-/// Brings this thread's cache back under its budget (after `Put::OverBudget`).
-/// When a foreign holder is in the cache, it gives up: the next release
-/// into the cache finds it over budget again.
-#[cold]
-#[inline(never)]
-pub(crate) fn evict_current() {
-    // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    if let Some(tc) = unsafe { current::get().as_ref() } {
-        if tc.enter() {
-            // SAFETY: we are inside our cache.
-            unsafe { tc.with(|local| evict_inside(local, BUDGET.load(Ordering::Relaxed))) };
-            tc.exit();
-        }
-    }
-}
-
-/// Brings a cache back to 7/8 of `budget`, least recently used pool first,
-/// by sending objects to their pools. The caller is inside the cache.
-#[cold]
-#[inline(never)]
-fn evict_inside(local: &mut Local, budget: usize) {
-    let target = budget - budget / 8;
-    while local.bytes > target {
-        let victim = local.heads.iter().enumerate().filter(|(_, h)| h.count > 0).min_by_key(|(_, h)| h.stamp);
-        let Some((idx, _)) = victim else {
-            debug_assert_eq!(local.bytes, 0, "bytes count only cached objects");
+/// Makes room for one more object in stack `i` (of objects of `size`
+/// bytes): a larger limit if the budget allows (doubling, by a batch at
+/// most), else the least recently used stack gives up the older half of its
+/// objects to its pool and its limit shrinks to what it keeps (when that
+/// stack is `i` itself, its limit stays: the room is the half it gave up).
+/// The caller is inside the cache.
+fn make_room(local: &mut Local, i: usize, size: usize, budget: usize) {
+    loop {
+        let head = local.heads[i];
+        if head.room > 0 {
             return;
-        };
-        // SAFETY: a pool keeps its slot until every cache is drained of it,
-        // and this cache still holds objects of it.
-        let home = unsafe { &*slot_home(idx) };
-        // SAFETY: detached from our cache: objects of this home, ours; they
-        // still count as out of the pool's shared layer, so the pool cannot
-        // be destroyed under us.
-        unsafe {
-            home.send_back(|| {
-                let (chain, n) = detach_older_half(&mut local.heads[idx]);
-                local.bytes -= n as usize * home.size;
-                chain
-            })
-        };
+        }
+        grow(local, i, size, head.limit + head.limit.clamp(1, BATCH), budget);
+        if local.heads[i].room > 0 {
+            return;
+        }
+        let victim =
+            local.heads.iter().enumerate().filter(|(_, h)| h.count() > 0).min_by_key(|(_, h)| h.stamp).map(|(v, _)| v);
+        let Some(v) = victim else { return };
+        evict_half(local, v, v != i);
     }
 }
 
-/// The home of a slot that a cache holds objects of.
+/// Stack `v` sends the older half of its objects (rounded up) to its pool,
+/// as one batch; with `shrink`, its limit falls to what it keeps. The
+/// caller is inside the cache.
+fn evict_half(local: &mut Local, v: usize, shrink: bool) {
+    // SAFETY: a pool keeps its slot until every cache is drained of it,
+    // and this cache holds objects of it (the caller picked a non-empty stack).
+    let home = unsafe { &*slot_home(v) };
+    // SAFETY: detached from our cache: objects of this home, ours; they
+    // still count as out of the pool's shared layer, so the pool cannot be
+    // destroyed under us.
+    unsafe { home.send_back(|| detach_older_half(&mut local.heads[v])) };
+    if shrink {
+        let head = &mut local.heads[v];
+        local.reserved -= head.room as usize * home.size;
+        head.limit -= head.room;
+        head.room = 0;
+    }
+}
+
+/// Brings a cache within `budget`: the least recently used stacks give up
+/// their objects and their limits until `reserved <= budget`. The caller
+/// is inside the cache.
+fn shrink_to(local: &mut Local, budget: usize) {
+    while local.reserved > budget {
+        let victim = local.heads.iter().enumerate().filter(|(_, h)| h.limit > 0).min_by_key(|(_, h)| h.stamp);
+        let Some((v, _)) = victim else { break };
+        // SAFETY: a pool keeps its slot while its stack has a limit (drains zero it first).
+        let home = unsafe { &*slot_home(v) };
+        if local.heads[v].count() > 0 {
+            // SAFETY: detached from our cache: objects of this home, ours, counted out.
+            unsafe { home.send_back(|| detach_all_of(&mut local.heads[v])) };
+        }
+        local.reserved -= local.heads[v].limit as usize * home.size;
+        local.heads[v].limit = 0;
+        local.heads[v].room = 0;
+    }
+    debug_assert!(local.reserved <= budget || local.heads.iter().all(|h| h.limit == 0));
+}
+
+/// The home of a slot that a cache holds objects of (or has a limit for).
 fn slot_home(idx: usize) -> *const Home {
     // Acquire: pairs with the Release of `claim_slot`: we see the whole home.
     let p = SLOTS[idx].load(Ordering::Acquire);
@@ -401,9 +535,10 @@ fn slot_home(idx: usize) -> *const Home {
 
 /// Cuts the older half (rounded up) off a stack; returns it and its length.
 fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
-    let keep = head.count / 2;
-    let evicted = head.count - keep;
-    head.count = keep;
+    let count = head.count();
+    let keep = count / 2;
+    let evicted = count - keep;
+    head.room = head.limit - keep;
     if keep == 0 {
         return (std::mem::replace(&mut head.top, null_mut()), evicted);
     }
@@ -420,31 +555,18 @@ fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
 }
 
 /// Detaches a whole stack: its chain and length. The caller is inside the cache.
-fn detach_all(local: &mut Local, idx: usize, size: usize) -> (*mut Link, u32) {
-    let head = &mut local.heads[idx];
-    let n = head.count;
-    if n == 0 {
-        return (null_mut(), 0);
-    }
-    debug_assert!(local.bytes >= n as usize * size, "bytes count every cached object");
-    local.bytes -= n as usize * size;
-    head.count = 0;
+fn detach_all_of(head: &mut Head) -> (*mut Link, u32) {
+    let n = head.count();
+    head.room = head.limit;
     (std::mem::replace(&mut head.top, null_mut()), n)
 }
 
-/// Sends every cached object of `local` back to its pool. The caller is inside the cache.
+/// Sends every cached object of `local` back to its pool and zeroes every
+/// limit. The caller is inside the cache.
 fn empty_into_pools(local: &mut Local) {
-    for idx in 0..MAX_POOLS {
-        if local.heads[idx].count == 0 {
-            continue;
-        }
-        // SAFETY: a pool keeps its slot while objects of it are cached.
-        let home = unsafe { &*slot_home(idx) };
-        // SAFETY: detached from the cache: objects of this home, ours, still
-        // counted out of the pool's shared layer.
-        unsafe { home.send_back(|| detach_all(local, idx, home.size).0) };
-    }
-    debug_assert_eq!(local.bytes, 0, "an emptied cache holds no bytes");
+    shrink_to(local, 0);
+    debug_assert!(local.heads.iter().all(|h| h.limit == 0 && h.room == 0), "an emptied cache holds nothing");
+    local.reserved = 0;
 }
 
 /// Creates and registers this thread's cache; null when the thread exits
@@ -455,7 +577,8 @@ fn attach() -> *const ThreadCache {
     if EXITED.with(Cell::get) {
         return null();
     }
-    let Some(tc) = try_box(Owned::new(Local { bytes: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] })) else {
+    let fenced = crate::barrier::owner_fences();
+    let Some(tc) = try_box(Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, fenced)) else {
         return null();
     };
     let mut reg = caches();
@@ -499,13 +622,15 @@ unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
     unsafe { free_box(tc) };
 }
 
-/// Takes one idle object of `pool` from any thread's cache (the limit path).
+// ---- from outside --------------------------------------------------------
+
+/// Takes one idle object of `home`'s pool from any thread's cache (the limit path).
 pub(crate) fn steal(home: &Home) -> *mut u8 {
     let Some(slot) = home.slot else { return null_mut() };
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
-        let item = tc.with_held(|local| pop_head(&mut local.heads[slot.index()], &mut local.bytes, home.size));
+        let item = with_held(tc, |local| pop_head(local.head(slot)));
         if !item.is_null() {
             return item.cast();
         }
@@ -513,17 +638,23 @@ pub(crate) fn steal(home: &Home) -> *mut u8 {
     null_mut()
 }
 
-/// Detaches every idle object of `pool` from every thread's cache and hands
-/// each chain to `f`, inside that cache's foreign hold (see the module
-/// comment). Returns how many objects were detached.
+/// Detaches every idle object of `home`'s pool from every thread's cache
+/// and hands each chain to `f`, inside that cache's foreign hold; the
+/// stacks' limits fall to 0 (a capped pool's caches refuse its objects
+/// from then on). Returns how many objects were detached.
 pub(crate) fn drain(home: &Home, mut f: impl FnMut(*mut Link)) -> usize {
     let Some(slot) = home.slot else { return 0 };
     let mut total = 0;
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
-        total += tc.with_held(|local| {
-            let (chain, n) = detach_all(local, slot.index(), home.size);
+        total += with_held(tc, |local| {
+            let head = local.head(slot);
+            let (chain, n) = detach_all_of(head);
+            let freed = head.limit as usize * home.size;
+            head.limit = 0;
+            head.room = 0;
+            local.reserved -= freed;
             if !chain.is_null() {
                 f(chain);
             }
@@ -538,41 +669,57 @@ pub(crate) fn drain(home: &Home, mut f: impl FnMut(*mut Link)) -> usize {
 /// caches held: a snapshot no owner can change while it is taken. A busy
 /// owner is given a few microseconds (spinning, no yield) to finish its
 /// operation, which takes nanoseconds unless its thread was preempted in
-/// the middle; a cache whose owner is still busy then is let go and counted
-/// as holding nothing. So the count never waits on the scheduler, and it
-/// never counts more idle objects than there are: `read() - idle` never
-/// falls below what callers hold. At quiescence no owner is busy and the
-/// count is exact.
-/// Returns `(read(), idle)`.
+/// the middle; a cache whose owner is still busy then is counted as
+/// holding nothing. So the count never waits on the scheduler, and it never
+/// counts more idle objects than there are: `read() - idle` never falls
+/// below what callers hold. At quiescence no owner is busy and the count is
+/// exact. Returns `(read(), idle)`.
 pub(crate) fn snapshot(slot: Slot, read: impl FnOnce() -> usize) -> (usize, usize) {
     let reg = caches();
     for tc in reg.iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         unsafe { tc.0.as_ref() }.announce();
     }
+    // One barrier for every cache announced; none when the only cache is
+    // our own (we are not inside it: its owner is us).
+    let own = current::get();
+    if reg.iter().any(|tc| !core::ptr::eq(tc.0.as_ptr(), own)) {
+        settle();
+    }
     let mut idle = 0;
     for tc in reg.iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
         if owner_out_soon(tc) {
-            // SAFETY: held: announced, and the owner is out.
-            idle += unsafe { tc.with(|local| local.heads[slot.index()].count as usize) };
-        } else {
-            // Busy: counted as holding nothing (the safe side), let go now.
-            tc.unhold();
+            // SAFETY: held: announced, settled, and the owner is out.
+            idle += unsafe { tc.with(|local| local.head(slot).count() as usize) };
         }
+        // Busy: counted as holding nothing (the safe side); it stays
+        // announced (its owner takes its slow path) until the end.
     }
     let r = read();
     for tc in reg.iter() {
-        // SAFETY: a registered cache stays alive while CACHES is locked. A
-        // second unhold of a skipped cache only clears a flag that is
-        // already clear and that only CACHES holders write.
+        // SAFETY: a registered cache stays alive while CACHES is locked.
         unsafe { tc.0.as_ref() }.unhold();
     }
     (r, idle)
 }
 
-/// After `announce`: waits a little for a busy owner (see `snapshot`).
+/// Runs `f` on a cache held from outside. Our own cache needs no barrier:
+/// we are not inside it.
+fn with_held<R>(tc: &ThreadCache, f: impl FnOnce(&mut Local) -> R) -> R {
+    if core::ptr::eq(tc, current::get()) {
+        tc.announce();
+        // SAFETY: our own cache, and we are not inside it: announced, no one else enters it.
+        let r = unsafe { tc.with(f) };
+        tc.unhold();
+        r
+    } else {
+        tc.with_held(f)
+    }
+}
+
+/// After `announce` and `settle`: waits a little for a busy owner (see `snapshot`).
 fn owner_out_soon(tc: &ThreadCache) -> bool {
     for _ in 0..OWNER_SPINS {
         if tc.owner_out() {
@@ -586,7 +733,7 @@ fn owner_out_soon(tc: &ThreadCache) -> bool {
 /// `pause`s a count gives a busy owner: a few microseconds at most.
 const OWNER_SPINS: u32 = 256;
 
-/// How many idle objects of `pool` sit in thread caches (for the tests).
+/// How many idle objects of `home`'s pool sit in thread caches (for the tests).
 #[cfg(all(test, not(loom)))]
 pub(crate) fn idle(home: &Home) -> usize {
     match home.slot {
@@ -595,14 +742,14 @@ pub(crate) fn idle(home: &Home) -> usize {
     }
 }
 
-/// Gives `pool` a slot; `None` when all are taken.
+/// Gives `home`'s pool a slot; `None` when all are taken.
 /// Called under the pool registry lock.
 pub(crate) fn claim_slot(home: *const Home) -> Option<Slot> {
     for (i, s) in SLOTS.iter().enumerate() {
         if s.load(Ordering::Relaxed).is_null() {
             // Release: evicting threads that read the slot see the whole home.
             s.store(home.cast_mut(), Ordering::Release);
-            return Some(Slot(i as u8));
+            return Some(Slot::new(i));
         }
     }
     None
@@ -614,7 +761,7 @@ pub(crate) fn release_slot(slot: Slot) {
         caches().iter().all(|tc| {
             // SAFETY: a registered cache stays alive while CACHES is locked.
             let tc = unsafe { tc.0.as_ref() };
-            tc.with_held(|l| l.heads[slot.index()].count == 0)
+            tc.with_held(|l| l.heads[slot.index()].limit == 0 && l.heads[slot.index()].room == 0)
         }),
         "a pool keeps its slot until every cache is drained of it"
     );
@@ -622,18 +769,14 @@ pub(crate) fn release_slot(slot: Slot) {
 }
 
 /// Sets the per-thread budget and applies it to every thread's cache now:
-/// a cache above the new budget sends its least recently used objects to
-/// their pools until it is back to 7/8 of it.
+/// a cache above the new budget gives up the objects and the limits of its
+/// least recently used stacks until it is within it.
 pub(crate) fn set_budget(bytes: usize) {
     BUDGET.store(bytes, Ordering::Relaxed);
     for tc in caches().iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let tc = unsafe { tc.0.as_ref() };
-        tc.with_held(|local| {
-            if local.bytes > bytes {
-                evict_inside(local, bytes)
-            }
-        });
+        with_held(tc, |local| shrink_to(local, bytes));
     }
 }
 
@@ -650,7 +793,12 @@ pub(crate) fn fork_prepare() {
     let reg = caches();
     for tc in reg.iter() {
         // SAFETY: a registered cache stays alive while CACHES is locked.
-        unsafe { tc.0.as_ref() }.hold();
+        unsafe { tc.0.as_ref() }.announce();
+    }
+    settle();
+    for tc in reg.iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        unsafe { tc.0.as_ref() }.wait_owner();
     }
     FORK_HELD.put(reg);
 }
@@ -668,14 +816,19 @@ pub(crate) fn fork_parent() {
 /// After `fork()`, in the child, once the shared caches are usable again:
 /// the caches of the parent's other threads (threads that do not exist
 /// here, whose exit hooks will never run) are emptied into their pools'
-/// shared caches and freed; this thread's own cache is let go.
+/// shared caches and freed; this thread's own cache is let go (and made to
+/// fence its owner if the child cannot have `membarrier`).
 pub(crate) fn fork_child() {
     let Some(mut reg) = FORK_HELD.take() else { return };
     let own = current::get();
+    let membarrier = crate::barrier::fork_child();
     reg.retain(|tc| {
         // SAFETY: a registered cache stays alive while CACHES is locked.
         let r = unsafe { tc.0.as_ref() };
         if core::ptr::eq(tc.0.as_ptr(), own) {
+            if !membarrier {
+                r.make_fenced();
+            }
             r.unhold();
             return true;
         }
@@ -697,15 +850,13 @@ mod tests {
     fn older_half_is_cut_off_the_bottom() {
         let nodes: Vec<*mut Link> =
             (0..5).map(|_| Box::into_raw(Box::new(Link { next: RawCell::new(null_mut()) }))).collect();
-        let mut head = Head { top: null_mut(), count: 0, stamp: 0 };
+        let mut head = Head { top: null_mut(), room: 8, limit: 8, stamp: 0 };
         for &n in &nodes {
-            // SAFETY: test-owned nodes, pushed once each.
-            unsafe { set_next(n, head.top) };
-            head.top = n;
-            head.count += 1;
+            // SAFETY: test-owned nodes, pushed once each, with room.
+            unsafe { push_counted(&mut head, n) };
         }
         let (chain, n) = detach_older_half(&mut head);
-        assert_eq!((n, head.count), (3, 2));
+        assert_eq!((n, head.count(), head.room), (3, 2, 6));
         assert_eq!(head.top, nodes[4], "the newest stays on top");
         // SAFETY: nodes are alive until freed below.
         assert_eq!(unsafe { next_of(nodes[3]) }, null_mut(), "the kept part is cut");
@@ -714,5 +865,16 @@ mod tests {
             // SAFETY: made by Box::into_raw above.
             drop(unsafe { Box::from_raw(n) });
         }
+    }
+
+    #[test]
+    fn limits_grow_within_the_budget() {
+        let mut local = Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] };
+        grow(&mut local, 3, 1024, 40, 16 * 1024);
+        assert_eq!((local.heads[3].limit, local.reserved), (16, 16 * 1024), "no further than the budget");
+        grow(&mut local, 4, 1024, 10, 16 * 1024);
+        assert_eq!(local.heads[4].limit, 0, "the budget is spent");
+        grow(&mut local, 5, 8192, 1, 4096);
+        assert_eq!(local.heads[5].limit, 0, "larger than the budget: never cached");
     }
 }

@@ -2,6 +2,7 @@
 //! queues, for C programs. The C contract is `include/bufpool.h`.
 //!
 //! Modules, one concern each:
+//! - [`barrier`]: `membarrier()`, the foreign side's barrier of the thread caches.
 //! - [`os`]: memory from the OS (fallible), writes to a file descriptor.
 //! - [`owned`]: the owner/foreign protocol of the thread caches.
 //! - [`pool`]: the pool core (objects, counters, limit, crowding, destroy).
@@ -13,6 +14,7 @@
 //! - [`fork`]: the `pthread_atfork` handlers.
 //! - [`ffi`]: the exported C functions, checks and conversions only.
 
+pub(crate) mod barrier;
 pub mod cache;
 pub mod debug;
 pub mod dynbuf;

@@ -17,17 +17,31 @@
 //! operation the owner had begun. Foreign holders must exclude each other
 //! by other means (the caches' registry mutex does it).
 //!
-//! The owner's barrier is an `xchg` (a locked instruction); under loom both
-//! barriers are SeqCst fences, which loom models fully (it treats SeqCst
-//! accesses as AcqRel, which would make the model report false races).
+//! Where the owner's barrier comes from ([`crate::barrier`]): normally the
+//! foreign side pays for both, with `membarrier()`, which runs a full
+//! barrier on every running thread of the process; the owner's `busy`
+//! store is then a plain store behind a compiler barrier, and its fast path
+//! has no atomic read-modify-write and no fence. In the fallback (no usable
+//! `membarrier`) the owner fences after its store, on a cold path that a
+//! bit of `foreign` sends it to. Under loom both barriers are SeqCst
+//! fences, which loom models fully (it treats SeqCst accesses as AcqRel,
+//! which would make the model report false races).
 
-use crate::sync::{release_u32, AtomicU32, Ordering, RawCell, Spin};
+use crate::sync::{AtomicU32, Ordering, RawCell, Spin};
+
+/// `foreign`: a foreign holder is in or coming.
+const FOREIGN: u32 = 1;
+/// `foreign`: the owner fences its own `busy` store (the fallback, without
+/// `membarrier`). Fixed for the value's life; keeping it in the word the
+/// owner reads anyway costs the fast path nothing: any non-zero `foreign`
+/// sends the owner to its slow path and `enter_fenced`.
+const FENCED: u32 = 2;
 
 pub(crate) struct Owned<T> {
     /// 1 while the owner works on `val`. Written by the owner only.
     busy: AtomicU32,
-    /// 1 while a foreign thread holds the value or is taking it. Written by
-    /// foreign holders only.
+    /// `FOREIGN` while a foreign thread holds the value or is taking it
+    /// (written by foreign holders only), and `FENCED` in the fallback.
     foreign: AtomicU32,
     val: RawCell<T>,
 }
@@ -39,30 +53,62 @@ pub(crate) struct Owned<T> {
 unsafe impl<T: Send> Sync for Owned<T> {}
 
 impl<T> Owned<T> {
-    pub(crate) fn new(v: T) -> Self {
-        Owned { busy: AtomicU32::new(0), foreign: AtomicU32::new(0), val: RawCell::new(v) }
+    /// A value whose owner fences itself if `fenced`.
+    pub(crate) fn new(v: T, fenced: bool) -> Self {
+        let foreign = if fenced { FENCED } else { 0 };
+        Owned { busy: AtomicU32::new(0), foreign: AtomicU32::new(foreign), val: RawCell::new(v) }
     }
 
-    /// The owner enters, unless a foreign holder is there or coming: then
-    /// it returns false at once.
+    /// Makes the owner fence itself from now on (a child after `fork()`
+    /// where `membarrier` was refused; it has one thread).
+    pub(crate) fn make_fenced(&self) {
+        // Relaxed: only the calling thread exists to read it.
+        self.foreign.fetch_or(FENCED, Ordering::Relaxed);
+    }
+
+    /// The owner's fast entry: it enters unless `foreign` is not 0 (a
+    /// foreign holder is there or coming, or the process runs the fallback,
+    /// where the owner must fence itself): then it returns false at once,
+    /// and the caller takes its slow path, which calls `enter_fenced`.
     #[inline(always)]
     pub(crate) fn enter(&self) -> bool {
+        self.busy.store(1, Ordering::Relaxed);
         #[cfg(not(loom))]
         {
-            // SeqCst swap: `busy` is visible before we read `foreign` (`xchg`
-            // is a full barrier): the owner's half of the scheme.
-            self.busy.swap(1, Ordering::SeqCst);
+            // Only a compiler barrier: the foreign side's `membarrier` is the
+            // full barrier between this store and our read of `foreign` (see
+            // `crate::barrier`); the compiler must not move the read above
+            // the store.
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
         }
         #[cfg(loom)]
         {
-            self.busy.store(1, Ordering::Relaxed);
-            // The full barrier of the scheme (the xchg of the real build).
+            // The full barrier of the scheme.
             crate::sync::fence(Ordering::SeqCst);
         }
-        // SeqCst (Acquire under loom, after the fence): the scheme's read; as
-        // an acquire it pairs with the Release of `unhold`, so we see what
-        // the last foreign holder wrote.
-        if self.foreign.load(LOAD) == 0 {
+        // Relaxed, then an Acquire fence once inside: the scheme's read (its
+        // ordering after our store comes from the barriers above and the
+        // foreign side's `membarrier`); the fence pairs with the Release of
+        // `unhold`, so we see what the last foreign holder wrote. On x86-64
+        // both are plain: a load the compiler can fold into a compare.
+        if self.foreign.load(Ordering::Relaxed) == 0 {
+            crate::sync::fence(Ordering::Acquire);
+            return true;
+        }
+        self.exit();
+        false
+    }
+
+    /// The owner's entry on its slow paths: as `enter`, and in the fallback
+    /// (`FENCED`) it fences its own store before reading `foreign` again.
+    #[cold]
+    pub(crate) fn enter_fenced(&self) -> bool {
+        self.busy.store(1, Ordering::Relaxed);
+        // SeqCst fence between our store of `busy` and the read: with the
+        // foreign side's own store-fence-read, one of the two reads sees
+        // the other's store. (Needless with `membarrier`, and harmless.)
+        crate::sync::fence(Ordering::SeqCst);
+        if self.foreign.load(LOAD) & FOREIGN == 0 {
             return true;
         }
         self.exit();
@@ -73,35 +119,30 @@ impl<T> Owned<T> {
     #[inline(always)]
     pub(crate) fn exit(&self) {
         // Release: hands our writes to the next foreign holder.
-        release_u32(&self.busy);
+        crate::sync::release_u32(&self.busy);
     }
 
-    /// `enter`, waiting for a foreign holder to leave.
+    /// `enter_fenced`, waiting for a foreign holder to leave.
     #[cold]
     pub(crate) fn enter_wait(&self) {
         let mut spin = Spin::new();
-        while !self.enter() {
+        while !self.enter_fenced() {
             spin.wait();
         }
     }
 
-    /// A foreign holder announces itself; `wait_owner` completes the hold.
-    /// From here on, the owner cannot enter until `unhold`.
+    /// A foreign holder announces itself; after `settle()`, `wait_owner`
+    /// completes the hold. From `settle()` on, the owner cannot enter until
+    /// `unhold`.
     pub(crate) fn announce(&self) {
-        #[cfg(not(loom))]
-        {
-            // SeqCst store: visible before we read `busy` (the scheme's other half).
-            self.foreign.store(1, Ordering::SeqCst);
-        }
-        #[cfg(loom)]
-        {
-            self.foreign.store(1, Ordering::Relaxed);
-            crate::sync::fence(Ordering::SeqCst);
-        }
+        // SeqCst: in the fallback this store, the fence of `settle` and the
+        // read of `busy` face the owner's store, fence and read (Dekker with
+        // fences); the `FENCED` bit stays as it is.
+        self.foreign.fetch_or(FOREIGN, Ordering::SeqCst);
     }
 
-    /// After `announce`: waits until the owner is out of the operation it
-    /// had begun, if any.
+    /// After `announce` and `settle`: waits until the owner is out of the
+    /// operation it had begun, if any.
     pub(crate) fn wait_owner(&self) {
         let mut spin = Spin::new();
         // SeqCst (Acquire under loom): the scheme's read; as an acquire it
@@ -111,7 +152,7 @@ impl<T> Owned<T> {
         }
     }
 
-    /// After `announce`: is the owner out (and kept out until `unhold`)?
+    /// After `announce` and `settle`: is the owner out (and kept out until `unhold`)?
     /// False while it is inside the operation it had begun: the caller may
     /// `unhold` and do without the value rather than wait.
     pub(crate) fn owner_out(&self) -> bool {
@@ -122,12 +163,14 @@ impl<T> Owned<T> {
     /// Takes the value from outside: exclusive until `unhold`.
     pub(crate) fn hold(&self) {
         self.announce();
+        settle();
         self.wait_owner();
     }
 
     pub(crate) fn unhold(&self) {
-        // Release: hands our writes back to the owner.
-        release_u32(&self.foreign);
+        // Release: hands our writes back to the owner (its read of `foreign`
+        // acquires); the `FENCED` bit stays.
+        self.foreign.fetch_and(!FOREIGN, Ordering::Release);
     }
 
     /// Runs `f` on the value.
@@ -161,6 +204,15 @@ impl<T> Owned<T> {
         self.unhold();
         r
     }
+}
+
+/// The foreign side's full barrier, between its `announce`s and its reads
+/// of `busy` (one call serves any number of announces).
+pub(crate) fn settle() {
+    #[cfg(not(loom))]
+    crate::barrier::heavy();
+    #[cfg(loom)]
+    crate::sync::fence(Ordering::SeqCst);
 }
 
 #[cfg(not(loom))]
@@ -242,7 +294,7 @@ mod loom_model {
     #[test]
     fn loom_owner_against_thief() {
         model(|| {
-            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }));
+            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }, false));
             let c2 = c.clone();
             // The thief takes one object from outside (a search at the limit).
             let thief = loom::thread::spawn(move || c2.with_held(|s| s.pop()));
@@ -259,10 +311,11 @@ mod loom_model {
     #[test]
     fn loom_owner_against_counter() {
         model(|| {
-            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }));
+            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }, false));
             let c2 = c.clone();
             let counter = loom::thread::spawn(move || {
                 c2.announce();
+                settle();
                 // SAFETY: announced, and the owner is out.
                 let n = if c2.owner_out() { Some(unsafe { c2.with(|s| s.n) }) } else { None };
                 c2.unhold();
@@ -281,7 +334,7 @@ mod loom_model {
     #[test]
     fn loom_owner_against_drain() {
         model(|| {
-            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }));
+            let c = Arc::new(Owned::new(Stack { items: [1, 2, 0, 0], n: 2 }, false));
             let c2 = c.clone();
             // The drainer empties the stack from outside (gc, destroy).
             let drain = loom::thread::spawn(move || {

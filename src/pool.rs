@@ -95,7 +95,7 @@ impl Drop for Transit<'_> {
 }
 
 /// The pool's side of its `Home`, for the thread caches.
-pub(crate) static BACK: Back = Back { begin: home_begin, take: home_take };
+pub(crate) static BACK: Back = Back { begin: home_begin, take: home_take, fetch: home_fetch };
 
 /// The pool a `Home` is embedded in.
 fn pool_of(home: &Home) -> &Pool {
@@ -110,13 +110,17 @@ fn home_begin(home: &Home) {
 }
 
 /// # Safety
-/// As `Back::take`: a chain of this pool's objects, out of every cache,
-/// counted out, owned by the caller; `home_begin` began the transit.
-unsafe fn home_take(home: &Home, chain: *mut Link) {
+/// As `Back::take`: a chain of `n` objects of this pool, out of every
+/// cache, counted out, owned by the caller; `home_begin` began the transit.
+unsafe fn home_take(home: &Home, chain: *mut Link, n: usize) {
     let pool = pool_of(home);
-    // SAFETY: the caller's guarantee, which is `release_chain`'s.
-    unsafe { pool.release_chain(chain) };
+    // SAFETY: the caller's guarantee, which is `release_batch`'s.
+    unsafe { pool.release_batch(chain, n) };
     pool.end_transit();
+}
+
+fn home_fetch(home: &Home, n: usize) -> (*mut Link, usize) {
+    pool_of(home).fetch_batch(n)
 }
 
 impl Pool {
@@ -173,11 +177,9 @@ impl Pool {
     /// `ptr` came from this pool and the caller holds it.
     #[inline(always)]
     pub(crate) unsafe fn free(&self, ptr: *mut u8) {
-        match cache::put(&self.home, ptr) {
-            cache::Put::Done => {}
-            cache::Put::OverBudget => cache::evict_current(),
+        if !cache::put(&self.home, ptr) {
             // SAFETY: the caller holds `ptr`, an object of this pool.
-            cache::Put::Refused => unsafe { self.free_slow(ptr) },
+            unsafe { self.free_slow(ptr) }
         }
     }
 
@@ -196,6 +198,11 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self) -> *mut u8 {
+        // An empty stack refills with a batch from the shared cache.
+        let p = cache::refill(&self.home);
+        if !p.is_null() {
+            return p;
+        }
         match &self.dbg {
             None => self.take_idle_or_new().0,
             Some(d) => self.alloc_checked(d, || self.take_idle_or_new()),
@@ -399,11 +406,34 @@ impl Pool {
         unsafe { os::free_object(p, self.alloc_size, self.mapped) };
     }
 
-    /// `release` for each object of a null-terminated chain.
+    /// `release` for a null-terminated chain of `n` objects: in one push
+    /// of the whole chain when the pool keeps them (one exchange or CAS on
+    /// the self-locked head), else object by object.
     ///
     /// # Safety
-    /// Every object of the chain is of this pool, counted out, owned by the caller.
-    pub(crate) unsafe fn release_chain(&self, mut p: *mut Link) {
+    /// Every object of the chain is of this pool, counted out, owned by the
+    /// caller; the chain has `n` objects.
+    pub(crate) unsafe fn release_batch(&self, first: *mut Link, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.dbg.is_none() && !self.over_limit() && !self.is_crowded() {
+            let out = self.c.out.load(Relaxed);
+            self.sample_need(out);
+            let mut last = first;
+            for _ in 1..n {
+                // SAFETY: the chain is ours and has `n` objects.
+                last = unsafe { next_of(last) };
+            }
+            debug_assert!(!last.is_null(), "the chain has n objects");
+            // SAFETY: the caller's chain, of this pool, linked from `first` to `last`.
+            if unsafe { self.shared.push_chain(first, last, n) } {
+                let was = self.c.out.fetch_sub(n, Relaxed);
+                debug_assert!(was >= n, "out counts the objects released");
+                return;
+            }
+        }
+        let mut p = first;
         while !p.is_null() {
             // SAFETY: the chain is ours; read the link before `release` reuses it.
             let next = unsafe { next_of(p) };
@@ -411,6 +441,16 @@ impl Pool {
             unsafe { self.release(p) };
             p = next;
         }
+    }
+
+    /// Up to `n` idle objects of the shared cache, counted out of it: the
+    /// chain and its length (for a thread cache's refill).
+    pub(crate) fn fetch_batch(&self, n: usize) -> (*mut Link, usize) {
+        let (chain, got) = self.shared.pop_batch(n.max(1));
+        if got != 0 {
+            self.c.out.fetch_add(got, Relaxed);
+        }
+        (chain, got)
     }
 
     /// Lost updates under contention only nudge the average; it is an estimate.

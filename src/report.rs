@@ -49,6 +49,7 @@ pub(crate) fn dump_to_fd(fd: i32) {
     use std::fmt::Write;
     let mut line = StackLine::new();
     let _ = writeln!(line, "Dumping pools usage.");
+    crate::barrier::describe(&mut line);
     if !write_all(fd, line.as_bytes()) {
         return;
     }

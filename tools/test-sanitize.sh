@@ -56,7 +56,7 @@ if [ $have_nightly = 1 ] && ! have_src; then
     timeout 300 rustup component add rust-src --toolchain nightly > "$OUT/rust-src.log" 2>&1 || true
 fi
 if [ $have_nightly = 1 ] && have_src; then
-    if RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer" CARGO_TARGET_DIR=target/tsan \
+    if RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer --cfg bufpool_tsan" CARGO_TARGET_DIR=target/tsan \
         $CARGO +nightly build -Zbuild-std=std,panic_abort --release --lib --target "$host" > "$OUT/tsan-lib.log" 2>&1; then
         mkdir -p "$OUT/tsanlib"
         cp -f "target/tsan/$host/release/libbufpool.so" "$OUT/tsanlib/libbufpool.so.0"

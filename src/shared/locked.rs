@@ -98,6 +98,50 @@ impl LockedList {
         self.unlock();
     }
 
+    /// Puts a chain (`first` .. `last`) at the head, under the lock.
+    ///
+    /// # Safety
+    /// The chain is owned by the caller, in no list, linked from `first` to `last`.
+    pub(crate) unsafe fn push_chain(&self, first: *mut Link, last: *mut Link) {
+        self.lock();
+        // SAFETY: we hold the lock; the caller owns the chain.
+        unsafe {
+            let head = self.inner.head.with(|h| *h);
+            set_next(last, head);
+            self.inner.head.with_mut(|h| *h = first);
+        }
+        self.unlock();
+    }
+
+    /// Takes up to `max` (at least 1) objects from the head: the chain
+    /// (null-ended) and its length.
+    pub(crate) fn pop_batch(&self, max: usize) -> (*mut Link, usize) {
+        self.lock();
+        // SAFETY: we hold the lock, the only way to reach `head`.
+        let first = unsafe { self.inner.head.with(|h| *h) };
+        let mut n = 0;
+        if !first.is_null() {
+            crate::sync::race_window();
+            let (mut last, mut count) = (first, 1);
+            // SAFETY: under the lock the list's objects are ours: mapped, links stable.
+            let mut next = unsafe { next_of(first) };
+            while count < max && !next.is_null() {
+                last = next;
+                count += 1;
+                // SAFETY: as above.
+                next = unsafe { next_of(last) };
+            }
+            // SAFETY: under the lock; `last` leaves the list with the batch.
+            unsafe {
+                set_next(last, core::ptr::null_mut());
+                self.inner.head.with_mut(|h| *h = next);
+            }
+            n = count;
+        }
+        self.unlock();
+        (first, n)
+    }
+
     /// Detaches the whole list and returns its first object.
     pub(crate) fn take_all(&self) -> *mut Link {
         self.lock();

@@ -72,6 +72,83 @@ impl Shared {
         true
     }
 
+    /// Keeps a chain of idle objects (`first` .. `last`, `n` of them): one
+    /// exchange or CAS for the self-locked head, one lock for the locked
+    /// list. Returns false when this store keeps nothing (the caller frees
+    /// them to the OS).
+    ///
+    /// # Safety
+    /// The chain is of this pool, owned by the caller, in no list, linked
+    /// from `first` to `last`, `n` objects long.
+    pub(crate) unsafe fn push_chain(&self, first: *mut Link, last: *mut Link, n: usize) -> bool {
+        debug_assert!(n >= 1, "a chain of at least one object");
+        match self {
+            // SAFETY: the caller's guarantee, which is `push_chain`'s.
+            Shared::Xchg(l) => unsafe { l.push_chain(first, last) },
+            // SAFETY: the caller's guarantee, which is `push_chain`'s.
+            Shared::Locked(l) => unsafe { l.push_chain(first, last) },
+            #[cfg(all(target_arch = "x86_64", not(loom)))]
+            Shared::Dwcas(l) => {
+                // One object at a time: the old list is kept as it was.
+                let mut p = first;
+                for _ in 0..n {
+                    // SAFETY: the caller's chain: ours; read the link before pushing.
+                    let next = unsafe { next_of(p) };
+                    // SAFETY: an object of the caller's chain, in no list now.
+                    unsafe { l.push(p) };
+                    p = next;
+                }
+            }
+            Shared::None => return false,
+            Shared::Debug(s) => {
+                let mut p = first;
+                for _ in 0..n {
+                    // SAFETY: the caller's chain: ours; read the link before pushing.
+                    let next = unsafe { next_of(p) };
+                    if !s.push(p) {
+                        // No memory for the store: the rest goes to the OS.
+                        // (Debug pools have no thread cache, so no chain
+                        // longer than one reaches here.)
+                        debug_assert!(p == first, "debug pools release one object at a time");
+                        return false;
+                    }
+                    p = next;
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes up to `max` (at least 1) idle objects: the chain (null-ended)
+    /// and its length; (null, 0) when empty.
+    pub(crate) fn pop_batch(&self, max: usize) -> (*mut Link, usize) {
+        match self {
+            Shared::Xchg(l) => l.pop_batch(max),
+            Shared::Locked(l) => l.pop_batch(max),
+            _ => {
+                // One at a time (the DWCAS list as it was; the debug store).
+                let first = self.pop();
+                if first.is_null() {
+                    return (first, 0);
+                }
+                let (mut last, mut n) = (first, 1);
+                while n < max {
+                    let p = self.pop();
+                    if p.is_null() {
+                        break;
+                    }
+                    // SAFETY: `last` and `p` were popped: ours.
+                    unsafe { set_next(last, p) };
+                    last = p;
+                    n += 1;
+                }
+                // SAFETY: `last` was popped: ours.
+                unsafe { set_next(last, core::ptr::null_mut()) };
+                (first, n)
+            }
+        }
+    }
+
     /// Does it keep every object it is given (so that its pool is never
     /// crowded)? Only the debug store does.
     pub(crate) fn keeps_all(&self) -> bool {

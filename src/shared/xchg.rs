@@ -97,6 +97,19 @@ impl XchgList {
     /// # Safety
     /// `item` is an object the caller owns and that is in no list.
     pub(crate) unsafe fn push(&self, item: *mut Link) {
+        // SAFETY: a chain of one object, owned by the caller.
+        unsafe { self.push_chain(item, item) };
+    }
+
+    /// Puts a chain of idle objects (`first` .. `last`, linked) at the
+    /// head with one compare-and-swap. Only `last`'s link is written, by
+    /// us, who own the chain until the CAS publishes it: the rule of the
+    /// self-locked head (only the holder reads a published link) holds.
+    ///
+    /// # Safety
+    /// The chain is owned by the caller, in no list, linked from `first` to
+    /// `last`.
+    pub(crate) unsafe fn push_chain(&self, first: *mut Link, last: *mut Link) {
         let mut spin = Spin::new();
         let mut seen = self.head.load(Ordering::Relaxed);
         loop {
@@ -105,13 +118,59 @@ impl XchgList {
                 seen = self.head.load(Ordering::Relaxed);
                 continue;
             }
-            // SAFETY: the caller owns `item`; it is published only by the CAS.
-            unsafe { set_next(item, seen) };
-            // Release: publishes the link we just wrote to the popper that acquires it.
-            match self.head.compare_exchange_weak(seen, item, Ordering::Release, Ordering::Relaxed) {
+            // SAFETY: the caller owns the chain; it is published only by the CAS.
+            unsafe { set_next(last, seen) };
+            // Release: publishes the links of the chain to the popper that acquires it.
+            match self.head.compare_exchange_weak(seen, first, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(now) => seen = now,
             }
+        }
+    }
+
+    /// Takes up to `max` (at least 1) idle objects from the head, holding
+    /// the list while it walks their links. Returns the chain (null-ended)
+    /// and its length; (null, 0) when the list is empty.
+    pub(crate) fn pop_batch(&self, max: usize) -> (*mut Link, usize) {
+        debug_assert!(max >= 1, "a batch of at least one object");
+        let mut spin = Spin::new();
+        loop {
+            // Relaxed peek: an empty or busy list costs no bus write.
+            let seen = self.head.load(Ordering::Relaxed);
+            if seen.is_null() {
+                return (seen, 0);
+            }
+            if seen == BUSY {
+                spin.wait();
+                continue;
+            }
+            // Acquire: pairs with the Release that published these links.
+            let first = self.head.swap(BUSY, Ordering::Acquire);
+            if first == BUSY {
+                spin.wait();
+                continue;
+            }
+            if first.is_null() {
+                release_store(&self.head, first);
+                return (first, 0);
+            }
+            crate::sync::race_window();
+            let (mut last, mut n) = (first, 1);
+            // SAFETY: the head holds BUSY: this thread alone owns the list's
+            // objects until it stores the head back, so their links are
+            // stable and their memory mapped.
+            let mut next = unsafe { next_of(first) };
+            while n < max && !next.is_null() {
+                last = next;
+                n += 1;
+                // SAFETY: as above: `last` is in the list we hold.
+                next = unsafe { next_of(last) };
+            }
+            // SAFETY: `last` is ours now (cut off the list we hold).
+            unsafe { set_next(last, core::ptr::null_mut()) };
+            // Release: hands the rest of the list to the next holder.
+            release_store(&self.head, next);
+            return (first, n);
         }
     }
 
