@@ -57,21 +57,21 @@ const OBJ_WORDS: [(&str, u32); 6] = [
 
 static ENV_ONCE: Once = Once::new();
 
-const HELP: &str = "bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-separated list of:\n\
-  poison[=BYTE]    fill each object handed out with BYTE (default 0x50; 0..255, decimal or 0x..)\n\
-  integrity        fill idle objects with a changing pattern, check it on reuse (write after free)\n\
-  tag              a word after each object names its pool: double, wrong-pool and foreign frees abort\n\
-  caller           remember the last allocating/freeing caller of each object, shown on abort\n\
-  cold-first       reuse the idle object freed longest ago first (FIFO), not the last one\n\
-  uaf              each object in its own mapping, unmapped on free (use after free faults)\n\
-  fail=PERCENT     make PERCENT % of allocations fail (0..100); buffer allocations of the\n\
-                   classes DB_MUX_TX and DB_PERMANENT are spared\n\
-  no-cache         no thread cache\n\
-  no-global        no shared cache\n\
-  race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link,\n\
-                   in every shared-cache algorithm (DWCAS then crashes when objects go to the OS)\n\
-  help             print this list\n\
-  Object modes (poison..uaf, fail) apply to pools created afterwards; 'no-WORD' turns one off\n\
+const HELP: &str = "bufpool: BUFPOOL_DEBUG / pool_set_debugging() take a comma-separated list of:
+  poison[=BYTE]    fill each object handed out with BYTE (default 0x50; 0..255, decimal or 0x..)
+  integrity        fill idle objects with a changing pattern, check it on reuse (write after free)
+  tag              a word after each object names its pool: double, wrong-pool and foreign frees abort
+  caller           remember the last allocating/freeing caller of each object, shown on abort
+  cold-first       reuse the idle object freed longest ago first (FIFO), not the last one
+  uaf              each object in its own mapping, unmapped on free (use after free faults)
+  fail=PERCENT     make PERCENT % of allocations fail (0..100); buffer allocations of the
+                   classes DB_MUX_TX and DB_PERMANENT are spared
+  no-cache         no thread cache
+  no-global        no shared cache
+  race-window=N    spin N pauses (or 'yield') between reading a shared-cache head and its link,
+                   in every shared-cache algorithm (DWCAS then crashes when objects go to the OS)
+  help             print this list
+  Object modes (poison..uaf, fail) apply to pools created afterwards; 'no-WORD' turns one off
   ('cache', 'global', 'hot-first', 'fail=0', 'race-window=0' likewise).\n";
 
 /// Reads `BUFPOOL_DEBUG` once. Called at every entry that creates state.

@@ -6,3 +6,4 @@ mod pools;
 
 pub use buffers::*;
 pub use pools::*;
+mod version; pub use version::*;
