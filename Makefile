@@ -1,13 +1,22 @@
 # bufpool: build, test, bench, demo, install.
 # `make` builds the libraries into build/lib and refreshes include/bufpool.h.
 # `make test` is what CI runs: header check, symbol check, Rust tests, loom
-# models, and every C harness in c_tests/.
+# models, every C harness in c_tests/, the install through pkg-config, the
+# LD_PRELOAD swap.
 
 CARGO    ?= cargo
 CC       ?= gcc
+STRIP    ?= strip
+PKG_CONFIG ?= pkg-config
+LDCONFIG ?= ldconfig
 PREFIX   ?= /usr/local
-VERSION  := 0.1.0
-SOMAJOR  := 0
+libdir   ?= $(PREFIX)/lib
+includedir ?= $(PREFIX)/include
+pkgconfigdir ?= $(libdir)/pkgconfig
+# The version has one source, Cargo.toml; build.rs derives the soname and
+# the header's BUFPOOL_VERSION* macros from the same line.
+VERSION  := $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n 1)
+SOMAJOR  := $(firstword $(subst ., ,$(VERSION)))
 
 TARGET   := target/release
 LIBDIR   := build/lib
@@ -16,6 +25,9 @@ SO       := $(LIBDIR)/libbufpool.so
 SOFULL   := $(LIBDIR)/libbufpool.so.$(VERSION)
 ARCHIVE  := $(LIBDIR)/libbufpool.a
 HEADER   := include/bufpool.h
+# What make install copies: the libraries without their debug info (build/lib
+# keeps it, for make bench and debuggers).
+DIST     := build/dist
 
 CWARN    := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
@@ -38,13 +50,26 @@ HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
 NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
 DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
-.PHONY: all lib header check-header check-symbols test test-rust test-debug test-fallback lint test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean
+.PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
+	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
+	test-demo-verdict bench demo install uninstall clean
 
 all: lib header
 
-# The Rust build; build.rs regenerates target/release/bufpool.h.
+# The C libraries; build.rs regenerates target/release/bufpool.h. `cargo
+# rustc` with the C crate types only: rustc then builds the standard library
+# into them by LTO, keeping only what bufpool reaches. With the rlib among
+# the crate types (Cargo.toml has it for the Rust tests, so a plain `cargo
+# build` does that), the .a carries all of std as one object file, and a
+# `-static` link pulls in getaddrinfo and getpwuid_r with it (README: Static
+# linking). The native libraries the .a needs, as rustc prints them, are
+# kept for bufpool.pc's Libs.private.
+CARGO_LIB := $(CARGO) rustc --release --lib --crate-type cdylib,staticlib -- --print native-static-libs
 $(TARGET)/libbufpool.so $(TARGET)/libbufpool.a $(TARGET)/bufpool.h: FORCE
-	$(CARGO) build --release --lib
+	@mkdir -p build
+	@echo "$(CARGO) rustc --release --lib --crate-type cdylib,staticlib"
+	@{ $(CARGO_LIB) 2>&1; echo $$? > build/cargo-lib.rc; } | tee build/cargo-lib.log | grep -v -e '^note: ' -e '^$$' || true
+	@exit $$(cat build/cargo-lib.rc)
 FORCE:
 
 lib: $(TARGET)/libbufpool.so
@@ -53,6 +78,14 @@ lib: $(TARGET)/libbufpool.so
 	@ln -sf libbufpool.so.$(VERSION) $(LIBDIR)/libbufpool.so.$(SOMAJOR)
 	@ln -sf libbufpool.so.$(SOMAJOR) $(SO)
 	@cp -f $(TARGET)/libbufpool.a $(ARCHIVE)
+	@sed -n 's/^note: native-static-libs: //p' build/cargo-lib.log | tail -n 1 > $(LIBDIR)/native-static-libs
+
+# The installed copies: debug info stripped.
+dist: lib
+	@mkdir -p $(DIST)
+	@$(STRIP) --strip-unneeded -o $(DIST)/libbufpool.so.$(VERSION) $(SOFULL)
+	@$(STRIP) --strip-debug -o $(DIST)/libbufpool.a $(ARCHIVE)
+	@echo "$(DIST): libbufpool.so.$(VERSION) $$(du -k $(DIST)/libbufpool.so.$(VERSION) | cut -f1) KiB, libbufpool.a $$(du -k $(DIST)/libbufpool.a | cut -f1) KiB (debug info stripped)"
 
 header: lib
 	@cmp -s $(TARGET)/bufpool.h $(HEADER) || { cp $(TARGET)/bufpool.h $(HEADER); echo "updated $(HEADER)"; }
@@ -159,8 +192,43 @@ test-musl: lib musl-tools
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
 	else $(NO_MUSL_MSG); fi
 
-test: lint check-header check-symbols test-rust test-debug test-loom test-c test-fallback test-musl test-tsan
+test: lint check-header check-symbols check-license test-rust test-debug test-loom test-c test-fallback test-musl \
+	test-tsan test-output test-cargo-build test-install test-preload test-demo-verdict
 	@echo "make test: all passed"
+
+# Both licence texts, and the header's SPDX line saying what Cargo.toml says.
+check-license: header
+	@lic=$$(sed -n 's/^license *= *"\(.*\)"/\1/p' Cargo.toml); \
+	grep -q "SPDX-License-Identifier: $$lic \*/" $(HEADER) || { echo "FAIL: $(HEADER) lacks 'SPDX-License-Identifier: $$lic'"; exit 1; }; \
+	grep -q "Copyright (c) .* the bufpool authors" LICENSE-MIT && grep -q "Apache License" LICENSE-APACHE && grep -q "Version 2.0, January 2004" LICENSE-APACHE || \
+	  { echo "FAIL: LICENSE-MIT or LICENSE-APACHE missing or not the standard text"; exit 1; }; \
+	echo "licence: $$lic, LICENSE-MIT and LICENSE-APACHE present, SPDX line in the header"
+
+# What the library prints for people: the help text's lines are indented
+# under its first line, continuation lines under the descriptions.
+test-output: $(BINDIR)/test_pool_failed
+	@BUFPOOL_DEBUG=help $(BINDIR)/test_pool_failed 2> build/help.txt > /dev/null; \
+	if sed -n '2,$$p' build/help.txt | grep -q '^[^ ]'; then echo "FAIL: BUFPOOL_DEBUG=help has unindented lines:"; cat build/help.txt; exit 1; fi; \
+	grep -q '^                   [^ ]' build/help.txt || { echo "FAIL: help's continuation lines are not under the descriptions"; cat build/help.txt; exit 1; }; \
+	echo "help text: $$(wc -l < build/help.txt) lines, indented"
+
+# A plain `cargo build` gives a library a C program can link and run: the
+# soname link libbufpool.so.$(SOMAJOR) is beside libbufpool.so (build.rs).
+test-cargo-build: lib
+	@$(CARGO) build --release --lib --quiet
+	@test -e $(TARGET)/libbufpool.so.$(SOMAJOR) || { echo "FAIL: cargo build left no $(TARGET)/libbufpool.so.$(SOMAJOR)"; exit 1; }
+	@mkdir -p $(BINDIR)
+	@$(CC) -std=c11 $(CWARN) -I$(TARGET) c_tests/install/app.c -L$(TARGET) -lbufpool -o $(BINDIR)/app_cargo
+	@out=$$(LD_LIBRARY_PATH=$(TARGET) $(BINDIR)/app_cargo) || { echo "FAIL: a program linked against a plain cargo build does not run"; exit 1; }; \
+	echo "cargo build: -L$(TARGET) -lbufpool and LD_LIBRARY_PATH=$(TARGET) run ($$out)"
+
+# make install into temporary prefixes, programs built through pkg-config.
+test-install: all
+	@VERSION=$(VERSION) SOMAJOR=$(SOMAJOR) CC="$(CC)" MAKE="$(MAKE)" PKG_CONFIG="$(PKG_CONFIG)" tools/test-install.sh
+
+# LD_PRELOAD=libbufpool.so in place of an old pool library.
+test-preload: lib
+	@CC="$(CC)" CFLAGS_ALL="$(CFLAGS_ALL)" tools/test-preload.sh
 
 # The C harnesses under ASan+UBSan and under TSan, the Rust tests under ASan
 # (nightly), and valgrind memcheck: see tools/test-sanitize.sh.
@@ -176,21 +244,70 @@ bench: lib
 DEMO_RUNS    ?= 5
 DEMO_SECONDS ?= 1
 DEMO_CELL    ?= 0.2
+# A legend first; each program appends its figures to build/demo-summary.txt,
+# from which demo/verdict.sh writes the closing verdict.
+DEMO_SUM := build/demo-summary.txt
 demo: lib musl-tools $(BINDIR)/race_demo $(BINDIR)/throughput
-	@$(BINDIR)/race_demo $(DEMO_RUNS) $(DEMO_SECONDS)
+	@demo/verdict.sh legend
+	@rm -f $(DEMO_SUM)
+	@BUFPOOL_DEMO_SUMMARY=$(DEMO_SUM) $(BINDIR)/race_demo $(DEMO_RUNS) $(DEMO_SECONDS) || true
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory -s $(BINDIR)/race_demo.musl $(BINDIR)/throughput.musl >/dev/null && \
-	  $(BINDIR)/race_demo.musl $(DEMO_RUNS) $(DEMO_SECONDS); else $(NO_MUSL_MSG); fi
-	@$(BINDIR)/throughput $(DEMO_CELL)
-	@if $(HAVE_MUSL); then $(BINDIR)/throughput.musl $(DEMO_CELL); fi
+	  { BUFPOOL_DEMO_SUMMARY=$(DEMO_SUM) $(BINDIR)/race_demo.musl $(DEMO_RUNS) $(DEMO_SECONDS) || true; }; else $(NO_MUSL_MSG); fi
+	@BUFPOOL_DEMO_SUMMARY=$(DEMO_SUM) $(BINDIR)/throughput $(DEMO_CELL)
+	@if $(HAVE_MUSL); then BUFPOOL_DEMO_SUMMARY=$(DEMO_SUM) $(BINDIR)/throughput.musl $(DEMO_CELL); fi
+	@demo/verdict.sh verdict $(DEMO_SUM)
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 755 $(SOFULL) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf libbufpool.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbufpool.so.$(SOMAJOR)
-	ln -sf libbufpool.so.$(SOMAJOR) $(DESTDIR)$(PREFIX)/lib/libbufpool.so
-	install -m 644 $(ARCHIVE) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(HEADER) $(DESTDIR)$(PREFIX)/include/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bufpool.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bufpool.pc
+# The verdict's arithmetic on fixed figures (the README's run: expected
+# outcome, exit 0; the same with one xchg crash: UNEXPECTED, exit 1), then
+# a tiny real run (1 race run per algorithm, 2 ms cells) so that the
+# programs' summary lines and the script keep agreeing.
+test-demo-verdict: $(BINDIR)/race_demo $(BINDIR)/throughput
+	@out=$$(demo/verdict.sh verdict demo/testdata/summary-readme.txt) || { echo "FAIL: verdict on the README figures: exit $$?"; echo "$$out"; exit 1; }; \
+	for want in "on glibc in 5 of 5 runs, 92.7 ms" "on musl in 5 of 5 runs, 67.7 ms" "survived 10 of 10 runs" \
+	    "against the lock (locked): median 1.00x, from 0.52x to 1.99x over 13 cells" "against no cache (none):   median 305x" \
+	    "slower than no cache in 1: glibc 16K 1thr" "on musl, by object size (median over thread counts): 72x at 16K, 193x at 48K" \
+	    "dwcas against xchg:        median 0.83x" "at the speed of the lock, and 305x the speed of no cache (0.80x to 743x)"; do \
+	  case "$$out" in *"$$want"*) ;; *) echo "FAIL: verdict lacks '$$want':"; echo "$$out"; exit 1;; esac; done
+	@sed 's/^race glibc xchg 5 0 5/race glibc xchg 5 1 4/' demo/testdata/summary-readme.txt > build/demo-bad.txt; \
+	out=$$(demo/verdict.sh verdict build/demo-bad.txt); rc=$$?; \
+	case "$$out" in *"UNEXPECTED: xchg, the default, crashed"*) [ $$rc = 1 ] || { echo "FAIL: verdict exit $$rc on an xchg crash"; exit 1; };; \
+	  *) echo "FAIL: an xchg crash is not called unexpected:"; echo "$$out"; exit 1;; esac
+	@rm -f build/demo-tiny.txt; BUFPOOL_DEMO_SUMMARY=build/demo-tiny.txt $(BINDIR)/race_demo 1 0.2 > /dev/null || true; \
+	BUFPOOL_DEMO_SUMMARY=build/demo-tiny.txt $(BINDIR)/throughput 0.002 > /dev/null; \
+	out=$$(demo/verdict.sh verdict build/demo-tiny.txt); rc=$$?; \
+	if [ $$rc -gt 1 ] || [ $$(grep -c '^race ' build/demo-tiny.txt) != 4 ] || [ $$(grep -c '^tp ' build/demo-tiny.txt) != 12 ]; then \
+	  echo "FAIL: the demo programs' figures and demo/verdict.sh disagree:"; cat build/demo-tiny.txt; echo "$$out"; exit 1; fi; \
+	case "$$out" in *"xchg, the default, survived"*"against the lock (locked): median"*"=>"*) ;; \
+	  *) echo "FAIL: verdict of a tiny run:"; echo "$$out"; exit 1;; esac
+	@echo "demo verdict: computed from the figures (README run, an xchg crash, a tiny real run)"
+
+# bufpool.pc for PREFIX. Libs.private: what rustc printed for the .a, less
+# -lgcc_s and -lc, which gcc adds by itself (and -lgcc_s, a shared library
+# only, would break `gcc -static`: there gcc links libgcc_eh.a instead).
+build/bufpool.pc: bufpool.pc.in lib FORCE
+	@libs=$$(tr ' ' '\n' < $(LIBDIR)/native-static-libs | grep -v -x -e '' -e -lgcc_s -e -lc | tr '\n' ' ' | sed 's/ $$//'); \
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(libdir)|' -e 's|@INCLUDEDIR@|$(includedir)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e "s|@LIBS_PRIVATE@|$${libs:--lpthread -ldl -lm}|" bufpool.pc.in > $@
+
+# Stripped libraries, the header, bufpool.pc; then ldconfig when it is due
+# (root, a directory of the dynamic linker, no DESTDIR), else one note on
+# how programs will find the library (tools/install-ldconfig.sh).
+install: all dist build/bufpool.pc
+	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir)
+	install -m 755 $(DIST)/libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/
+	ln -sf libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/libbufpool.so.$(SOMAJOR)
+	ln -sf libbufpool.so.$(SOMAJOR) $(DESTDIR)$(libdir)/libbufpool.so
+	install -m 644 $(DIST)/libbufpool.a $(DESTDIR)$(libdir)/
+	install -m 644 $(HEADER) $(DESTDIR)$(includedir)/
+	install -m 644 build/bufpool.pc $(DESTDIR)$(pkgconfigdir)/
+	@DESTDIR="$(DESTDIR)" LDCONFIG="$(LDCONFIG)" tools/install-ldconfig.sh install $(libdir) libbufpool.so.$(SOMAJOR)
+
+# Removes what install put there (same PREFIX, libdir, DESTDIR).
+uninstall:
+	rm -f $(DESTDIR)$(libdir)/libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/libbufpool.so.$(SOMAJOR) \
+	      $(DESTDIR)$(libdir)/libbufpool.so $(DESTDIR)$(libdir)/libbufpool.a \
+	      $(DESTDIR)$(includedir)/bufpool.h $(DESTDIR)$(pkgconfigdir)/bufpool.pc
+	@DESTDIR="$(DESTDIR)" LDCONFIG="$(LDCONFIG)" tools/install-ldconfig.sh uninstall $(libdir) libbufpool.so.$(SOMAJOR)
 
 clean:
 	rm -rf build

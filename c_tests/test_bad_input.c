@@ -511,6 +511,19 @@ static void r_fail_half(void)
     CHECK_EQ(pool_failed(p), nulls);
 }
 
+/* Without a debug mode nothing is checked: the object is idle twice. */
+static void r_plain_double_free(void)
+{
+    struct pool_head *p = create_pool("plain", 64, 0);
+    void *o = pool_alloc(p), *a, *b;
+    CHECK(o != NULL);
+    pool_free(p, o);
+    pool_free(p, o);
+    a = pool_alloc(p);
+    b = pool_alloc(p);
+    CHECK(a == o && b == o); /* two callers now hold the same object */
+}
+
 /* ---- the rows: buffers and the wait queue ---------------------------------- */
 static int cb_count;
 static int count_cb(void *t)
@@ -728,6 +741,8 @@ static const struct row ROWS[] = {
     OK("`b_alloc_crit`, `b_queue_crit` with an unknown class", "NULL, 0", r_buf_bad_crit),
     ENV_OK("`fail=100` on buffers", "`pool_alloc`, `b_alloc` and the classes below `DB_MUX_TX` NULL; `DB_MUX_TX`, "
            "`DB_PERMANENT` and `dynbuf_init`'s reserve spared", "fail=100", r_buf_fail_spares_critical),
+    OK("`pool_free` twice, without a debug mode", "not detected: the next two `pool_alloc` both return the object, "
+       "two callers share it (`BUFPOOL_DEBUG=tag` aborts on the second free instead)", r_plain_double_free),
 };
 
 #define NROWS ((int)(sizeof(ROWS) / sizeof(ROWS[0])))

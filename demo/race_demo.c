@@ -8,8 +8,16 @@
  * crash, the operations served. Then one DWCAS run with the window left
  * closed, to show that the bug is there but rare without help.
  *
- * Usage: race_demo [runs [seconds]]  (default 5 runs of at most 1 s). */
+ * Usage: race_demo [runs [seconds]]  (default 5 runs of at most 1 s).
+ * With BUFPOOL_DEMO_SUMMARY=FILE it also appends its figures to FILE, one
+ * line per algorithm, for demo/verdict.sh. */
 #include "race.h"
+
+#if defined(__GLIBC__)
+#define DEMO_LIBC "glibc"
+#else
+#define DEMO_LIBC "musl"
+#endif
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -37,6 +45,8 @@ int main(int argc, char **argv)
     size_t a;
     int i, bad = 0;
     char buf[64];
+    const char *sum_path = getenv("BUFPOOL_DEMO_SUMMARY");
+    FILE *sum = sum_path ? fopen(sum_path, "a") : NULL;
 
     if (runs < 1 || runs > MAX_RUNS)
         runs = 5;
@@ -44,7 +54,7 @@ int main(int argc, char **argv)
            "   minavail %u, bursts of %d objects, window widened (%s); %d runs per algorithm, at most %.1f s each\n",
            race_libc(), prm.threads, prm.minavail, prm.burst, prm.window, runs, bound);
     for (a = 0; a < RACE_NALGOS; a++) {
-        double t[MAX_RUNS];
+        double t[MAX_RUNS], tcrash[MAX_RUNS];
         unsigned long ops[MAX_RUNS], drops = 0;
         int segv = 0, clean = 0, other = 0;
 
@@ -58,7 +68,7 @@ int main(int argc, char **argv)
             ops[i] = r.ops;
             drops += r.drops;
             if (r.signaled && r.sig == SIGSEGV)
-                segv++;
+                tcrash[segv++] = t[i];
             else if (!r.signaled && r.code == 0)
                 clean++;
             else {
@@ -82,13 +92,25 @@ int main(int argc, char **argv)
             bad = 1;
         }
         (void)other;
+        if (sum) {
+            qsort(tcrash, (size_t)segv, sizeof(tcrash[0]), cmp_double);
+            /* race LIBC ALGO RUNS SEGV CLEAN OTHER CRASH_MS_MEDIAN CRASH_MS_MIN CRASH_MS_MAX OPS_MEDIAN */
+            fprintf(sum, "race %s %s %d %d %d %d %.1f %.1f %.1f %lu\n", DEMO_LIBC, race_algos[a].name, runs, segv,
+                    clean, other, segv ? tcrash[segv / 2] : -1.0, segv ? tcrash[0] : -1.0,
+                    segv ? tcrash[segv - 1] : -1.0, ops[runs / 2]);
+        }
     }
 
     prm.flag = POOL_F_SHARED_DWCAS;
     prm.window = NULL;
     prm.max_seconds = 3 * bound;
-    if (race_run(&prm, &r) == 0)
+    if (race_run(&prm, &r) == 0) {
         printf("  dwcas without the widened window: %s after %.2f s, %lu ops served\n",
                r.signaled ? race_ending(&r, buf, sizeof(buf)) : "survived", r.seconds, r.ops);
+        if (sum) /* nowindow LIBC SIGNAL(0: survived) SECONDS OPS */
+            fprintf(sum, "nowindow %s %d %.2f %lu\n", DEMO_LIBC, r.signaled ? r.sig : 0, r.seconds, r.ops);
+    }
+    if (sum)
+        fclose(sum);
     return bad;
 }

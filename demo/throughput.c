@@ -17,8 +17,16 @@
  * REPEAT times in a row of the four algorithms; a cell shows its best run,
  * as the machine is shared and 2-core.
  *
- * Usage: throughput [seconds per cell run]  (default 0.2). */
+ * Usage: throughput [seconds per cell run]  (default 0.2).
+ * With BUFPOOL_DEMO_SUMMARY=FILE it also appends each cell to FILE, for
+ * demo/verdict.sh. */
 #include "race.h"
+
+#if defined(__GLIBC__)
+#define DEMO_LIBC "glibc"
+#else
+#define DEMO_LIBC "musl"
+#endif
 
 #define INFLIGHT 4
 #define REPEAT 3
@@ -142,6 +150,8 @@ static double tp_cell(unsigned int size, unsigned int flag, int threads, double 
 int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? strtod(argv[1], NULL) : 0.2;
+    const char *sum_path = getenv("BUFPOOL_DEMO_SUMMARY");
+    FILE *sum = sum_path ? fopen(sum_path, "a") : NULL;
     size_t s, a;
     int t;
 
@@ -189,7 +199,16 @@ int main(int argc, char **argv)
             if (m[0] > 0 && m[2] > 0)
                 printf(" %9.2fx", m[2] / m[0]);
             printf("\n");
+            if (sum) { /* tp LIBC SIZE THREADS XCHG LOCKED DWCAS NONE (Mops/s, -1: crashed) */
+                fprintf(sum, "tp %s %s %d", DEMO_LIBC, size_names[s], thread_counts[t]);
+                for (a = 0; a < RACE_NALGOS; a++)
+                    fprintf(sum, " %.3f", m[a]);
+                fprintf(sum, "\n");
+                fflush(sum);
+            }
         }
     }
+    if (sum)
+        fclose(sum);
     return 0;
 }

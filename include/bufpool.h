@@ -1,6 +1,9 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
 /*
  * bufpool: HAProxy-style memory pools, margin allocation and buffer wait
- * queues, for C programs. Link with -lbufpool (shared) or libbufpool.a.
+ * queues, for C programs. Link with `pkg-config --libs bufpool` (shared) or
+ * `pkg-config --static --libs bufpool` (static). Copyright the bufpool
+ * authors; licensed under MIT or Apache-2.0, at your option.
  *
  * Thread-safe throughout: any function may be called from any thread.
  * Bad input gets the documented result (NULL, a negative return, a no-op);
@@ -19,6 +22,16 @@
 #define BUFPOOL_H
 
 #include <stddef.h>
+
+/**
+ * The version of this header: MAJOR.MINOR.PATCH. bufpool_version() returns
+ * the library's; the soname, libbufpool.so.MAJOR, changes with MAJOR.
+ */
+#define BUFPOOL_VERSION_MAJOR 0
+#define BUFPOOL_VERSION_MINOR 1
+#define BUFPOOL_VERSION_PATCH 0
+#define BUFPOOL_VERSION "0.1.0"
+
 /**
  * BUF_NULL: a buffer that is not allocated, { 0, NULL, 0, 0 }, as an
  * expression (`buf = BUF_NULL;`). For a static initializer use
@@ -361,6 +374,9 @@ void *pool_zalloc(struct pool_head *pool);
 /**
  * Gives an object back to its pool. `ptr` NULL is a no-op, and so is a
  * NULL `pool` (the object is then leaked). `ptr` must come from `pool`.
+ * Without a debug mode nothing is checked: an object freed twice is idle
+ * twice, and the pool hands the same object out to two callers. Run with
+ * `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
  */
 void pool_free(struct pool_head *pool, void *ptr);
 
@@ -441,7 +457,12 @@ unsigned long pool_used(const struct pool_head *pool);
 unsigned long pool_needed_avg(const struct pool_head *pool);
 
 /**
- * Allocations of the pool that returned NULL. 0 for NULL.
+ * Allocations of the pool that returned NULL: at the limit, for lack of
+ * memory, or by `fail=PERCENT`. Buffer allocations refused before they ask
+ * the buffer pool are not counted: those that would eat into the reserve
+ * (the margin of `b_alloc_margin`, the class tier of `b_alloc_crit`), those
+ * refused because a waiter is queued (`b_alloc_crit`), and those refused
+ * while callers hold more buffers than a lowered limit. 0 for NULL.
  */
 unsigned long pool_failed(const struct pool_head *pool);
 
@@ -491,6 +512,16 @@ void dump_pools_to_fd(int fd);
  * changes, and the word is reported on stderr). NULL returns -1.
  */
 int pool_set_debugging(const char *opts);
+
+/**
+ * The version of the library actually loaded, as "MAJOR.MINOR.PATCH" (a
+ * static string, never NULL). Compare it with the header's
+ * `BUFPOOL_VERSION` at start-up to check that the library a program runs
+ * with is the one it was compiled against:
+ * `strcmp(bufpool_version(), BUFPOOL_VERSION) == 0`. Libraries of the same
+ * `BUFPOOL_VERSION_MAJOR` share the soname `libbufpool.so.MAJOR`.
+ */
+const char *bufpool_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"

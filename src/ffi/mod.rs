@@ -16,3 +16,5 @@ mod pools;
 pub use crate::flags::*;
 pub use buffers::*;
 pub use pools::*;
+mod version;
+pub use version::*;

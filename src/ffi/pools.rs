@@ -85,6 +85,9 @@ pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 
 /// Gives an object back to its pool. `ptr` NULL is a no-op, and so is a
 /// NULL `pool` (the object is then leaked). `ptr` must come from `pool`.
+/// Without a debug mode nothing is checked: an object freed twice is idle
+/// twice, and the pool hands the same object out to two callers. Run with
+/// `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
 #[no_mangle]
 pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
@@ -192,7 +195,12 @@ pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.needed_avg() as c_ulong)
 }
 
-/// Allocations of the pool that returned NULL. 0 for NULL.
+/// Allocations of the pool that returned NULL: at the limit, for lack of
+/// memory, or by `fail=PERCENT`. Buffer allocations refused before they ask
+/// the buffer pool are not counted: those that would eat into the reserve
+/// (the margin of `b_alloc_margin`, the class tier of `b_alloc_crit`), those
+/// refused because a waiter is queued (`b_alloc_crit`), and those refused
+/// while callers hold more buffers than a lowered limit. 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.failed() as c_ulong)
