@@ -1,0 +1,24 @@
+#!/bin/sh
+# bench/deps.sh: installs what `make bench` compares with and measures with,
+# when it is missing and we are root with apt-get (Debian's packages):
+# the peers' development packages, valgrind (callgrind) and gnuplot (the
+# plot). Not root: nothing; bench/run.sh names what it skipped, in one line.
+# apt-get install is retried once after an apt-get update.
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+missing=""
+for p in libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev; do
+    have_pkg "$p" || missing="$missing $p"
+done
+command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
+command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
+
+[ -n "$missing" ] || exit 0
+[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || exit 0
+echo "bench: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q $missing >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1; } ||
+    echo "bench: apt-get install$missing failed: those peers or tools are skipped"
+exit 0
