@@ -175,6 +175,11 @@ pub(crate) struct Local {
 /// A thread's cache: owned by its thread, held from outside now and then.
 pub(crate) type ThreadCache = Owned<Local>;
 
+// SAFETY: a `Local` is only reached under the owner/foreign protocol of its
+// `Owned` (one thread at a time); its raw pointers are idle objects that
+// belong to whoever is inside.
+unsafe impl Send for Local {}
+
 thread_local! {
     static EXITED: Cell<bool> = const { Cell::new(false) };
 }
@@ -195,31 +200,69 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     })
 }
 
-/// The pointer to this thread's cache, in one thread-local word.
+/// The stand-in cache of a thread that has none (yet, or any more): empty,
+/// and no owner ever enters it (its `foreign` word is set for good), so the
+/// fast path needs no test for "no cache": it fails its usual `foreign`
+/// test and the slow path sees `NO_CACHE`. Never registered: no foreign
+/// holder ever reaches it. Its `busy` word is written by every thread
+/// without a cache, which is harmless (nobody reads it).
+#[cfg(not(loom))]
+static NO_CACHE: ThreadCache = Owned::parked(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] });
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref NO_CACHE: ThreadCache = {
+        let c = Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, false);
+        c.announce();
+        c
+    };
+}
+
+/// The stand-in cache.
+#[cfg(not(loom))]
+fn no_cache() -> &'static ThreadCache {
+    &NO_CACHE
+}
+
+#[cfg(loom)]
+fn no_cache() -> &'static ThreadCache {
+    &NO_CACHE
+}
+
+/// Is `tc` the stand-in of a thread without a cache?
+fn is_none(tc: &ThreadCache) -> bool {
+    core::ptr::eq(tc, no_cache())
+}
+
+/// The pointer to this thread's cache, in one thread-local word, never
+/// null: `NO_CACHE` until the thread makes its own.
 ///
 /// On x86-64 Linux the word lives in the static TLS block (initial-exec
-/// model), read with two instructions. Rust's own `thread_local!` in a
-/// shared object goes through `__tls_get_addr`, a call that costs more than
-/// the rest of the fast path. mimalloc makes the same choice; glibc keeps
-/// spare static TLS for libraries loaded with `dlopen`, and one word fits.
+/// model), read with two instructions, and starts as `&NO_CACHE` (the TLS
+/// image holds the address, relocated at load). Rust's own `thread_local!`
+/// in a shared object goes through `__tls_get_addr`, a call that costs more
+/// than the rest of the fast path. mimalloc makes the same choice; glibc
+/// keeps spare static TLS for libraries loaded with `dlopen`, and one word
+/// fits.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
 mod current {
-    use super::ThreadCache;
+    use super::{ThreadCache, NO_CACHE};
 
     core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
+        ".pushsection .tdata,\"awT\",@progbits",
         ".p2align 3",
         ".globl bufpool_tls_cache",
         ".hidden bufpool_tls_cache",
         ".type bufpool_tls_cache, @object",
         ".size bufpool_tls_cache, 8",
         "bufpool_tls_cache:",
-        ".zero 8",
+        ".quad {no_cache}",
         ".popsection",
+        no_cache = sym NO_CACHE,
     );
 
     #[inline(always)]
-    pub(super) fn get() -> *const ThreadCache {
+    pub(super) fn get() -> &'static ThreadCache {
         let p: *const ThreadCache;
         // SAFETY: reads this thread's own word of the static TLS block defined
         // above; the GOT entry holds its offset from the thread pointer.
@@ -231,18 +274,20 @@ mod current {
                 options(nostack, readonly, preserves_flags),
             );
         }
-        p
+        // SAFETY: the word holds `&NO_CACHE` (its initial value) or a live
+        // cache of this thread (`set` by `attach`, reset before it is freed).
+        unsafe { &*p }
     }
 
     #[inline(always)]
-    pub(super) fn set(p: *const ThreadCache) {
+    pub(super) fn set(p: &'static ThreadCache) {
         // SAFETY: writes this thread's own word of the static TLS block.
         unsafe {
             core::arch::asm!(
                 "mov {t}, qword ptr [rip + bufpool_tls_cache@GOTTPOFF]",
                 "mov qword ptr fs:[{t}], {p}",
                 t = out(reg) _,
-                p = in(reg) p,
+                p = in(reg) p as *const ThreadCache,
                 options(nostack, preserves_flags),
             );
         }
@@ -252,7 +297,7 @@ mod current {
 /// Portable fallback: Rust's `thread_local!`.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
 mod current {
-    use super::ThreadCache;
+    use super::{no_cache, ThreadCache};
     use std::cell::Cell;
 
     thread_local! {
@@ -260,11 +305,14 @@ mod current {
     }
 
     #[inline(always)]
-    pub(super) fn get() -> *const ThreadCache {
-        CURRENT.with(Cell::get)
+    pub(super) fn get() -> &'static ThreadCache {
+        let p = CURRENT.with(Cell::get);
+        // SAFETY: null, or a live cache of this thread (`set` by `attach`,
+        // reset before it is freed).
+        unsafe { p.as_ref() }.unwrap_or(no_cache())
     }
 
-    pub(super) fn set(p: *const ThreadCache) {
+    pub(super) fn set(p: &'static ThreadCache) {
         CURRENT.with(|c| c.set(p))
     }
 }
@@ -280,8 +328,6 @@ fn caches() -> MutexGuard<'static, Vec<CachePtr>> {
 pub(crate) fn take(home: &Home) -> *mut u8 {
     let Some(slot) = home.slot else { return null_mut() };
     let tc = current::get();
-    // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    let Some(tc) = (unsafe { tc.as_ref() }) else { return null_mut() };
     if !tc.enter() {
         return null_mut();
     }
@@ -310,8 +356,6 @@ fn pop_head(head: &mut Head) -> *mut Link {
 pub(crate) fn put(home: &Home, ptr: *mut u8) -> bool {
     let Some(slot) = home.slot else { return false };
     let tc = current::get();
-    // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    let Some(tc) = (unsafe { tc.as_ref() }) else { return false };
     if !tc.enter() {
         return false;
     }
@@ -361,9 +405,8 @@ unsafe fn push_counted(head: &mut Head, ptr: *mut Link) {
 #[inline(never)]
 pub(crate) fn refill(home: &Home) -> *mut u8 {
     let Some(slot) = home.slot else { return null_mut() };
-    // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    let Some(tc) = (unsafe { current::get().as_ref() }) else { return (home.back.fetch)(home, 1).0.cast() };
-    if !tc.enter_fenced() {
+    let tc = current::get();
+    if is_none(tc) || !tc.enter_fenced() {
         return (home.back.fetch)(home, 1).0.cast();
     }
     // SAFETY: we are inside our cache.
@@ -434,14 +477,12 @@ pub(crate) fn put_slow(home: &Home, ptr: *mut u8) -> bool {
         return false;
     }
     let mut tc = current::get();
-    if tc.is_null() {
-        tc = attach();
-        if tc.is_null() {
-            return false;
+    if is_none(tc) {
+        match attach() {
+            Some(t) => tc = t,
+            None => return false,
         }
     }
-    // SAFETY: the pointer is non-null only while this thread's cache is alive.
-    let tc = unsafe { &*tc };
     if !tc.enter_fenced() {
         return false;
     }
@@ -569,18 +610,16 @@ fn empty_into_pools(local: &mut Local) {
     local.reserved = 0;
 }
 
-/// Creates and registers this thread's cache; null when the thread exits
+/// Creates and registers this thread's cache; `None` when the thread exits
 /// or memory is short (the thread then works without a cache).
 #[cold]
 #[inline(never)]
-fn attach() -> *const ThreadCache {
+fn attach() -> Option<&'static ThreadCache> {
     if EXITED.with(Cell::get) {
-        return null();
+        return None;
     }
     let fenced = crate::barrier::owner_fences();
-    let Some(tc) = try_box(Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, fenced)) else {
-        return null();
-    };
+    let tc = try_box(Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, fenced))?;
     let mut reg = caches();
     // SAFETY: the key is live (never deleted); its destructor gets `tc` back.
     let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.as_ptr().cast()) } == 0);
@@ -592,11 +631,14 @@ fn attach() -> *const ThreadCache {
         drop(reg);
         // SAFETY: `tc` was never shared.
         unsafe { free_box(tc) };
-        return null();
+        return None;
     }
     reg.push(CachePtr(tc));
-    current::set(tc.as_ptr());
-    tc.as_ptr()
+    // SAFETY: registered, and freed only by this thread's exit hook, which
+    // resets the thread's word first.
+    let tc: &'static ThreadCache = unsafe { tc.as_ref() };
+    current::set(tc);
+    Some(tc)
 }
 
 /// The key destructor: gives a thread's cached objects back when it exits.
@@ -607,7 +649,7 @@ fn attach() -> *const ThreadCache {
 /// thread's registered cache, which no one else frees.
 unsafe extern "C" fn on_thread_exit(tc: *mut libc::c_void) {
     EXITED.with(|e| e.set(true));
-    current::set(null());
+    current::set(no_cache());
     let Some(tc) = NonNull::new(tc.cast::<ThreadCache>()) else { return };
     // SAFETY: registered, so alive; only this thread frees it, below.
     let tcr = unsafe { tc.as_ref() };
@@ -682,7 +724,7 @@ pub(crate) fn snapshot(slot: Slot, read: impl FnOnce() -> usize) -> (usize, usiz
     }
     // One barrier for every cache announced; none when the only cache is
     // our own (we are not inside it: its owner is us).
-    let own = current::get();
+    let own: *const ThreadCache = current::get();
     if reg.iter().any(|tc| !core::ptr::eq(tc.0.as_ptr(), own)) {
         settle();
     }
@@ -820,7 +862,7 @@ pub(crate) fn fork_parent() {
 /// fence its owner if the child cannot have `membarrier`).
 pub(crate) fn fork_child() {
     let Some(mut reg) = FORK_HELD.take() else { return };
-    let own = current::get();
+    let own: *const ThreadCache = current::get();
     let membarrier = crate::barrier::fork_child();
     reg.retain(|tc| {
         // SAFETY: a registered cache stays alive while CACHES is locked.

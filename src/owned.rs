@@ -53,6 +53,13 @@ pub(crate) struct Owned<T> {
 unsafe impl<T: Send> Sync for Owned<T> {}
 
 impl<T> Owned<T> {
+    /// A value no owner may ever enter (the stand-in cache of threads that
+    /// have none: their fast path fails at its `foreign` test).
+    #[cfg(not(loom))]
+    pub(crate) const fn parked(v: T) -> Self {
+        Owned { busy: AtomicU32::new(0), foreign: AtomicU32::new(FOREIGN), val: RawCell::new(v) }
+    }
+
     /// A value whose owner fences itself if `fenced`.
     pub(crate) fn new(v: T, fenced: bool) -> Self {
         let foreign = if fenced { FENCED } else { 0 };
