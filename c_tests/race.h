@@ -5,18 +5,20 @@
  *
  * One run = one child process: `threads` threads allocate, touch and free
  * 2 MB objects of one pool whose thread cache is off, so every object goes
- * through the shared cache or back to the OS. Every `burst` operations a
- * thread also takes `burst` objects at once and frees them: the need of the
- * pool swings, and after each burst the pool is crowded while its shared
- * cache still holds idle objects, so that objects popped from the shared
- * cache go straight back to the OS when freed; that is the race. `minavail`
- * (1 by default in the test) keeps one idle object in the shared cache
- * before the pool counts as crowded, so that poppers find a non-empty list
- * more often. (With threads holding one object each and minavail 0, the
- * pool is crowded at nearly every free, the list is nearly always empty and
- * the race seldom shows.) The allocator
- * unmaps 2 MB blocks on free at once: musl does that by itself; glibc does
- * with M_MMAP_THRESHOLD fixed at 128 KB. The race window is widened with
+ * through the shared cache or back to the OS. The release period is 0
+ * (pool_set_release_period): a released object goes back to the OS at once
+ * whenever the shared cache already holds `minavail` idle objects, so that
+ * objects popped from the shared cache go straight back to the OS when
+ * freed; that is the race. Every `burst` operations a thread also takes
+ * `burst` objects at once and frees them, so that the pool's need swings.
+ * `minavail` (1 by default in the test) keeps one idle object in the shared
+ * cache, so that poppers find a non-empty list more often. (With minavail
+ * 0, every free goes to the OS, the list is nearly always empty and the
+ * race seldom shows.) A 2 MB object given back to the OS is unmapped at
+ * once: bufpool maps objects of a page or more itself and unmaps a run when
+ * all its objects are given back (a run of one object here); musl's and
+ * glibc's free (with M_MMAP_THRESHOLD fixed at 128 KB) would do the same
+ * for a malloc'd block. The race window is widened with
  * pool_set_debugging("race-window=..."). The parent reads how the child
  * ended (exit code or signal), how long it ran and how many operations it
  * served (from a shared mapping the child updates as it goes, so that a
@@ -198,6 +200,7 @@ static inline void race_child(const struct race_params *prm, struct race_board *
     if (!pool || prm->threads < 1 || prm->threads > RACE_MAX_THREADS)
         _exit(3);
     pool_set_minavail(pool, prm->minavail);
+    pool_set_release_period(0);
     pthread_barrier_init(&start, NULL, (unsigned)prm->threads);
     for (i = 0; i < prm->threads; i++) {
         w[i] = (struct race_worker){ pool, board, prm, &start, i, 0 };

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <time.h>
+
 #include "bufpool.h"
 #include "harness.h"
 
@@ -524,31 +526,85 @@ static void test_flush_gc_minavail(void)
     CHECK(pool_destroy(p) == NULL);
 }
 
-/* A crowded pool gives released objects back to the OS by itself; a pool
- * below its minavail keeps them. */
-static void test_crowding(void)
+/* Runs the release work until `done(p)` holds or `periods` release periods
+ * of `period_ms` have passed, sleeping between slices for what
+ * pool_maintain() says is left (an event loop's timer would do the same).
+ * Returns whether `done` held. */
+static int maintain_until(struct pool_head *p, int (*done)(struct pool_head *), unsigned period_ms, int periods)
 {
-    enum { N = 1000 };
-    static void *o[N];
-    struct pool_head *p = create_pool("crowd", 64, POOL_F_NO_LOCAL_CACHE);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        if (done(p))
+            return 1;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double ms = (t.tv_sec - t0.tv_sec) * 1e3 + (t.tv_nsec - t0.tv_nsec) / 1e6;
+        if (ms > (double)period_ms * periods)
+            return done(p);
+        unsigned next = pool_maintain();
+        struct timespec nap = { 0, (long)(next > period_ms ? period_ms : next + 1) * 1000000L };
+        nanosleep(&nap, NULL);
+    }
+}
 
+static int none_allocated(struct pool_head *p) { return pool_allocated(p) == 0; }
+static int ten_allocated(struct pool_head *p) { return pool_allocated(p) <= 10; }
+
+/* Released objects go back to the OS by themselves: with a release period
+ * of 0 at once (above minavail); with a period, once they stayed idle in the
+ * shared cache a whole period, minavail excepted. */
+static void test_release_period(void)
+{
+    enum { N = 1000, PERIOD = 30 };
+    static void *o[N];
+    struct pool_head *p = create_pool("period", 64, POOL_F_NO_LOCAL_CACHE);
+
+    pool_set_release_period(0);
     for (int i = 0; i < N; i++)
         o[i] = pool_alloc(p);
     for (int i = 0; i < N; i++)
         pool_free(p, o[i]);
     CHECK_EQ(pool_used(p), 0);
-    CHECK(pool_allocated(p) < N);
-    pool_flush(p);
     CHECK_EQ(pool_allocated(p), 0);
+    CHECK_EQ(pool_released(p), N);
 
-    pool_set_minavail(p, N);
+    pool_set_minavail(p, 10);
     for (int i = 0; i < N; i++)
         o[i] = pool_alloc(p);
     for (int i = 0; i < N; i++)
         pool_free(p, o[i]);
-    CHECK_EQ(pool_allocated(p), N);
+    CHECK_EQ(pool_allocated(p), 10); /* minavail is kept */
+
+    pool_set_release_period(PERIOD);
+    for (int i = 0; i < N; i++)
+        o[i] = pool_alloc(p);
+    for (int i = 0; i < N; i++)
+        pool_free(p, o[i]);
+    CHECK_EQ(pool_allocated(p), N); /* idle, not yet for a whole period */
+    CHECK(maintain_until(p, ten_allocated, PERIOD, 20));
+    CHECK_EQ(pool_allocated(p), 10);
+    pool_set_minavail(p, 0);
+    CHECK(maintain_until(p, none_allocated, PERIOD, 20));
+
+    /* Objects the pool needs again within each period stay. */
+    for (int i = 0; i < 50; i++)
+        o[i] = pool_alloc(p);
+    for (int i = 0; i < 50; i++)
+        pool_free(p, o[i]);
+    unsigned long released = pool_released(p);
+    for (int round = 0; round < 12; round++) {
+        for (int i = 0; i < 50; i++)
+            o[i] = pool_alloc(p);
+        for (int i = 0; i < 50; i++)
+            pool_free(p, o[i]);
+        struct timespec nap = { 0, PERIOD / 3 * 1000000L };
+        nanosleep(&nap, NULL); /* time passing, a third of a period per round */
+        pool_maintain();
+    }
+    CHECK_EQ(pool_released(p), released);
+    CHECK_EQ(pool_allocated(p), 50);
+    pool_set_release_period(1000);
     pool_flush(p);
-    CHECK_EQ(pool_allocated(p), 0);
     CHECK(pool_destroy(p) == NULL);
 }
 
@@ -629,23 +685,28 @@ static void test_cache_size(void)
     CHECK(pool_destroy(q) == NULL);
 }
 
-/* The moving average of the need settles on what callers hold. */
+/* pool_needed_avg: the average of each release period's peak need settles
+ * on what callers hold, and falls when they hold less. */
+static int avg_settled(struct pool_head *p) { return pool_needed_avg(p) >= 95; }
+static int avg_fell(struct pool_head *p) { return pool_needed_avg(p) <= 5; }
+
 static void test_needed_avg(void)
 {
-    enum { HOLD = 100 };
+    enum { HOLD = 100, PERIOD = 20 };
     void *o[HOLD];
     struct pool_head *p = create_pool("need", 32, POOL_F_NO_LOCAL_CACHE);
 
+    pool_set_release_period(PERIOD);
     CHECK_EQ(pool_needed_avg(p), 0);
     for (int i = 0; i < HOLD; i++)
         o[i] = pool_alloc(p);
-    for (int i = 0; i < 8192; i++)
-        pool_free(p, pool_alloc(p));
+    CHECK(maintain_until(p, avg_settled, PERIOD, 40));
     unsigned long avg = pool_needed_avg(p);
-    CHECK(avg >= 90 && avg <= 102);
+    CHECK(avg >= 95 && avg <= HOLD);
     for (int i = 0; i < HOLD; i++)
         pool_free(p, o[i]);
-    CHECK(pool_needed_avg(p) < avg);
+    CHECK(maintain_until(p, avg_fell, PERIOD, 60));
+    pool_set_release_period(1000);
     CHECK(pool_destroy(p) == NULL);
 }
 
@@ -688,7 +749,7 @@ int main(void)
     test_merging();
     test_nocache_pair();
     test_flush_gc_minavail();
-    test_crowding();
+    test_release_period();
     test_cache_size();
     test_needed_avg();
     test_null_arguments();

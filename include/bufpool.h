@@ -467,6 +467,46 @@ unsigned long pool_needed_avg(const struct pool_head *pool);
 unsigned long pool_failed(const struct pool_head *pool);
 
 /**
+ * Objects of the pool given back to the OS so far (by the release
+ * period, `pool_flush`, `pool_gc`, a lowered limit, `pool_free_nocache`,
+ * or at once with a release period of 0). 0 for NULL.
+ */
+unsigned long pool_released(const struct pool_head *pool);
+
+/**
+ * Sets the release period, in ms, for every pool (1000 by default, or
+ * `BUFPOOL_RELEASE_PERIOD` in the environment, read at the first pool):
+ * objects that stayed idle in a pool's shared cache for a whole period,
+ * above its minavail, go back to the OS; objects the pool needed again
+ * within the period stay. Idle thread caches drain into the shared caches
+ * by halves, once a period. 0: released objects go back at once whenever
+ * the shared cache already holds minavail idle objects. `UINT_MAX`: never
+ * by time (`pool_gc` and `pool_flush` still do). The work runs in slices
+ * of at most about half a millisecond inside the library's calls (a tick
+ * every 256 `pool_free`s of a thread, `pool_maintain`, or the maintenance
+ * thread).
+ */
+void pool_set_release_period(unsigned int ms);
+
+/**
+ * Runs one slice of the release work that is due (at most about half a
+ * millisecond), and returns the milliseconds until the next slice is due:
+ * for a program that goes idle, call it from the event loop's timer. 0:
+ * more work is owed right away.
+ */
+unsigned int pool_maintain(void);
+
+/**
+ * Starts (`on` non-zero) or stops the library's maintenance thread, which
+ * runs the release work on its own (for programs that may go idle without
+ * calling `pool_maintain`). Off by default; `BUFPOOL_MAINTENANCE=thread` in
+ * the environment starts it at the first pool. Safe across `fork()`: a
+ * child whose parent ran it starts its own at its first `pool_free` tick or
+ * `pool_maintain`. Returns 0, or -1 when the thread could not be started.
+ */
+int pool_maintenance_thread(int on);
+
+/**
  * Bytes allocated by all pools (objects times object size).
  */
 unsigned long long pool_total_allocated(void);

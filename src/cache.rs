@@ -166,11 +166,23 @@ impl Head {
 }
 
 pub(crate) struct Local {
+    /// Releases into this cache left before the next maintenance tick
+    /// (`crate::maintain`): the fast path's only clock, a decrement.
+    countdown: u32,
     /// `sum(limit * size)` over the stacks: at most the budget.
     reserved: usize,
     tick: u64,
+    /// `tick` at the last decay: a stack stamped no later went a whole
+    /// period without a slow call.
+    decayed: u64,
     heads: [Head; MAX_POOLS],
 }
+
+/// Releases between two maintenance ticks of a thread.
+pub(crate) const TICK_EVERY: u32 = 256;
+
+const EMPTY_LOCAL: Local =
+    Local { countdown: TICK_EVERY, reserved: 0, tick: 0, decayed: 0, heads: [EMPTY_HEAD; MAX_POOLS] };
 
 /// A thread's cache: owned by its thread, held from outside now and then.
 pub(crate) type ThreadCache = Owned<Local>;
@@ -207,12 +219,12 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 /// holder ever reaches it. Its `busy` word is written by every thread
 /// without a cache, which is harmless (nobody reads it).
 #[cfg(not(loom))]
-static NO_CACHE: ThreadCache = Owned::parked(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] });
+static NO_CACHE: ThreadCache = Owned::parked(EMPTY_LOCAL);
 
 #[cfg(loom)]
 loom::lazy_static! {
     static ref NO_CACHE: ThreadCache = {
-        let c = Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, false);
+        let c = Owned::new(EMPTY_LOCAL, false);
         c.announce();
         c
     };
@@ -350,25 +362,47 @@ fn pop_head(head: &mut Head) -> *mut Link {
     item
 }
 
+/// What `put` did.
+pub(crate) const REFUSED: u8 = 0;
+/// Cached.
+pub(crate) const CACHED: u8 = 1;
+/// Cached, and this thread's maintenance tick is due (`crate::maintain`).
+pub(crate) const CACHED_TICK: u8 = 2;
+
 /// Keeps a released object in this thread's cache if its stack has room,
-/// without waiting. False: the caller takes the slow path (`put_slow`).
+/// without waiting. `REFUSED`: the caller takes the slow path (`put_slow`).
 #[inline(always)]
-pub(crate) fn put(home: &Home, ptr: *mut u8) -> bool {
-    let Some(slot) = home.slot else { return false };
+pub(crate) fn put(home: &Home, ptr: *mut u8) -> u8 {
+    let Some(slot) = home.slot else { return REFUSED };
     let tc = current::get();
     if !tc.enter() {
-        return false;
+        return REFUSED;
     }
     // SAFETY: we are inside our cache.
-    let head = unsafe { tc.get() }.head(slot);
-    let room = head.room != 0;
-    if room {
+    let local = unsafe { tc.get() };
+    let head = local.head(slot);
+    let mut r = REFUSED;
+    if head.room != 0 {
         head.room -= 1;
         // SAFETY: the caller gives the object up; we are inside our cache.
         unsafe { push_head(head, ptr.cast()) };
+        local.countdown -= 1;
+        r = if local.countdown == 0 { CACHED_TICK } else { CACHED };
     }
     tc.exit();
-    room
+    r
+}
+
+/// Rearms this thread's countdown to its next maintenance tick, after
+/// `every` releases.
+#[cold]
+pub(crate) fn rearm(every: u32) {
+    let tc = current::get();
+    if !is_none(tc) && tc.enter_fenced() {
+        // SAFETY: we are inside our cache.
+        unsafe { tc.get() }.countdown = every.max(1);
+        tc.exit();
+    }
 }
 
 /// Pushes an object on a stack whose room the caller already took. The
@@ -619,7 +653,7 @@ fn attach() -> Option<&'static ThreadCache> {
         return None;
     }
     let fenced = crate::barrier::owner_fences();
-    let tc = try_box(Owned::new(Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] }, fenced))?;
+    let tc = try_box(Owned::new(EMPTY_LOCAL, fenced))?;
     let mut reg = caches();
     // SAFETY: the key is live (never deleted); its destructor gets `tc` back.
     let hooked = exit_key().is_some_and(|k| unsafe { libc::pthread_setspecific(k, tc.as_ptr().cast()) } == 0);
@@ -775,6 +809,40 @@ fn owner_out_soon(tc: &ThreadCache) -> bool {
 /// `pause`s a count gives a busy owner: a few microseconds at most.
 const OWNER_SPINS: u32 = 256;
 
+/// Every stack of every thread's cache that went a whole period without a
+/// slow call (no refill, no full stack) and still holds objects gives the
+/// older half of them to its pool: a cache whose objects stay idle drains,
+/// half a period's worth at a time, into the shared caches, where what
+/// stays idle a whole period goes back to the OS. Called once a period.
+pub(crate) fn decay_all() {
+    decay(&caches());
+}
+
+/// `decay_all`, unless the registry of caches is busy (then false): for
+/// the free path's tick, which must not wait.
+pub(crate) fn try_decay_all() -> bool {
+    let Ok(reg) = CACHES.try_lock() else { return false };
+    decay(&reg);
+    true
+}
+
+fn decay(reg: &[CachePtr]) {
+    for tc in reg.iter() {
+        // SAFETY: a registered cache stays alive while CACHES is locked.
+        let tc = unsafe { tc.0.as_ref() };
+        with_held(tc, |local| {
+            for v in 0..MAX_POOLS {
+                let h = &local.heads[v];
+                if h.count() > 0 && h.stamp <= local.decayed {
+                    evict_half(local, v, true);
+                }
+            }
+            local.tick += 1;
+            local.decayed = local.tick;
+        });
+    }
+}
+
 /// How many idle objects of `home`'s pool sit in thread caches (for the tests).
 #[cfg(all(test, not(loom)))]
 pub(crate) fn idle(home: &Home) -> usize {
@@ -911,7 +979,7 @@ mod tests {
 
     #[test]
     fn limits_grow_within_the_budget() {
-        let mut local = Local { reserved: 0, tick: 0, heads: [EMPTY_HEAD; MAX_POOLS] };
+        let mut local = EMPTY_LOCAL;
         grow(&mut local, 3, 1024, 40, 16 * 1024);
         assert_eq!((local.heads[3].limit, local.reserved), (16, 16 * 1024), "no further than the budget");
         grow(&mut local, 4, 1024, 10, 16 * 1024);

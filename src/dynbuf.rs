@@ -211,8 +211,8 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
         return false;
     }
     if limit == 0 && margin != 0 && top_up(pool, margin) == Reserve::Refused {
-        // SAFETY: just taken from this pool.
-        unsafe { pool.free(p) };
+        // SAFETY: just taken from this pool. (A tick due is left to the next release.)
+        let _ = unsafe { pool.free(p) };
         return false;
     }
     *buf = Buffer { size: BUFSIZE.load(Ordering::Relaxed), area: p.cast(), data: 0, head: 0 };
@@ -238,16 +238,20 @@ pub(crate) fn alloc_crit(buf: &mut Buffer, class: usize, noqueue: bool) -> bool 
     alloc_margin(buf, class_margin(class))
 }
 
-/// Gives `*buf` back to the pool and leaves it `BUF_NULL`.
-pub(crate) fn free(buf: &mut Buffer) {
+/// Gives `*buf` back to the pool and leaves it `BUF_NULL`. True when this
+/// thread's maintenance tick is due (see `Pool::free`).
+#[must_use]
+pub(crate) fn free(buf: &mut Buffer) -> bool {
+    let mut tick = false;
     if buf.size != 0 && !buf.area.is_null() {
         if let Some(pool) = buffer_pool() {
             // SAFETY: an allocated buffer's area came from the buffer pool
             // (C contract) and the caller gives it up.
-            unsafe { pool.free(buf.area.cast()) };
+            tick = unsafe { pool.free(buf.area.cast()) };
         }
     }
     *buf = Buffer::NULL;
+    tick
 }
 
 /// The margin of a class: the least critical keeps the whole reserve, the

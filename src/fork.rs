@@ -58,6 +58,7 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
+    crate::maintain::fork_child();
     crate::registry::fork_child();
     crate::waitq::fork_child();
     crate::dynbuf::fork_release();

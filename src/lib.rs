@@ -23,8 +23,10 @@ pub mod flags;
 #[cfg(not(loom))]
 pub(crate) mod fork;
 pub(crate) mod link;
+pub(crate) mod maintain;
 pub(crate) mod os;
 pub(crate) mod owned;
+pub(crate) mod pages;
 pub mod pool;
 pub(crate) mod registry;
 pub(crate) mod report;

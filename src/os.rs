@@ -60,6 +60,74 @@ pub(crate) unsafe fn free_object(p: *mut u8, size: usize, mapped: bool) {
     }
 }
 
+/// Maps `len` bytes (a multiple of the page size) aligned on `align` (a
+/// power of two, at least the page size), readable and writable. Null when
+/// the OS refuses.
+pub(crate) fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    let pg = page();
+    let extra = if align > pg { align } else { 0 };
+    // SAFETY: an anonymous private mapping has no precondition.
+    let raw = unsafe {
+        libc::mmap(
+            null_mut(),
+            len + extra,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return null_mut();
+    }
+    let raw = raw as usize;
+    if extra == 0 {
+        return raw as *mut u8;
+    }
+    let start = raw.next_multiple_of(align);
+    // SAFETY: both ranges are parts of the mapping just made, outside [start, start + len).
+    unsafe {
+        if start > raw {
+            libc::munmap(raw as *mut _, start - raw);
+        }
+        if raw + len + extra > start + len {
+            libc::munmap((start + len) as *mut _, raw + len + extra - (start + len));
+        }
+    }
+    start as *mut u8
+}
+
+/// Unmaps a mapping of `map_aligned`.
+///
+/// # Safety
+/// `p` and `len` are a mapping of `map_aligned` (or a part of one, page
+/// aligned), not used any more.
+pub(crate) unsafe fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: the caller's guarantee.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// Gives the pages of `[p, p + len)` back to the OS: they leave resident
+/// memory at once and read as zeros when touched again.
+///
+/// # Safety
+/// The range is page-aligned, inside a private anonymous mapping, and its
+/// contents are not needed any more.
+pub(crate) unsafe fn discard(p: *mut u8, len: usize) {
+    // SAFETY: the caller's guarantee; MADV_DONTNEED on private anonymous
+    // memory only drops contents.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+}
+
+/// Milliseconds of a monotonic clock (coarse: a few ms of resolution, and
+/// cheap to read: no system call).
+pub(crate) fn now_ms() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
+
 /// Asks malloc to give free memory back to the OS, where it can (glibc's
 /// `malloc_trim`; other C libraries have none, or do it on `free`).
 pub(crate) fn trim_malloc() {
@@ -94,7 +162,8 @@ pub(crate) unsafe fn free_box<T>(p: NonNull<T>) {
     }
 }
 
-fn page() -> usize {
+/// The page size.
+pub(crate) fn page() -> usize {
     // SAFETY: sysconf has no precondition.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 {

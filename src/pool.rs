@@ -23,14 +23,28 @@ use crate::cache::{self, Back, Home};
 use crate::debug::Checks;
 use crate::link::{next_of, Link};
 use crate::os;
+use crate::pages::Pages;
 use crate::shared::Shared;
 use crate::sync::Spin;
 use crossbeam_utils::CachePadded;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
-/// Samples in the moving average of the need.
-const NEED_SAMPLES: usize = 1024;
+/// The release period, ms (`pool_set_release_period`, `BUFPOOL_RELEASE_PERIOD`):
+/// objects idle in a pool's shared cache for a whole period go back to the
+/// OS. 0: at once (above `minavail`); `u32::MAX`: never by time.
+static PERIOD_MS: AtomicU32 = AtomicU32::new(1000);
+
+/// The release period now, ms.
+pub(crate) fn release_period() -> u32 {
+    // Relaxed: a setting; a release racing its change may follow either.
+    PERIOD_MS.load(Relaxed)
+}
+
+/// Sets the release period, ms.
+pub(crate) fn set_release_period(ms: u32) {
+    PERIOD_MS.store(ms, Relaxed);
+}
 /// Bytes of a pool's name kept, with its terminating NUL.
 pub(crate) const NAME_LEN: usize = 32;
 /// Rounds of the search for room or an idle object at the limit.
@@ -48,8 +62,8 @@ pub struct Pool {
     pub(crate) alloc_size: usize,
     /// Alignment asked of the OS; 0 for malloc's own.
     pub(crate) align: usize,
-    /// Each object in a mapping of its own (`uaf` debug mode).
-    pub(crate) mapped: bool,
+    /// Where objects' memory comes from.
+    pub(crate) mem: Memory,
     /// The `MEM_F_*`/`POOL_F_*` flags it was created with.
     pub(crate) flags: u32,
     /// The library's own pool (the buffer pool): never merged with another.
@@ -67,7 +81,19 @@ pub struct Pool {
     pub(crate) dbg: Option<Checks>,
 }
 
-/// Statistics and accounting. `allocated`, `out`, `failed`, `need_sum`:
+/// Where a pool's objects' memory comes from.
+pub(crate) enum Memory {
+    /// `malloc` (objects smaller than a page).
+    Heap,
+    /// Runs mapped by the library (objects of a page or more): an object
+    /// given back to the OS leaves resident memory at once.
+    Pages(Pages),
+    /// One mapping per object, unmapped on free (the `uaf` debug mode).
+    Mapped,
+}
+
+/// Statistics and accounting. `allocated`, `out`, `failed`, `released`,
+/// and the release policy's `idle_low`, `peak`, `need`, `debt`, `since`:
 /// Relaxed, they count objects and guard no memory; exactness at quiescence
 /// comes from the caller's own synchronisation (thread join, locks) with
 /// the threads that moved objects. `transit` and `arrived`: SeqCst, see
@@ -77,8 +103,19 @@ pub(crate) struct Counters {
     allocated: AtomicUsize,
     out: AtomicUsize,
     failed: AtomicUsize,
-    /// Moving sum of `out` sampled at each release; the average is sum / NEED_SAMPLES.
-    need_sum: AtomicUsize,
+    /// Objects given back to the OS so far.
+    released: AtomicUsize,
+    /// The fewest idle objects the shared cache held since the period began:
+    /// that many stayed idle the whole period.
+    idle_low: AtomicUsize,
+    /// The most objects out of the shared layer since the period began.
+    peak: AtomicUsize,
+    /// `pool_needed_avg`: the average of the periods' peaks (weight 1/4).
+    need: AtomicUsize,
+    /// Objects still to give back, found idle a whole period.
+    debt: AtomicUsize,
+    /// When the period began, ms.
+    since: AtomicU64,
     /// Transits under way.
     pub(crate) transit: AtomicUsize,
     /// Transits ended so far.
@@ -140,7 +177,13 @@ impl Pool {
             home: Home { slot: None, size, capped: AtomicBool::new(false), back: &BACK },
             alloc_size,
             align,
-            mapped: dbg.as_ref().is_some_and(Checks::mapped),
+            mem: if dbg.as_ref().is_some_and(Checks::mapped) {
+                Memory::Mapped
+            } else if dbg.is_none() && crate::pages::fits(alloc_size, align) {
+                Memory::Pages(Pages::new(alloc_size, align))
+            } else {
+                Memory::Heap
+            },
             flags,
             private,
             shared,
@@ -171,15 +214,23 @@ impl Pool {
         self.alloc_slow()
     }
 
-    /// Gives an object back: to this thread's cache if it fits, else released.
+    /// Gives an object back: to this thread's cache if it fits, else
+    /// released. True when this thread's maintenance tick is due (the
+    /// caller runs `crate::maintain::tick`).
     ///
     /// # Safety
     /// `ptr` came from this pool and the caller holds it.
     #[inline(always)]
-    pub(crate) unsafe fn free(&self, ptr: *mut u8) {
-        if !cache::put(&self.home, ptr) {
-            // SAFETY: the caller holds `ptr`, an object of this pool.
-            unsafe { self.free_slow(ptr) }
+    #[must_use]
+    pub(crate) unsafe fn free(&self, ptr: *mut u8) -> bool {
+        match cache::put(&self.home, ptr) {
+            cache::CACHED => false,
+            cache::REFUSED => {
+                // SAFETY: the caller holds `ptr`, an object of this pool.
+                unsafe { self.free_slow(ptr) };
+                false
+            }
+            _ => true,
         }
     }
 
@@ -214,10 +265,19 @@ impl Pool {
     fn take_idle_or_new(&self) -> (*mut u8, bool) {
         let p = self.shared.pop();
         if !p.is_null() {
-            self.c.out.fetch_add(1, Relaxed);
+            self.count_out(1);
             return (p.cast(), true);
         }
         self.alloc_new_or_idle()
+    }
+
+    /// `n` objects leave the shared layer: `out` rises, and the release
+    /// policy notes the period's peak need and its fewest idle objects.
+    fn count_out(&self, n: usize) {
+        let out = self.c.out.fetch_add(n, Relaxed) + n;
+        self.c.peak.fetch_max(out, Relaxed);
+        let idle = self.c.allocated.load(Relaxed).saturating_sub(out);
+        self.c.idle_low.fetch_min(idle, Relaxed);
     }
 
     /// # Safety
@@ -248,12 +308,12 @@ impl Pool {
             // SeqCst: read before the searches (see below).
             let arrived = self.c.arrived.load(SeqCst);
             if self.reserve_one() {
-                let p = os::alloc_object(self.alloc_size, self.align, self.mapped);
+                let p = self.os_alloc();
                 if p.is_null() {
                     self.c.allocated.fetch_sub(1, Relaxed);
                     self.c.failed.fetch_add(1, Relaxed);
                 } else {
-                    self.c.out.fetch_add(1, Relaxed);
+                    self.count_out(1);
                 }
                 return (p, false);
             }
@@ -264,7 +324,7 @@ impl Pool {
             }
             let p = self.shared.pop();
             if !p.is_null() {
-                self.c.out.fetch_add(1, Relaxed);
+                self.count_out(1);
                 return (p.cast(), true);
             }
             // SeqCst, both: a transit that began after our searches ended
@@ -358,9 +418,10 @@ impl Pool {
         unsafe { self.release_or_keep(item, false) };
     }
 
-    /// `release`; with `keep`, the object stays idle even in a crowded pool
-    /// (the reserve that `dynbuf` keeps allocated without a limit). Returns
-    /// whether the object stayed idle in the pool (false: it went to the OS).
+    /// `release`; with `keep`, the object stays idle even when the release
+    /// period is 0 (the reserve that `dynbuf` keeps allocated without a
+    /// limit). Returns whether the object stayed idle in the pool (false: it
+    /// went to the OS).
     ///
     /// # Safety
     /// As `release`.
@@ -369,11 +430,9 @@ impl Pool {
             // SAFETY: the caller's guarantee; in tag/uaf modes any pointer is checked first.
             unsafe { d.check_free(item.cast()) };
         }
-        let out = self.c.out.load(Relaxed);
-        self.sample_need(out);
         let over = self.over_limit();
         // SAFETY: the caller owns `item`, an object of this pool.
-        let kept = !over && (keep || !self.is_crowded()) && unsafe { self.shared.push(item) };
+        let kept = !over && (keep || !self.release_now()) && unsafe { self.shared.push(item) };
         if !kept {
             // SAFETY: the object is ours and in no list.
             unsafe { self.to_os(item.cast(), false) };
@@ -393,17 +452,40 @@ impl Pool {
     /// nothing wrote to it meanwhile).
     ///
     /// # Safety
-    /// `p` is an object of this pool (from `os::alloc_object`), in no list,
-    /// owned by the caller.
+    /// `p` is an object of this pool (from `os_alloc`), in no list, owned
+    /// by the caller.
     unsafe fn to_os(&self, p: *mut u8, idle: bool) {
         let was = self.c.allocated.fetch_sub(1, Relaxed);
         debug_assert!(was > 0, "allocated counts the object freed");
+        self.c.released.fetch_add(1, Relaxed);
         if let Some(d) = &self.dbg {
             // SAFETY: the caller's guarantee; an idle one went idle through `check_free`.
             unsafe { d.retire(p, idle) };
         }
-        // SAFETY: the caller's guarantee: made by `alloc_object` with these arguments.
-        unsafe { os::free_object(p, self.alloc_size, self.mapped) };
+        match &self.mem {
+            // SAFETY: the caller's guarantee: an allocated object of these pages.
+            Memory::Pages(pages) => unsafe { pages.release(&mut [p]) },
+            // SAFETY: the caller's guarantee: made by `alloc_object` with these arguments.
+            Memory::Heap => unsafe { os::free_object(p, self.alloc_size, false) },
+            // SAFETY: as above, a mapping of its own.
+            Memory::Mapped => unsafe { os::free_object(p, self.alloc_size, true) },
+        }
+    }
+
+    /// An object's memory from the OS; null when it refuses.
+    fn os_alloc(&self) -> *mut u8 {
+        match &self.mem {
+            Memory::Pages(pages) => pages.alloc(),
+            Memory::Heap => os::alloc_object(self.alloc_size, self.align, false),
+            Memory::Mapped => os::alloc_object(self.alloc_size, self.align, true),
+        }
+    }
+
+    /// Released objects go to the OS at once: the release period is 0 and
+    /// the shared cache already keeps `minavail` idle objects (a store that
+    /// keeps everything, a debug pool's, never releases this way).
+    fn release_now(&self) -> bool {
+        release_period() == 0 && !self.shared.keeps_all() && self.shared_idle() >= self.minavail.load(Relaxed)
     }
 
     /// `release` for a null-terminated chain of `n` objects: in one push
@@ -417,9 +499,7 @@ impl Pool {
         if n == 0 {
             return;
         }
-        if self.dbg.is_none() && !self.over_limit() && !self.is_crowded() {
-            let out = self.c.out.load(Relaxed);
-            self.sample_need(out);
+        if self.dbg.is_none() && !self.over_limit() && !self.release_now() {
             let mut last = first;
             for _ in 1..n {
                 // SAFETY: the chain is ours and has `n` objects.
@@ -448,33 +528,112 @@ impl Pool {
     pub(crate) fn fetch_batch(&self, n: usize) -> (*mut Link, usize) {
         let (chain, got) = self.shared.pop_batch(n.max(1));
         if got != 0 {
-            self.c.out.fetch_add(got, Relaxed);
+            self.count_out(got);
         }
         (chain, got)
     }
 
-    /// Lost updates under contention only nudge the average; it is an estimate.
-    fn sample_need(&self, out: usize) {
-        let s = self.c.need_sum.load(Relaxed);
-        self.c.need_sum.store(s - s / NEED_SAMPLES + out, Relaxed);
-    }
-
+    /// `pool_needed_avg`: the average over the recent release periods of
+    /// the most objects the pool had out of its shared cache (held by
+    /// callers or idle in thread caches) during each: each period moves it
+    /// a quarter of the way to that period's peak.
     pub(crate) fn needed_avg(&self) -> usize {
-        self.c.need_sum.load(Relaxed) / NEED_SAMPLES
+        self.c.need.load(Relaxed)
     }
 
-    /// Crowded: at least `minavail` idle objects in the shared cache, and a
-    /// quarter more objects allocated than the recent need. A store that
-    /// keeps everything (a debug pool's) is never crowded: its idle objects
-    /// stay until flush, gc or destroy, so that misuse of a freed one is caught.
-    fn is_crowded(&self) -> bool {
-        if self.shared.keeps_all() {
-            return false;
+    /// Objects given back to the OS so far.
+    pub(crate) fn released(&self) -> usize {
+        self.c.released.load(Relaxed)
+    }
+
+    /// The time-based release (`crate::maintain` calls it): when a period
+    /// has passed since the last one began, the objects that stayed idle in
+    /// the shared cache the whole period (its fewest idle objects during
+    /// it), above `minavail`, are owed back to the OS; then up to `max` of
+    /// what is owed goes back now, in one batch. Returns the objects given
+    /// back, and when (ms) this pool next needs a call: `now` again while
+    /// something is still owed.
+    pub(crate) fn maintain(&self, now: u64, max: usize) -> (usize, u64) {
+        let period = release_period();
+        if period == u32::MAX || self.shared.keeps_all() {
+            return (0, u64::MAX);
         }
-        let allocated = self.c.allocated.load(Relaxed);
-        let idle = allocated.saturating_sub(self.c.out.load(Relaxed));
-        let need = self.needed_avg();
-        idle >= self.minavail.load(Relaxed) && allocated >= need + need / 4
+        let since = self.c.since.load(Relaxed);
+        if since == 0 {
+            // First sight of this pool: its first period begins.
+            self.c.since.store(now, Relaxed);
+            self.c.idle_low.store(self.shared_idle(), Relaxed);
+            return (0, now + period as u64);
+        }
+        if now >= since + period as u64 {
+            let idle = self.shared_idle();
+            let low = self.c.idle_low.swap(idle, Relaxed).min(idle);
+            let keep = self.minavail.load(Relaxed);
+            self.c.debt.store(low.saturating_sub(keep), Relaxed);
+            let peak = self.c.peak.swap(self.c.out.load(Relaxed), Relaxed);
+            let need = self.c.need.load(Relaxed);
+            // The average moves a quarter of the way to this period's peak
+            // (rounded up, so that it reaches a steady peak).
+            self.c.need.store((need * 3 + peak).div_ceil(4), Relaxed);
+            self.c.since.store(now, Relaxed);
+        }
+        let owed = self.c.debt.load(Relaxed);
+        let mut done = 0;
+        if owed > 0 {
+            let _moving = self.begin_transit();
+            // Never below `minavail` idle, whatever was owed.
+            let room = self.shared_idle().saturating_sub(self.minavail.load(Relaxed));
+            let want = owed.min(max).min(room);
+            done = self.give_back(want);
+            self.c.debt.store(if done < want { 0 } else { owed - done }, Relaxed);
+        }
+        let next = if self.c.debt.load(Relaxed) > 0 { now } else { self.c.since.load(Relaxed) + period as u64 };
+        (done, next)
+    }
+
+    /// Gives up to `n` idle objects of the shared cache back to the OS, in
+    /// one batch (the caller holds a transit). Returns how many.
+    fn give_back(&self, n: usize) -> usize {
+        const CHUNK: usize = 64;
+        let mut done = 0;
+        while done < n {
+            let (chain, got) = self.shared.pop_batch((n - done).min(CHUNK));
+            if got == 0 {
+                break;
+            }
+            let mut objs = [null_mut::<u8>(); CHUNK];
+            let mut p = chain;
+            for slot in objs.iter_mut().take(got) {
+                *slot = p.cast();
+                // SAFETY: the popped chain is ours, `got` objects long.
+                p = unsafe { next_of(p) };
+            }
+            let was = self.c.allocated.fetch_sub(got, Relaxed);
+            debug_assert!(was >= got, "allocated counts the objects given back");
+            self.c.released.fetch_add(got, Relaxed);
+            match &self.mem {
+                // SAFETY: idle objects of these pages, popped: ours, in no list.
+                Memory::Pages(pages) => unsafe { pages.release(&mut objs[..got]) },
+                _ => {
+                    for &o in &objs[..got] {
+                        if let Some(d) = &self.dbg {
+                            // SAFETY: an idle object of this pool, now ours.
+                            unsafe { d.retire(o, true) };
+                        }
+                        // SAFETY: an idle object of this pool from `os_alloc`, ours.
+                        unsafe { os::free_object(o, self.alloc_size, matches!(self.mem, Memory::Mapped)) };
+                    }
+                }
+            }
+            done += got;
+        }
+        done
+    }
+
+    /// Does it take its memory from `malloc` (whose free memory the
+    /// maintenance trims now and then)?
+    pub(crate) fn on_heap(&self) -> bool {
+        matches!(self.mem, Memory::Heap)
     }
 
     // ---- the other entry points -----------------------------------------
@@ -608,5 +767,8 @@ impl Pool {
         });
         self.flush();
         debug_assert_eq!(self.allocated(), 0, "a pool destroyed with no object in use has none left");
+        if let Memory::Pages(pages) = &self.mem {
+            pages.unmap_all();
+        }
     }
 }

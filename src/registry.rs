@@ -12,7 +12,7 @@ use crate::flags::{
     POOL_F_SHARED_XCHG,
 };
 use crate::os::{free_box, try_box};
-use crate::pool::{Pool, NAME_LEN};
+use crate::pool::{Memory, Pool, NAME_LEN};
 use crate::shared::{debug_store::DebugStore, Shared};
 use std::ptr::{null_mut, NonNull};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -186,6 +186,17 @@ pub(crate) fn is_live(p: *const Pool) -> bool {
     pools().iter().any(|q| std::ptr::eq(q.0.as_ptr(), p))
 }
 
+/// Runs `f` on every live pool, unless the registry is busy (then false):
+/// for the maintenance, which must not wait on the free path.
+pub(crate) fn try_for_each(mut f: impl FnMut(&Pool)) -> bool {
+    let Ok(reg) = POOLS.try_lock() else { return false };
+    for p in reg.iter() {
+        // SAFETY: registered pools are alive while POOLS is locked.
+        f(unsafe { p.0.as_ref() });
+    }
+    true
+}
+
 /// Releases idle objects above `minavail` in every pool, then trims malloc.
 pub(crate) fn gc_all() {
     for_each(|p| p.gc());
@@ -203,7 +214,11 @@ pub(crate) fn fork_prepare() {
     cache::fork_prepare();
     for p in reg.iter() {
         // SAFETY: registered pools are alive while POOLS is locked.
-        unsafe { p.0.as_ref() }.shared.fork_lock();
+        let p = unsafe { p.0.as_ref() };
+        p.shared.fork_lock();
+        if let Memory::Pages(pages) = &p.mem {
+            pages.fork_lock();
+        }
     }
     debug::fork_lock();
     FORK_HELD.put(reg);
@@ -213,9 +228,14 @@ pub(crate) fn fork_prepare() {
 fn fork_unlock_stores(reg: &[PoolPtr]) {
     debug::fork_unlock();
     for p in reg.iter() {
-        // SAFETY: registered pools are alive while POOLS is locked; this
-        // thread locked each shared cache in `fork_prepare`.
-        unsafe { p.0.as_ref().shared.fork_unlock() };
+        // SAFETY: registered pools are alive while POOLS is locked.
+        let p = unsafe { p.0.as_ref() };
+        if let Memory::Pages(pages) = &p.mem {
+            // SAFETY: this thread locked them in `fork_prepare`.
+            unsafe { pages.fork_unlock() };
+        }
+        // SAFETY: this thread locked each shared cache in `fork_prepare`.
+        unsafe { p.shared.fork_unlock() };
     }
 }
 

@@ -52,6 +52,7 @@ pub(crate) fn forget_buffer_pool(freed: *const Pool) {
 #[no_mangle]
 pub extern "C" fn dynbuf_init(bufsize: usize, reserved_bufs: c_uint, limit: c_uint) -> c_int {
     crate::fork::ensure_registered();
+    crate::maintain::init_from_env();
     dynbuf::init(bufsize, reserved_bufs as usize, limit as usize, |p| {
         // SAFETY: the address of our own static, aligned for a pointer.
         // It is written here under `init`'s lock and only when it changes,
@@ -117,7 +118,9 @@ pub extern "C" fn b_alloc(buf: *mut Buffer) -> *mut Buffer {
 #[no_mangle]
 pub extern "C" fn b_free(buf: *mut Buffer) {
     if let Some(b) = buf_mut(buf) {
-        dynbuf::free(b)
+        if dynbuf::free(b) {
+            crate::maintain::tick();
+        }
     }
 }
 

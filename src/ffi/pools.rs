@@ -39,6 +39,7 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
         unsafe { CStr::from_ptr(name) }.to_bytes()
     };
     crate::fork::ensure_registered();
+    crate::maintain::init_from_env();
     registry::create(name, size, align, flags)
 }
 
@@ -92,7 +93,9 @@ pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
         // SAFETY: `ptr` came from `pool` and the caller gives it up (C contract).
-        unsafe { p.free(ptr.cast()) }
+        if unsafe { p.free(ptr.cast()) } {
+            crate::maintain::tick();
+        }
     }
 }
 
@@ -204,6 +207,56 @@ pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
 #[no_mangle]
 pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.failed() as c_ulong)
+}
+
+/// Objects of the pool given back to the OS so far (by the release
+/// period, `pool_flush`, `pool_gc`, a lowered limit, `pool_free_nocache`,
+/// or at once with a release period of 0). 0 for NULL.
+#[no_mangle]
+pub extern "C" fn pool_released(pool: *const Pool) -> c_ulong {
+    pool_ref(pool).map_or(0, |p| p.released() as c_ulong)
+}
+
+/// Sets the release period, in ms, for every pool (1000 by default, or
+/// `BUFPOOL_RELEASE_PERIOD` in the environment, read at the first pool):
+/// objects that stayed idle in a pool's shared cache for a whole period,
+/// above its minavail, go back to the OS; objects the pool needed again
+/// within the period stay. Idle thread caches drain into the shared caches
+/// by halves, once a period. 0: released objects go back at once whenever
+/// the shared cache already holds minavail idle objects. `UINT_MAX`: never
+/// by time (`pool_gc` and `pool_flush` still do). The work runs in slices
+/// of at most about half a millisecond inside the library's calls (a tick
+/// every 256 `pool_free`s of a thread, `pool_maintain`, or the maintenance
+/// thread).
+#[no_mangle]
+pub extern "C" fn pool_set_release_period(ms: c_uint) {
+    crate::maintain::init_from_env();
+    crate::pool::set_release_period(ms)
+}
+
+/// Runs one slice of the release work that is due (at most about half a
+/// millisecond), and returns the milliseconds until the next slice is due:
+/// for a program that goes idle, call it from the event loop's timer. 0:
+/// more work is owed right away.
+#[no_mangle]
+pub extern "C" fn pool_maintain() -> c_uint {
+    crate::maintain::maintain_now().min(c_uint::MAX as u64) as c_uint
+}
+
+/// Starts (`on` non-zero) or stops the library's maintenance thread, which
+/// runs the release work on its own (for programs that may go idle without
+/// calling `pool_maintain`). Off by default; `BUFPOOL_MAINTENANCE=thread` in
+/// the environment starts it at the first pool. Safe across `fork()`: a
+/// child whose parent ran it starts its own at its first `pool_free` tick or
+/// `pool_maintain`. Returns 0, or -1 when the thread could not be started.
+#[no_mangle]
+pub extern "C" fn pool_maintenance_thread(on: c_int) -> c_int {
+    crate::maintain::init_from_env();
+    if crate::maintain::set_thread(on != 0) {
+        0
+    } else {
+        -1
+    }
 }
 
 /// Bytes allocated by all pools (objects times object size).

@@ -1,0 +1,261 @@
+//! Memory of the pools whose objects are a page or more: mapped by the
+//! library itself, in runs of up to 64 objects, so that an object given
+//! back to the OS really leaves the process's resident memory.
+//!
+//! Why not `malloc`: `free()` of a 16 KiB block leaves it resident (glibc
+//! keeps it unless it is at the top of the heap or `malloc_trim` runs, and
+//! `malloc_trim` of 1 GiB takes 80 ms in one call that cannot be sliced);
+//! `madvise` of the block's own pages after `free()` leaves the quarter of
+//! them that hold the allocator's headers. Here objects are page-aligned
+//! with no header, so giving one back is `madvise(MADV_DONTNEED)` of its
+//! pages (RSS falls at once; the address range stays with the run, ready
+//! to be handed out again, zero-filled on first touch), and a run whose
+//! objects are all given back is unmapped whole (its address space goes
+//! back too). Releases are grouped per run: a batch of objects costs one
+//! system call per run touched, not per object.
+//!
+//! A run's slots are in one of two states, tracked by a 64-bit mask: in
+//! use (allocated: held by a caller or idle in a cache) or available
+//! (never handed out, or given back: no resident memory). Runs with an
+//! available slot sit on a stack (`partial`), so an allocation takes the
+//! most recently freed run first.
+
+use crate::sync::SpinLock;
+use std::ptr::null_mut;
+
+/// Most objects in one run (one bit each in a `u64`).
+const MAX_RUN_OBJECTS: usize = 64;
+/// The size a run aims at: objects smaller than this share a run.
+const RUN_TARGET: usize = 1 << 20;
+
+/// The objects of one pool, mapped in runs.
+pub(crate) struct Pages {
+    /// Bytes of one object, a multiple of the page size.
+    stride: usize,
+    /// Alignment of a run (and so of its first object): the page, or the
+    /// pool's alignment when larger.
+    align: usize,
+    /// Objects per run.
+    per_run: usize,
+    runs: SpinLock<Runs>,
+}
+
+struct Run {
+    base: usize,
+    /// Bit `i` set: slot `i` is available (not allocated).
+    avail: u64,
+}
+
+/// The runs, sorted by base address (found by binary search on release),
+/// and `partial`: the bases of runs with an available slot.
+struct Runs {
+    all: Vec<Run>,
+    partial: Vec<usize>,
+}
+
+/// The page size.
+pub(crate) fn page() -> usize {
+    crate::os::page()
+}
+
+/// Does a pool of objects of `size` bytes aligned on `align` (0: 16) take
+/// its memory here? Objects of a page or more, alignments up to 1 MiB.
+pub(crate) fn fits(size: usize, align: usize) -> bool {
+    size >= page() && align <= 1 << 20
+}
+
+impl Pages {
+    pub(crate) fn new(size: usize, align: usize) -> Self {
+        let pg = page();
+        let stride = size.next_multiple_of(pg).next_multiple_of(align.max(1));
+        let per_run = (RUN_TARGET / stride).clamp(1, MAX_RUN_OBJECTS);
+        Pages {
+            stride,
+            align: align.max(pg),
+            per_run,
+            runs: SpinLock::new(Runs { all: Vec::new(), partial: Vec::new() }),
+        }
+    }
+
+    fn run_len(&self) -> usize {
+        self.stride * self.per_run
+    }
+
+    fn full_mask(&self) -> u64 {
+        if self.per_run == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.per_run) - 1
+        }
+    }
+
+    /// An object's memory: an available slot of a run (zero-filled by the
+    /// kernel on first touch), mapping a new run when none has one. Null
+    /// when the OS or memory for the bookkeeping refuses.
+    pub(crate) fn alloc(&self) -> *mut u8 {
+        let mut r = self.runs.lock();
+        while let Some(&base) = r.partial.last() {
+            let Some(i) = find(&r.all, base) else {
+                r.partial.pop();
+                continue;
+            };
+            let run = &mut r.all[i];
+            if run.avail == 0 {
+                r.partial.pop();
+                continue;
+            }
+            let slot = run.avail.trailing_zeros() as usize;
+            run.avail &= !(1 << slot);
+            if run.avail == 0 {
+                r.partial.pop();
+            }
+            return (base + slot * self.stride) as *mut u8;
+        }
+        // No run has room: a new one.
+        if r.all.try_reserve(1).is_err() || r.partial.try_reserve(1).is_err() {
+            return null_mut();
+        }
+        let base = crate::os::map_aligned(self.run_len(), self.align);
+        if base.is_null() {
+            return null_mut();
+        }
+        let base = base as usize;
+        let avail = self.full_mask() & !1;
+        let at = r.all.partition_point(|run| run.base < base);
+        r.all.insert(at, Run { base, avail });
+        if avail != 0 {
+            r.partial.push(base);
+        }
+        base as *mut u8
+    }
+
+    /// Gives objects back to the OS: their pages leave resident memory, and
+    /// a run left with no object allocated is unmapped. `objs` is sorted
+    /// here; one system call per run touched (or per stretch of adjacent
+    /// objects).
+    ///
+    /// # Safety
+    /// Every pointer came from `alloc` of this `Pages`, is allocated, and
+    /// is not used any more by anyone.
+    pub(crate) unsafe fn release(&self, objs: &mut [*mut u8]) {
+        objs.sort_unstable();
+        let mut r = self.runs.lock();
+        let mut k = 0;
+        while k < objs.len() {
+            let p = objs[k] as usize;
+            let Some(i) = r.all.partition_point(|run| run.base <= p).checked_sub(1) else {
+                debug_assert!(false, "an object of these pages");
+                k += 1;
+                continue;
+            };
+            let base = r.all[i].base;
+            debug_assert!(p < base + self.run_len(), "an object inside its run");
+            // The objects of this run in the batch.
+            let mut end = k;
+            let mut mask = 0u64;
+            while end < objs.len() && (objs[end] as usize) < base + self.run_len() {
+                let slot = (objs[end] as usize - base) / self.stride;
+                debug_assert!(r.all[i].avail & (1 << slot) == 0, "an allocated object is released once");
+                mask |= 1 << slot;
+                end += 1;
+            }
+            let was_full = r.all[i].avail == 0;
+            r.all[i].avail |= mask;
+            if r.all[i].avail == self.full_mask() {
+                // Every object of the run is given back: the whole run goes.
+                r.all.remove(i);
+                if let Some(at) = r.partial.iter().position(|&b| b == base) {
+                    r.partial.swap_remove(at);
+                }
+                // SAFETY: the run was mapped by `map_aligned(run_len, _)` at
+                // `base`; no object of it is allocated any more.
+                unsafe { crate::os::unmap(base as *mut u8, self.run_len()) };
+            } else {
+                // Stretches of adjacent slots, one `madvise` each.
+                let mut m = mask;
+                while m != 0 {
+                    let first = m.trailing_zeros() as usize;
+                    let len = (m >> first).trailing_ones() as usize;
+                    // SAFETY: slots `first..first + len` of this run are
+                    // allocated objects the caller gives up (its guarantee).
+                    unsafe { crate::os::discard((base + first * self.stride) as *mut u8, len * self.stride) };
+                    let bits = if len == 64 { u64::MAX } else { ((1u64 << len) - 1) << first };
+                    m &= !bits;
+                }
+                if was_full {
+                    // Fallible growth was reserved for one entry per run at its mapping.
+                    if r.partial.try_reserve(1).is_ok() {
+                        r.partial.push(base);
+                    }
+                }
+            }
+            k = end;
+        }
+    }
+
+    /// Unmaps every run (the pool is destroyed: no object is allocated).
+    pub(crate) fn unmap_all(&self) {
+        let mut r = self.runs.lock();
+        for run in r.all.drain(..) {
+            // SAFETY: mapped by `map_aligned(run_len, _)`; the pool is being
+            // destroyed, so none of its objects is used.
+            unsafe { crate::os::unmap(run.base as *mut u8, self.run_len()) };
+        }
+        r.partial.clear();
+    }
+
+    /// Before `fork()`: takes the lock.
+    pub(crate) fn fork_lock(&self) {
+        self.runs.lock_forever();
+    }
+
+    /// # Safety
+    /// `fork_lock` took the lock on this thread.
+    pub(crate) unsafe fn fork_unlock(&self) {
+        // SAFETY: the caller's guarantee: this thread holds it by `fork_lock`.
+        unsafe { self.runs.unlock_forever() };
+    }
+}
+
+/// The index of the run at `base`.
+fn find(all: &[Run], base: usize) -> Option<usize> {
+    all.binary_search_by_key(&base, |r| r.base).ok()
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_fill_release_and_unmap() {
+        let pg = page();
+        let pages = Pages::new(4 * pg, 0);
+        assert_eq!(pages.per_run, (RUN_TARGET / (4 * pg)).clamp(1, 64));
+        let n = pages.per_run * 2 + 3;
+        let mut objs: Vec<*mut u8> = (0..n).map(|_| pages.alloc()).collect();
+        assert!(objs.iter().all(|p| !p.is_null() && *p as usize % pg == 0));
+        for (i, &p) in objs.iter().enumerate() {
+            // SAFETY: an allocated object of 4 pages.
+            unsafe { p.write_bytes(i as u8, 4 * pg) };
+        }
+        let mut sorted = objs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), n, "no object handed out twice");
+        assert_eq!(pages.runs.lock().all.len(), 3);
+        // Give back one object of the first run: it is zero when handed out again.
+        let first = objs.remove(0);
+        // SAFETY: allocated, given up.
+        unsafe { pages.release(&mut [first]) };
+        let again = pages.alloc();
+        assert_eq!(again, first, "the freed slot is reused first");
+        // SAFETY: an allocated object of 4 pages, discarded then handed out.
+        assert!(unsafe { std::slice::from_raw_parts(again, 4 * pg) }.iter().all(|&b| b == 0));
+        objs.push(again);
+        // Give everything back: every run is unmapped.
+        // SAFETY: all allocated, given up.
+        unsafe { pages.release(&mut objs) };
+        assert_eq!(pages.runs.lock().all.len(), 0);
+        assert!(pages.runs.lock().partial.is_empty());
+    }
+}
