@@ -483,8 +483,11 @@ unsigned long pool_released(const struct pool_head *pool);
  * the shared cache already holds minavail idle objects. `UINT_MAX`: never
  * by time (`pool_gc` and `pool_flush` still do). The work runs in slices
  * of at most about half a millisecond inside the library's calls (a tick
- * every 256 `pool_free`s of a thread, `pool_maintain`, or the maintenance
- * thread).
+ * every 32 `pool_free`s of a thread, every one while objects are owed
+ * back; `pool_maintain`; or the maintenance thread). Objects of a page or
+ * more live in memory the library maps itself, so that one given back
+ * leaves the process's resident memory at once; smaller ones go back to
+ * malloc, whose free memory `pool_gc` and the maintenance thread trim.
  */
 void pool_set_release_period(unsigned int ms);
 

@@ -179,7 +179,7 @@ pub(crate) struct Local {
 }
 
 /// Releases between two maintenance ticks of a thread.
-pub(crate) const TICK_EVERY: u32 = 256;
+pub(crate) const TICK_EVERY: u32 = 32;
 
 const EMPTY_LOCAL: Local =
     Local { countdown: TICK_EVERY, reserved: 0, tick: 0, decayed: 0, heads: [EMPTY_HEAD; MAX_POOLS] };
@@ -387,7 +387,13 @@ pub(crate) fn put(home: &Home, ptr: *mut u8) -> u8 {
         // SAFETY: the caller gives the object up; we are inside our cache.
         unsafe { push_head(head, ptr.cast()) };
         local.countdown -= 1;
-        r = if local.countdown == 0 { CACHED_TICK } else { CACHED };
+        r = CACHED;
+        if local.countdown == 0 {
+            // Rearmed here, so that a caller that does not run the tick
+            // loses only that tick; the tick may rearm it sooner.
+            local.countdown = TICK_EVERY;
+            r = CACHED_TICK;
+        }
     }
     tc.exit();
     r
@@ -455,8 +461,11 @@ pub(crate) fn refill(home: &Home) -> *mut u8 {
     local.tick += 1;
     let i = slot.index();
     local.heads[i].stamp = local.tick;
-    // Room for a batch: grow the stack's limit while the budget allows.
-    grow(local, i, home.size, BATCH + local.heads[i].count(), budget);
+    // Room for the next batch: the limit doubles (up to a batch more) while
+    // the budget allows, so that a stack grows with what the thread uses
+    // and a decayed one starts small again.
+    let limit = local.heads[i].limit;
+    grow(local, i, home.size, limit + limit.clamp(1, BATCH), budget);
     let want = local.heads[i].room.min(BATCH) as usize + 1;
     let (chain, n) = (home.back.fetch)(home, want);
     let mut item = chain;

@@ -29,7 +29,7 @@ fn objects_are_counted_where_they_sit() {
     assert_eq!((p.allocated(), p.used()), (50, 50));
     for &o in &objs {
         // SAFETY: each object came from `p` and is given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     assert_eq!((p.allocated(), p.used(), cache::idle(&p.home)), (50, 0, 50));
     // Taken again from this thread's cache: no new OS allocation.
@@ -37,7 +37,7 @@ fn objects_are_counted_where_they_sit() {
     assert_eq!(p.allocated(), 50);
     for o in again {
         // SAFETY: each object came from `p` and is given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     gc_all();
     assert_eq!((p.allocated(), p.used()), (0, 0), "gc frees idle objects above minavail 0");
@@ -53,11 +53,11 @@ fn eviction_takes_the_least_recently_used_pool_first() {
     let ob: Vec<_> = (0..40).map(|_| b.alloc()).collect();
     for o in oa {
         // SAFETY: from `a`, given back once.
-        unsafe { a.free(o) };
+        let _ = unsafe { a.free(o) };
     }
     for o in ob {
         // SAFETY: from `b`, given back once.
-        unsafe { b.free(o) };
+        let _ = unsafe { b.free(o) };
     }
     let (ia, ib) = (cache::idle(&a.home), cache::idle(&b.home));
     cache::set_budget(512 * 1024);
@@ -76,7 +76,7 @@ fn objects_larger_than_the_budget_are_never_cached() {
     let p = new_pool(8192, 0);
     let o = p.alloc();
     // SAFETY: from `p`, given back once.
-    unsafe { p.free(o) };
+    let _ = unsafe { p.free(o) };
     let cached = cache::idle(&p.home);
     cache::set_budget(512 * 1024);
     assert_eq!(cached, 0);
@@ -96,7 +96,7 @@ fn limit_steals_from_a_blocked_threads_cache() {
         let objs: Vec<_> = (0..8).map(|_| p.alloc() as usize).collect();
         for o in objs {
             // SAFETY: from `p`, given back once.
-            unsafe { p.free(o as *mut u8) };
+            let _ = unsafe { p.free(o as *mut u8) };
         }
         ready_tx.send(()).unwrap();
         go_rx.recv().unwrap(); // blocked, with 8 idle objects in its cache
@@ -112,7 +112,7 @@ fn limit_steals_from_a_blocked_threads_cache() {
     t.join().unwrap();
     for o in mine {
         // SAFETY: from `p`, given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     gc_all();
     destroy_ok(p);
@@ -129,7 +129,7 @@ fn an_exiting_thread_gives_its_cache_back() {
         let objs: Vec<_> = (0..10).map(|_| p.alloc() as usize).collect();
         for o in objs {
             // SAFETY: from `p`, given back once.
-            unsafe { p.free(o as *mut u8) };
+            let _ = unsafe { p.free(o as *mut u8) };
         }
         assert_eq!(cache::idle(&p.home), 10);
     })
@@ -154,7 +154,7 @@ fn destroy_refuses_while_in_use_and_merges_count_users() {
     let o = unsafe { &*p }.alloc();
     assert_eq!(destroy(p, |_| {}), p, "in use");
     // SAFETY: from `p`, given back once.
-    unsafe { (*p).free(o) };
+    let _ = unsafe { (*p).free(o) };
     assert!(destroy(p, |_| {}).is_null());
     assert!(is_live(p), "one user left");
     assert!(destroy(p, |_| {}).is_null());
@@ -171,7 +171,7 @@ fn lowering_the_limit_frees_idle_objects_above_it() {
     let held: Vec<_> = objs[..2].to_vec();
     for &o in &objs[2..] {
         // SAFETY: from `p`, given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     assert_eq!((p.allocated(), p.used()), (10, 2));
     p.set_limit(4);
@@ -181,7 +181,7 @@ fn lowering_the_limit_frees_idle_objects_above_it() {
     assert!(p.alloc().is_null(), "callers hold more than the limit");
     for o in held {
         // SAFETY: from `p`, given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     p.set_limit(0);
     gc_all();
@@ -197,7 +197,7 @@ fn gc_keeps_minavail() {
     let objs: Vec<_> = (0..20).map(|_| p.alloc()).collect();
     for o in objs {
         // SAFETY: from `p`, given back once.
-        unsafe { p.free(o) };
+        let _ = unsafe { p.free(o) };
     }
     gc_all();
     assert_eq!(p.allocated(), 5);
@@ -234,6 +234,6 @@ fn fault_injection_spares_critical_sections_and_is_fixed_at_creation() {
     assert!(!o.is_null(), "a critical allocation is spared");
     assert!(pool.alloc().is_null(), "the guard is gone, the pool still has fail=100");
     // SAFETY: from `pool`, given back once.
-    unsafe { pool.free(o) };
+    let _ = unsafe { pool.free(o) };
     assert!(destroy(p, |_| {}).is_null());
 }

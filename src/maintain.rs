@@ -6,9 +6,9 @@
 //! the library's own calls:
 //!
 //! - a tick on the free path: each thread's cache counts down its releases
-//!   (a decrement on the fast path); every 256 releases (16 while objects
-//!   are still owed back) the thread reads the coarse clock and, when work
-//!   is due, runs one slice of it;
+//!   (a decrement on the fast path); every 32 releases (every release while
+//!   objects are still owed back) the thread reads the coarse clock and,
+//!   when work is due, runs one slice of it;
 //! - `pool_maintain()`, for an event loop's timer when the program goes
 //!   idle: one slice, and the milliseconds until the next is due;
 //! - an opt-in maintenance thread (`pool_maintenance_thread(1)` or
@@ -37,12 +37,15 @@ static OWED: AtomicUsize = AtomicUsize::new(0);
 /// Objects of heap pools given back since malloc was last trimmed.
 static HEAP_RELEASED: AtomicUsize = AtomicUsize::new(0);
 
-/// Objects one pool gives back per batch of a slice.
-const BATCH: usize = 256;
+/// Objects one pool gives back per batch of a slice (128 objects of 16
+/// KiB: about a quarter of a millisecond of munmap here).
+const BATCH: usize = 128;
 /// The time a slice may take, ns.
 const SLICE_NS: u64 = 500_000;
-/// Releases between ticks while objects are owed back.
-const TICK_BUSY: u32 = 16;
+/// Releases between ticks while objects are owed back: every release runs
+/// a slice then (a slice is at most about half a millisecond), so that a
+/// spike given back under light traffic goes in a few hundred ms.
+const TICK_BUSY: u32 = 1;
 
 static ENV: Once = Once::new();
 
@@ -75,14 +78,14 @@ fn env(name: &std::ffi::CStr) -> Option<&'static str> {
 #[cold]
 #[inline(never)]
 pub(crate) fn tick() {
-    let owed = OWED.load(Relaxed) != 0;
-    cache::rearm(if owed { TICK_BUSY } else { cache::TICK_EVERY });
     restart_thread_if_lost();
     let now = os::now_ms();
     // Relaxed: a hint of when to look; the slice itself is serialised by RUNNING.
     if now >= NEXT_DUE.load(Relaxed) {
         run(now, false);
     }
+    let owed = OWED.load(Relaxed) != 0;
+    cache::rearm(if owed { TICK_BUSY } else { cache::TICK_EVERY });
 }
 
 /// `pool_maintain()`: one slice now; the ms until the next one is due.
@@ -119,20 +122,26 @@ fn run(now: u64, wait: bool) -> u64 {
     let mut owed = 0usize;
     let mut out_of_time = false;
     let mut visit = |p: &pool::Pool| {
-        if out_of_time {
-            next = now;
-            return;
-        }
-        let (done, due) = p.maintain(now, BATCH);
-        if p.on_heap() {
-            HEAP_RELEASED.fetch_add(done, Relaxed);
-        }
-        if due <= now {
-            owed += 1;
-        }
-        next = next.min(due);
-        if fine_ns().saturating_sub(start) > SLICE_NS {
-            out_of_time = true;
+        loop {
+            if out_of_time {
+                // Not visited this slice: it may owe; the next slice is due now.
+                next = now;
+                owed += 1;
+                return;
+            }
+            let (done, due) = p.maintain(now, BATCH);
+            if p.on_heap() {
+                HEAP_RELEASED.fetch_add(done, Relaxed);
+            }
+            if fine_ns().saturating_sub(start) > SLICE_NS {
+                out_of_time = true;
+            }
+            if due > now || done == 0 {
+                next = next.min(due);
+                owed += (due <= now) as usize;
+                return;
+            }
+            // Still owed: another batch of this pool while time remains.
         }
     };
     let visited = if wait {
@@ -145,6 +154,7 @@ fn run(now: u64, wait: bool) -> u64 {
         next = now;
     }
     OWED.store(owed, Relaxed);
+    pool::set_hurry(owed != 0);
     NEXT_DUE.store(next, Relaxed);
     // Release: the next slice sees this one's work.
     RUNNING.store(false, Release);

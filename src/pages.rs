@@ -58,10 +58,16 @@ pub(crate) fn page() -> usize {
     crate::os::page()
 }
 
-/// Does a pool of objects of `size` bytes aligned on `align` (0: 16) take
-/// its memory here? Objects of a page or more, alignments up to 1 MiB.
-pub(crate) fn fits(size: usize, align: usize) -> bool {
-    size >= page() && align <= 1 << 20
+/// Does a pool of objects of `size` bytes take its memory here? Objects of
+/// a page or more that two or more fit in a run; larger ones are mapped one
+/// by one (`os::map_aligned`), as musl and glibc do with large blocks.
+pub(crate) fn fits(size: usize) -> bool {
+    size >= page() && size.next_multiple_of(page()) <= RUN_TARGET / 2
+}
+
+/// Objects this large or larger are mapped one by one.
+pub(crate) fn own_mapping(size: usize) -> bool {
+    size >= page() && !fits(size)
 }
 
 impl Pages {
@@ -131,65 +137,93 @@ impl Pages {
 
     /// Gives objects back to the OS: their pages leave resident memory, and
     /// a run left with no object allocated is unmapped. `objs` is sorted
-    /// here; one system call per run touched (or per stretch of adjacent
-    /// objects).
+    /// here, 64 at a time; one system call per run touched (or per stretch of
+    /// adjacent objects), made with the lock released: a run that this
+    /// batch empties leaves the list first, then is unmapped; other objects
+    /// are discarded first, and only then marked available (so that no one
+    /// can be handed one while its pages are being discarded). The runs of
+    /// the batch stay put meanwhile: a run leaves only when all its objects
+    /// are available, and ours are not yet.
     ///
     /// # Safety
     /// Every pointer came from `alloc` of this `Pages`, is allocated, and
     /// is not used any more by anyone.
     pub(crate) unsafe fn release(&self, objs: &mut [*mut u8]) {
+        for chunk in objs.chunks_mut(64) {
+            // SAFETY: the caller's guarantee, for each part.
+            unsafe { self.release_some(chunk) };
+        }
+    }
+
+    /// `release` of at most 64 objects.
+    ///
+    /// # Safety
+    /// As `release`.
+    unsafe fn release_some(&self, objs: &mut [*mut u8]) {
+        debug_assert!(objs.len() <= 64, "a batch of at most 64 objects");
         objs.sort_unstable();
-        let mut r = self.runs.lock();
-        let mut k = 0;
-        while k < objs.len() {
-            let p = objs[k] as usize;
-            let Some(i) = r.all.partition_point(|run| run.base <= p).checked_sub(1) else {
-                debug_assert!(false, "an object of these pages");
-                k += 1;
-                continue;
-            };
-            let base = r.all[i].base;
-            debug_assert!(p < base + self.run_len(), "an object inside its run");
-            // The objects of this run in the batch.
-            let mut end = k;
-            let mut mask = 0u64;
-            while end < objs.len() && (objs[end] as usize) < base + self.run_len() {
-                let slot = (objs[end] as usize - base) / self.stride;
-                debug_assert!(r.all[i].avail & (1 << slot) == 0, "an allocated object is released once");
-                mask |= 1 << slot;
-                end += 1;
-            }
-            let was_full = r.all[i].avail == 0;
-            r.all[i].avail |= mask;
-            if r.all[i].avail == self.full_mask() {
-                // Every object of the run is given back: the whole run goes.
-                r.all.remove(i);
-                if let Some(at) = r.partial.iter().position(|&b| b == base) {
-                    r.partial.swap_remove(at);
+        // (run base, slots of the batch in it, emptied by the batch)
+        let mut groups = [(0usize, 0u64, false); 64];
+        let mut n = 0;
+        {
+            let mut r = self.runs.lock();
+            let mut k = 0;
+            while k < objs.len() && n < groups.len() {
+                let p = objs[k] as usize;
+                let Some(i) = r.all.partition_point(|run| run.base <= p).checked_sub(1) else {
+                    debug_assert!(false, "an object of these pages");
+                    k += 1;
+                    continue;
+                };
+                let base = r.all[i].base;
+                debug_assert!(p < base + self.run_len(), "an object inside its run");
+                let mut mask = 0u64;
+                while k < objs.len() && (objs[k] as usize) < base + self.run_len() {
+                    mask |= 1 << ((objs[k] as usize - base) / self.stride);
+                    k += 1;
                 }
-                // SAFETY: the run was mapped by `map_aligned(run_len, _)` at
-                // `base`; no object of it is allocated any more.
-                unsafe { crate::os::unmap(base as *mut u8, self.run_len()) };
-            } else {
-                // Stretches of adjacent slots, one `madvise` each.
-                let mut m = mask;
-                while m != 0 {
-                    let first = m.trailing_zeros() as usize;
-                    let len = (m >> first).trailing_ones() as usize;
-                    // SAFETY: slots `first..first + len` of this run are
-                    // allocated objects the caller gives up (its guarantee).
-                    unsafe { crate::os::discard((base + first * self.stride) as *mut u8, len * self.stride) };
-                    let bits = if len == 64 { u64::MAX } else { ((1u64 << len) - 1) << first };
-                    m &= !bits;
-                }
-                if was_full {
-                    // Fallible growth was reserved for one entry per run at its mapping.
-                    if r.partial.try_reserve(1).is_ok() {
-                        r.partial.push(base);
+                debug_assert!(r.all[i].avail & mask == 0, "an allocated object is released once");
+                let emptied = r.all[i].avail | mask == self.full_mask();
+                if emptied {
+                    r.all.remove(i);
+                    if let Some(at) = r.partial.iter().position(|&b| b == base) {
+                        r.partial.swap_remove(at);
                     }
                 }
+                groups[n] = (base, mask, emptied);
+                n += 1;
             }
-            k = end;
+        }
+        for &(base, mask, emptied) in &groups[..n] {
+            if emptied {
+                // SAFETY: the run was mapped by `map_aligned(run_len, _)` at
+                // `base`, is out of the list, and none of its objects is used.
+                unsafe { crate::os::unmap(base as *mut u8, self.run_len()) };
+                continue;
+            }
+            let mut m = mask;
+            while m != 0 {
+                let first = m.trailing_zeros() as usize;
+                let len = (m >> first).trailing_ones() as usize;
+                // SAFETY: slots `first..first + len` of this run are allocated
+                // objects the caller gives up (its guarantee).
+                unsafe { crate::os::discard((base + first * self.stride) as *mut u8, len * self.stride) };
+                let bits = if len == 64 { u64::MAX } else { ((1u64 << len) - 1) << first };
+                m &= !bits;
+            }
+        }
+        let mut r = self.runs.lock();
+        for &(base, mask, emptied) in &groups[..n] {
+            if emptied {
+                continue;
+            }
+            if let Some(i) = find(&r.all, base) {
+                let was_full = r.all[i].avail == 0;
+                r.all[i].avail |= mask;
+                if was_full && r.partial.try_reserve(1).is_ok() {
+                    r.partial.push(base);
+                }
+            }
         }
     }
 
@@ -233,7 +267,7 @@ mod tests {
         assert_eq!(pages.per_run, (RUN_TARGET / (4 * pg)).clamp(1, 64));
         let n = pages.per_run * 2 + 3;
         let mut objs: Vec<*mut u8> = (0..n).map(|_| pages.alloc()).collect();
-        assert!(objs.iter().all(|p| !p.is_null() && *p as usize % pg == 0));
+        assert!(objs.iter().all(|p| !p.is_null() && (*p as usize).is_multiple_of(pg)));
         for (i, &p) in objs.iter().enumerate() {
             // SAFETY: an allocated object of 4 pages.
             unsafe { p.write_bytes(i as u8, 4 * pg) };

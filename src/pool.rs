@@ -25,7 +25,7 @@ use crate::link::{next_of, Link};
 use crate::os;
 use crate::pages::Pages;
 use crate::shared::Shared;
-use crate::sync::Spin;
+use crate::sync::{Spin, SpinLock};
 use crossbeam_utils::CachePadded;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -34,6 +34,29 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 /// objects idle in a pool's shared cache for a whole period go back to the
 /// OS. 0: at once (above `minavail`); `u32::MAX`: never by time.
 static PERIOD_MS: AtomicU32 = AtomicU32::new(1000);
+
+/// A release period is watched in this many windows (see `Pool::maintain`).
+const WINDOWS: usize = 4;
+
+/// The release policy's record of the last `WINDOWS` windows.
+#[derive(Default)]
+pub(crate) struct Windows {
+    /// Fewest idle objects in the shared cache during each, newest first.
+    lows: [usize; WINDOWS],
+    /// Most objects out of the shared layer during each, newest first.
+    peaks: [usize; WINDOWS],
+    /// Windows recorded so far, up to `WINDOWS`.
+    seen: usize,
+}
+
+/// Set while objects are owed back to the OS (by `crate::maintain`): the
+/// slow releases tick at every call then, as the cached ones do.
+static HURRY: AtomicBool = AtomicBool::new(false);
+
+/// See `HURRY`.
+pub(crate) fn set_hurry(on: bool) {
+    HURRY.store(on, Relaxed);
+}
 
 /// The release period now, ms.
 pub(crate) fn release_period() -> u32 {
@@ -77,6 +100,8 @@ pub struct Pool {
     limit: AtomicUsize,
     minavail: AtomicUsize,
     pub(crate) c: CachePadded<Counters>,
+    /// The release policy's windows (`maintain`, one slice at a time).
+    windows: SpinLock<Windows>,
     /// The object debug modes it was created with; `None`: none.
     pub(crate) dbg: Option<Checks>,
 }
@@ -90,6 +115,9 @@ pub(crate) enum Memory {
     Pages(Pages),
     /// One mapping per object, unmapped on free (the `uaf` debug mode).
     Mapped,
+    /// One mapping per object, of whole pages (objects larger than half a
+    /// run): given back = unmapped.
+    Own,
 }
 
 /// Statistics and accounting. `allocated`, `out`, `failed`, `released`,
@@ -179,8 +207,10 @@ impl Pool {
             align,
             mem: if dbg.as_ref().is_some_and(Checks::mapped) {
                 Memory::Mapped
-            } else if dbg.is_none() && crate::pages::fits(alloc_size, align) {
+            } else if dbg.is_none() && crate::pages::fits(alloc_size) {
                 Memory::Pages(Pages::new(alloc_size, align))
+            } else if dbg.is_none() && crate::pages::own_mapping(alloc_size) {
+                Memory::Own
             } else {
                 Memory::Heap
             },
@@ -192,6 +222,7 @@ impl Pool {
             limit: AtomicUsize::new(0),
             minavail: AtomicUsize::new(0),
             c: CachePadded::new(Counters::default()),
+            windows: SpinLock::new(Windows { lows: [0; WINDOWS], peaks: [0; WINDOWS], seen: 0 }),
             dbg,
         }
     }
@@ -225,11 +256,8 @@ impl Pool {
     pub(crate) unsafe fn free(&self, ptr: *mut u8) -> bool {
         match cache::put(&self.home, ptr) {
             cache::CACHED => false,
-            cache::REFUSED => {
-                // SAFETY: the caller holds `ptr`, an object of this pool.
-                unsafe { self.free_slow(ptr) };
-                false
-            }
+            // SAFETY: the caller holds `ptr`, an object of this pool.
+            cache::REFUSED => unsafe { self.free_slow(ptr) },
             _ => true,
         }
     }
@@ -280,15 +308,28 @@ impl Pool {
         self.c.idle_low.fetch_min(idle, Relaxed);
     }
 
+    /// Returns whether this thread's maintenance tick is due: every
+    /// `cache::TICK_EVERY` slow releases too, so that a thread whose frees
+    /// never reach a cache (no-cache pools) still ticks.
+    ///
     /// # Safety
     /// `ptr` came from this pool and the caller holds it.
     #[cold]
     #[inline(never)]
-    unsafe fn free_slow(&self, ptr: *mut u8) {
+    unsafe fn free_slow(&self, ptr: *mut u8) -> bool {
         if !cache::put_slow(&self.home, ptr) {
             // SAFETY: the caller holds `ptr`, an object of this pool counted out.
             unsafe { self.release(ptr.cast()) };
         }
+        thread_local! {
+            static SLOW_FREES: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+        }
+        SLOW_FREES.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            // Relaxed: a hint; a tick more or less changes nothing.
+            v % cache::TICK_EVERY == 0 || HURRY.load(Relaxed)
+        })
     }
 
     /// Takes a new object from the OS, or, at the limit, any idle object;
@@ -469,7 +510,14 @@ impl Pool {
             Memory::Heap => unsafe { os::free_object(p, self.alloc_size, false) },
             // SAFETY: as above, a mapping of its own.
             Memory::Mapped => unsafe { os::free_object(p, self.alloc_size, true) },
+            // SAFETY: a mapping of `own_len` bytes of its own, unused.
+            Memory::Own => unsafe { os::unmap(p, self.own_len()) },
         }
+    }
+
+    /// The length of an object's own mapping (`Memory::Own`).
+    fn own_len(&self) -> usize {
+        self.alloc_size.next_multiple_of(os::page())
     }
 
     /// An object's memory from the OS; null when it refuses.
@@ -478,6 +526,7 @@ impl Pool {
             Memory::Pages(pages) => pages.alloc(),
             Memory::Heap => os::alloc_object(self.alloc_size, self.align, false),
             Memory::Mapped => os::alloc_object(self.alloc_size, self.align, true),
+            Memory::Own => os::map_aligned(self.own_len(), self.align.max(os::page())),
         }
     }
 
@@ -546,36 +595,61 @@ impl Pool {
         self.c.released.load(Relaxed)
     }
 
-    /// The time-based release (`crate::maintain` calls it): when a period
-    /// has passed since the last one began, the objects that stayed idle in
-    /// the shared cache the whole period (its fewest idle objects during
-    /// it), above `minavail`, are owed back to the OS; then up to `max` of
-    /// what is owed goes back now, in one batch. Returns the objects given
-    /// back, and when (ms) this pool next needs a call: `now` again while
-    /// something is still owed.
+    /// The time-based release (`crate::maintain` calls it). A period is
+    /// watched in `WINDOWS` windows: the shared cache's fewest idle objects
+    /// during each (`idle_low`) and the most objects out (`peak`) are kept
+    /// for the last `WINDOWS`; the fewest over them all stayed idle for the
+    /// whole period, and, above `minavail`, are owed back to the OS. So an
+    /// object goes back between one period and a period and a window after
+    /// it went idle, and objects needed again within the period stay. Up to
+    /// `max` of what is owed goes back now, in one batch. Returns the
+    /// objects given back, and when (ms) this pool next needs a call: `now`
+    /// again while something is still owed.
     pub(crate) fn maintain(&self, now: u64, max: usize) -> (usize, u64) {
         let period = release_period();
         if period == u32::MAX || self.shared.keeps_all() {
             return (0, u64::MAX);
         }
+        let window = (period as u64 / WINDOWS as u64).max(1);
         let since = self.c.since.load(Relaxed);
         if since == 0 {
-            // First sight of this pool: its first period begins.
+            // First sight of this pool: its first window begins.
             self.c.since.store(now, Relaxed);
             self.c.idle_low.store(self.shared_idle(), Relaxed);
-            return (0, now + period as u64);
+            return (0, now + window);
         }
-        if now >= since + period as u64 {
+        if now >= since + window {
+            // Only one maintenance slice runs at a time: the windows are its own.
+            let mut w = self.windows.lock();
             let idle = self.shared_idle();
             let low = self.c.idle_low.swap(idle, Relaxed).min(idle);
-            let keep = self.minavail.load(Relaxed);
-            self.c.debt.store(low.saturating_sub(keep), Relaxed);
             let peak = self.c.peak.swap(self.c.out.load(Relaxed), Relaxed);
+            // Windows that ended unobserved (no call came) have the fewest
+            // idle and the peak seen since the last one: no better is known.
+            let ended = ((now - since) / window).min(WINDOWS as u64) as usize;
+            for _ in 0..ended {
+                w.lows.rotate_right(1);
+                w.lows[0] = low;
+                w.peaks.rotate_right(1);
+                w.peaks[0] = peak;
+            }
+            w.seen = (w.seen + ended).min(WINDOWS);
+            if w.seen == WINDOWS {
+                let idle_all_period = w.lows.iter().copied().min().unwrap_or(0);
+                let owed = idle_all_period.saturating_sub(self.minavail.load(Relaxed));
+                // Those objects are owed once: the windows' lows no longer
+                // count them, and they add to what is still owed.
+                for l in w.lows.iter_mut() {
+                    *l = l.saturating_sub(owed);
+                }
+                self.c.debt.fetch_add(owed, Relaxed);
+            }
+            // The average moves a quarter of the way to the period's peak
+            // each window (rounded up, so that it reaches a steady peak).
+            let peak = w.peaks.iter().copied().max().unwrap_or(0);
             let need = self.c.need.load(Relaxed);
-            // The average moves a quarter of the way to this period's peak
-            // (rounded up, so that it reaches a steady peak).
             self.c.need.store((need * 3 + peak).div_ceil(4), Relaxed);
-            self.c.since.store(now, Relaxed);
+            self.c.since.store(now - (now - since) % window, Relaxed);
         }
         let owed = self.c.debt.load(Relaxed);
         let mut done = 0;
@@ -587,7 +661,7 @@ impl Pool {
             done = self.give_back(want);
             self.c.debt.store(if done < want { 0 } else { owed - done }, Relaxed);
         }
-        let next = if self.c.debt.load(Relaxed) > 0 { now } else { self.c.since.load(Relaxed) + period as u64 };
+        let next = if self.c.debt.load(Relaxed) > 0 { now } else { self.c.since.load(Relaxed) + window };
         (done, next)
     }
 
@@ -620,8 +694,12 @@ impl Pool {
                             // SAFETY: an idle object of this pool, now ours.
                             unsafe { d.retire(o, true) };
                         }
-                        // SAFETY: an idle object of this pool from `os_alloc`, ours.
-                        unsafe { os::free_object(o, self.alloc_size, matches!(self.mem, Memory::Mapped)) };
+                        match &self.mem {
+                            // SAFETY: an idle object of this pool, a mapping of its own, ours.
+                            Memory::Own => unsafe { os::unmap(o, self.own_len()) },
+                            // SAFETY: an idle object of this pool from `os_alloc`, ours.
+                            m => unsafe { os::free_object(o, self.alloc_size, matches!(m, Memory::Mapped)) },
+                        }
                     }
                 }
             }
