@@ -37,7 +37,7 @@ HAVE_MUSL = command -v $(MUSLCC) >/dev/null 2>&1
 NO_MUSL_MSG = echo "musl: $(MUSLCC) not found (apt-get install musl-tools): only the glibc run (M_MMAP_THRESHOLD=128K) stands"
 DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
-.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean
+.PHONY: all lib header check-header check-symbols test test-rust test-loom test-c test-musl musl-tools test-tsan test-sanitize bench demo install clean examples relay-demo test-relay
 
 all: lib header
 
@@ -127,7 +127,7 @@ test-musl: lib musl-tools
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
 	else $(NO_MUSL_MSG); fi
 
-test: check-header check-symbols test-rust test-loom test-c test-musl test-tsan
+test: check-header check-symbols test-rust test-loom test-c test-musl test-tsan test-relay
 	@echo "make test: all passed"
 
 # The C harnesses under ASan+UBSan and under TSan, the Rust tests under ASan
@@ -149,6 +149,39 @@ demo: lib musl-tools $(BINDIR)/race_demo $(BINDIR)/throughput
 	  $(BINDIR)/race_demo.musl $(DEMO_RUNS) $(DEMO_SECONDS); else $(NO_MUSL_MSG); fi
 	@$(BINDIR)/throughput $(DEMO_CELL)
 	@if $(HAVE_MUSL); then $(BINDIR)/throughput.musl $(DEMO_CELL); fi
+
+# examples/relay: an HTTP/1.1 reverse proxy on bufpool (README: "A proxy on
+# bufpool"). It is built the way a user builds it: against a staged
+# `make install` (header, .so, bufpool.pc) in build/relay/prefix, nothing else.
+RELAY_DIR    := examples/relay
+RELAY_BIN    := build/relay
+RELAY_PREFIX := $(abspath $(RELAY_BIN)/prefix)
+RELAY_CFLAGS := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -pthread -I$(RELAY_PREFIX)/include
+RELAY_LD     := -L$(RELAY_PREFIX)/lib -Wl,-rpath,$(RELAY_PREFIX)/lib -lbufpool -pthread
+RELAY_STAGED := $(RELAY_PREFIX)/include/bufpool.h $(RELAY_PREFIX)/lib/libbufpool.so.$(VERSION)
+RELAY_HTTP   := $(RELAY_DIR)/http.c $(RELAY_DIR)/http.h
+
+examples: lib
+	@$(MAKE) --no-print-directory install PREFIX=$(RELAY_PREFIX) >/dev/null
+	@$(MAKE) --no-print-directory $(RELAY_BIN)/relay $(RELAY_BIN)/backend $(RELAY_BIN)/loadgen
+
+$(RELAY_BIN)/relay: $(RELAY_DIR)/relay.c $(RELAY_DIR)/ctl.c $(RELAY_DIR)/relay.h $(RELAY_HTTP) $(RELAY_STAGED)
+	$(CC) $(RELAY_CFLAGS) $(filter %.c,$^) -o $@ $(RELAY_LD)
+
+# The test backend and client use no bufpool at all.
+$(RELAY_BIN)/backend $(RELAY_BIN)/loadgen: $(RELAY_BIN)/%: $(RELAY_DIR)/%.c $(RELAY_DIR)/pattern.h $(RELAY_HTTP)
+	@mkdir -p $(RELAY_BIN)
+	$(CC) $(RELAY_CFLAGS) $(filter %.c,$^) -o $@
+
+# The relay under curl and its own client, against its own backend, on
+# loopback (about 30 s): see examples/relay/test-relay.sh.
+test-relay: examples
+	@$(RELAY_DIR)/test-relay.sh $(RELAY_BIN)
+
+# The relay against HAProxy 2.6, both in front of nginx, driven by wrk
+# (Debian packages, installed when root): see examples/relay/demo.sh.
+relay-demo: examples
+	@$(RELAY_DIR)/demo.sh $(RELAY_BIN)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
