@@ -211,23 +211,27 @@ static int parse(struct bconn *c)
             return -1;
         if (c->rq.state == HM_HDR)
             return 0;
-        size_t take = c->rq.fwd;
+        size_t take = c->rq.fwd, body = 0;
         if (was_hdr) {
-            route_of(c, c->in, take);
+            size_t h = http_header_len(c->in, c->in_len);
+            route_of(c, c->in, h);
             c->close_after = (c->rq.flags & HF_CLOSE) != 0;
             c->req_chunked = c->rq.body == BODY_CHUNKED;
             c->echo_len = 0;
-        } else if (c->route == R_ECHO) {
-            if (c->echo_len + take > c->echo_cap) {
-                size_t cap = (c->echo_len + take) * 2;
+            body = h;                       /* the body starts there */
+        }
+        if (c->route == R_ECHO && take > body) {
+            size_t n = take - body;
+            if (c->echo_len + n > c->echo_cap) {
+                size_t cap = (c->echo_len + n) * 2;
                 unsigned char *e = realloc(c->echo, cap);
                 if (!e)
                     return -1;
                 c->echo = e;
                 c->echo_cap = cap;
             }
-            memcpy(c->echo + c->echo_len, c->in, take);
-            c->echo_len += take;
+            memcpy(c->echo + c->echo_len, c->in + body, n);
+            c->echo_len += n;
         }
         memmove(c->in, c->in + take, c->in_len - take);
         c->in_len -= take;

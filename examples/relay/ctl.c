@@ -78,8 +78,8 @@ void ctl_sum(struct wstats *o)
                                      atomic_load_explicit(&w->st.f, memory_order_relaxed), memory_order_relaxed)
     for (int i = 0; i < cfg.threads; i++) {
         struct worker *w = &workers[i];
-        SUM(accepted); SUM(requests); SUM(responses); SUM(buf_fail); SUM(offer_wakes); SUM(retry_wakes);
-        SUM(idle_offer_wakes); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
+        SUM(accepted); SUM(requests); SUM(responses); SUM(buf_fail); SUM(offer_wakes); SUM(offer_declined);
+        SUM(foreign_wakes); SUM(retry_wakes); SUM(idle_offer_wakes); SUM(res_retries); SUM(srv_connects); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
         SUM(bufwaiters);
     }
 #undef SUM
@@ -102,12 +102,15 @@ static void show_info(int fd)
             "threads: %d\nbufsize: %zu\nbuffer limit: %u\nreserve: %u\nrequest margin: %d\nserver maxconn: %d\n"
             "sessions: %ld\nactive requests: %ld\nbuffer waiters: %ld\nserver busy: %d\nserver queue: %u\n"
             "buffers used: %lu\nbuffers allocated: %lu\naccepted: %lu\nrequests: %lu\nresponses: %lu\n"
+            "server connections opened: %lu\n"
             "failed buffer allocations: %lu\nwake-ups by release offers: %lu\nwake-ups by idle offers: %lu\n"
-            "wake-ups by the retry tick: %lu\nerrors sent: %lu\naborts: %lu\nrefused: %lu\nstalled: %d\n"
+            "offers declined by a callback: %lu\nwake-ups sent to another thread: %lu\n"
+            "response waiters retried after a release: %lu\nwake-ups by the retry tick: %lu\nerrors sent: %lu\naborts: %lu\nrefused: %lu\nstalled: %d\n"
             "stalls: %lu\npool gc runs: %lu\n",
             cfg.threads, cfg.bufsize, cfg.buflimit, cfg.reserve, cfg.req_margin, cfg.maxconn, V(sessions), V(active),
             V(bufwaiters), cur, qlen, pool_used(pool_head_buffer), pool_allocated(pool_head_buffer), V(accepted),
-            V(requests), V(responses), V(buf_fail), V(offer_wakes), V(idle_offer_wakes), V(retry_wakes), V(errors),
+            V(requests), V(responses), V(srv_connects), V(buf_fail), V(offer_wakes), V(idle_offer_wakes), V(offer_declined),
+            V(foreign_wakes), V(res_retries), V(retry_wakes), V(errors),
             V(aborts), V(refused), atomic_load(&stalled), atomic_load(&stalls), atomic_load(&gc_runs));
 }
 

@@ -40,12 +40,20 @@ struct server server = { .lock = PTHREAD_MUTEX_INITIALIZER };
 struct worker *workers;
 struct pool_head *pool_conn, *pool_sess;
 atomic_int stopping;
+/* Buffers the relay gave back, all threads: a response waiter retries when it moved. */
+static atomic_ulong buf_frees;
+/* Sessions waiting for a response buffer, all threads. */
+static atomic_long res_waiters;
 
 static _Thread_local struct worker *cur_worker;
 /* Which offer is running on this thread: 0 after a release, 1 the idle one. */
 static _Thread_local int offer_kind;
+/* In the offer running on this thread: 1, a request buffer was refused; 2, a response buffer. */
+static _Thread_local unsigned char offer_refused;
 
 /* ---------------------------------------------------------------- queues */
+
+static void bufwait_forget(struct session *s);
 
 static void runq_add(struct worker *w, struct session *s)
 {
@@ -139,25 +147,58 @@ static void wake_session(struct session *s)
 }
 
 /* The buffer_wait callback: called by offer_buffers, on the thread that
- * offers, with no lock of the library held. The session will retry its
- * allocation when it runs. */
+ * offers, with no lock of the library held. On the session's own thread it
+ * takes the buffer the session waits for, with the margin the session
+ * itself uses, as HAProxy's callbacks do; when it cannot, it returns 0 and
+ * the session keeps its place in the queue. Once a request buffer was
+ * refused in an offer, the other request waiters of that offer are refused
+ * without trying (same margin, same answer). From another thread the
+ * session cannot be touched: it is sent to its worker, which retries. */
 static int sess_buf_ready(void *target)
 {
     struct session *s = target;
+    struct worker *w = cur_worker;
 
-    if (cur_worker) {
-        if (offer_kind)
-            INC(cur_worker, idle_offer_wakes);
-        else
-            INC(cur_worker, offer_wakes);
+    if (!w || s->w != w) {
+        if (w)
+            INC(w, foreign_wakes);
+        inbox_push(s);
+        return 1;
     }
-    wake_session(s);
+    struct buffer *b = s->wait_res ? &s->res : &s->req;
+    unsigned char refused = s->wait_res ? 2 : 1;
+    if (!b->size && ((offer_refused & refused) || !b_alloc_margin(b, s->wait_res ? 0 : cfg.req_margin))) {
+        offer_refused |= refused;
+        INC(w, offer_declined);
+        return 0;
+    }
+    if (offer_kind)
+        INC(w, idle_offer_wakes);
+    else
+        INC(w, offer_wakes);
+    bufwait_forget(s);                      /* it leaves the queue: we return 1 */
+    runq_add(w, s);
     return 1;
+}
+
+/* The threshold of an offer: the run queue's length, as HAProxy does. An
+ * offer's budget is the free buffers less reserve/2, but a request buffer
+ * needs its margin plus one free: while only request buffers are awaited,
+ * the difference is added, so that an offer is made when it can serve
+ * someone (else every waiter's callback would be called to say no). */
+static unsigned offer_threshold(void)
+{
+    unsigned t = cur_worker->rq_len;
+
+    if (!atomic_load_explicit(&res_waiters, memory_order_relaxed) && cfg.req_margin > (int)(cfg.reserve / 2))
+        t += (unsigned)cfg.req_margin - cfg.reserve / 2;
+    return t;
 }
 
 static void offer(struct session *from)
 {
-    offer_buffers(from, cur_worker->rq_len);
+    offer_refused = 0;
+    offer_buffers(from, offer_threshold());
 }
 
 /* ------------------------------------------------------------ the server */
@@ -318,6 +359,7 @@ static int srv_attach(struct session *s)
     }
     c->flags = r == 0 ? CF_WR : CF_CONNECTING;
     s->srv = c;
+    INC(w, srv_connects);
     return 0;
 }
 
@@ -383,14 +425,26 @@ static void list_del(struct session **head, struct session *s, size_t next_off, 
 #define WAIT_ADD(w, s) list_add(&(w)->waiters, s, offsetof(struct session, wnext), offsetof(struct session, wprev))
 #define WAIT_DEL(w, s) list_del(&(w)->waiters, s, offsetof(struct session, wnext), offsetof(struct session, wprev))
 
+/* The session is no longer queued for a buffer (the owner's bookkeeping). */
+static void bufwait_forget(struct session *s)
+{
+    if (!s->bufwait)
+        return;
+    WAIT_DEL(s->w, s);
+    s->bufwait = 0;
+    if (s->wait_res) {
+        s->w->n_res_waiters--;
+        atomic_fetch_sub_explicit(&res_waiters, 1, memory_order_relaxed);
+    }
+    ADD(s->w, bufwaiters, -1);
+}
+
 static void bufwait_done(struct session *s)
 {
     if (!s->bufwait)
         return;
     b_dequeue(&s->bw);
-    WAIT_DEL(s->w, s);
-    s->bufwait = 0;
-    ADD(s->w, bufwaiters, -1);
+    bufwait_forget(s);
 }
 
 /* A buffer for `s`: with `margin` buffers left to others after it, or the
@@ -401,9 +455,16 @@ static int sess_alloc(struct session *s, struct buffer *b, int margin, unsigned 
     if (b->size)
         return 1;
     if (!b_alloc_margin(b, margin)) {
+        int res = b == &s->res;
         INC(s->w, buf_fail);
+        if (s->bufwait && s->wait_res != res)
+            bufwait_done(s);                /* it waited for the other buffer */
         if (!s->bufwait) {
             s->bufwait = 1;
+            s->wait_res = (unsigned char)res;
+            s->w->n_res_waiters += (unsigned)res;
+            if (res)
+                atomic_fetch_add_explicit(&res_waiters, 1, memory_order_relaxed);
             WAIT_ADD(s->w, s);
             ADD(s->w, bufwaiters, 1);
         }
@@ -420,6 +481,7 @@ static void sess_release(struct session *s, struct buffer *b)
 {
     if (b->size && !b->data) {
         b_free(b);
+        atomic_fetch_add_explicit(&buf_frees, 1, memory_order_relaxed);
         offer(s);
     }
 }
@@ -521,8 +583,10 @@ static void session_close(struct session *s)
         ADD(w, active, -1);
     conn_close(s->cli);
     ALL_DEL(w, s);
-    if (held)
+    if (held) {
+        atomic_fetch_add_explicit(&buf_frees, 1, memory_order_relaxed);
         offer(NULL);
+    }
     if (s->in_runq)
         s->dead = 1;                        /* freed when the run queue gets to it */
     else
@@ -724,8 +788,6 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct epoll_event evs[256];
 
-    unsigned idle_threshold = cfg.req_margin > (int)(cfg.reserve / 2) ? (unsigned)cfg.req_margin - cfg.reserve / 2 : 0;
-
     cur_worker = w;
     while (!atomic_load(&stopping)) {
         int timeout = w->rq_len ? 0 : w->waiters ? cfg.retry_ms : -1;
@@ -738,19 +800,20 @@ static void *worker_main(void *arg)
             if (c->kind == CK_LISTEN) {
                 accept_clients(w);
             } else if (c->kind == CK_WAKE) {
+                /* The pipe first, then the flag, then the inbox: a push
+                 * that saw the flag set is in the inbox we drain next. */
                 char tmp[64];
-                atomic_store(&w->wake_pending, 0);
                 while (read(c->fd, tmp, sizeof(tmp)) > 0)
                     ;
+                atomic_store(&w->wake_pending, 0);
                 inbox_drain(w);
             } else {
                 conn_event(w, c, evs[i].events);
             }
         }
         if (n == 0 && !w->rq_len && w->waiters) {
-            /* The retry tick: an offer never wakes a waiter while fewer
-             * than reserve/2 + 1 buffers are free, even one that needs a
-             * single buffer with margin 0 and would get it. */
+            /* The retry tick: idle for a while with waiters (woken from
+             * another thread and failed, say): each tries again. */
             for (struct session *s = w->waiters; s; s = s->wnext) {
                 INC(w, retry_wakes);
                 runq_add(w, s);
@@ -767,13 +830,26 @@ static void *worker_main(void *arg)
         }
         if (!w->rq_len) {
             /* Nothing left to run here: waiters held back by a threshold
-             * (the run queue at the time of a release) get their chance,
-             * as many as can get a request buffer (an offer's budget is
-             * the free buffers less reserve/2; a request needs its margin
-             * plus one), so that a woken waiter does not fail and spin. */
+             * (the run queue at the time of a release) get their chance. */
             offer_kind = 1;
-            offer_buffers(NULL, idle_threshold);
+            offer_refused = 0;
+            offer_buffers(NULL, offer_threshold());
             offer_kind = 0;
+        }
+        if (!w->rq_len && w->n_res_waiters) {
+            /* An offer wakes nobody while fewer than reserve/2 + 1 buffers
+             * are free, even a response that needs one with margin 0: our
+             * response waiters retry themselves whenever buffers came back. */
+            unsigned long f = atomic_load_explicit(&buf_frees, memory_order_relaxed);
+            if (f != w->frees_seen) {
+                w->frees_seen = f;
+                for (struct session *s = w->waiters; s; s = s->wnext) {
+                    if (s->wait_res) {
+                        INC(w, res_retries);
+                        runq_add(w, s);
+                    }
+                }
+            }
         }
     }
     return NULL;

@@ -63,15 +63,17 @@ struct session {
     struct session *qnext, *qprev;    /* server queue (the server's lock) */
     struct session *anext, *aprev;    /* the owner's sessions */
     struct session *wnext, *wprev;    /* the owner's buffer waiters */
-    unsigned char in_runq, dead, bufwait, active, close_after, req_flags, slot;
+    unsigned char in_runq, dead, active, close_after, req_flags, slot;
+    unsigned char bufwait;            /* queued for a buffer (owner's view) */
+    unsigned char wait_res;           /* ... for the response buffer, else the request's */
     unsigned char in_inbox;           /* under the owner's inbox lock */
     unsigned char in_srvq, granted;   /* under the server's lock */
 };
 
 /* Counters a worker writes alone (relaxed stores) and the control thread reads. */
 struct wstats {
-    atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, retry_wakes, idle_offer_wakes,
-        errors, aborts, refused;
+    atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, offer_declined, foreign_wakes, retry_wakes,
+        idle_offer_wakes, res_retries, srv_connects, errors, aborts, refused;
     atomic_long sessions, active, bufwaiters;
 };
 
@@ -89,6 +91,8 @@ struct worker {
     struct conn *idle_srv;
     unsigned n_idle_srv;
     struct session *all, *waiters;
+    unsigned n_res_waiters;            /* waiters for a response buffer */
+    unsigned long frees_seen;          /* buf_frees when they were last retried */
     struct wstats st;
 };
 
