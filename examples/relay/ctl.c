@@ -206,8 +206,13 @@ void ctl_loop(void)
             last_act = act;
             last_activity = now;
             gc_pending = 1;
-        } else if (cfg.idle_gc_ms && gc_pending && !pending && now - last_activity >= cfg.idle_gc_ms) {
-            pool_gc(NULL);              /* idle: give the burst's memory back */
+        } else if (cfg.idle_gc_ms && gc_pending == 1 && !pending && now - last_activity >= cfg.idle_gc_ms) {
+            atomic_fetch_add(&purge_epoch, 1);  /* idle: workers drop their idle server connections */
+            for (int i = 0; i < cfg.threads; i++)
+                wake_worker(&workers[i]);
+            gc_pending = 2;
+        } else if (gc_pending == 2 && !pending) {
+            pool_gc(NULL);              /* a tick later: give the burst's memory back */
             atomic_fetch_add(&gc_runs, 1);
             gc_pending = 0;
         }

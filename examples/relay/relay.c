@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -40,6 +41,7 @@ struct server server = { .lock = PTHREAD_MUTEX_INITIALIZER };
 struct worker *workers;
 struct pool_head *pool_conn, *pool_sess;
 atomic_int stopping;
+atomic_ulong purge_epoch;
 /* Buffers the relay gave back, all threads: a response waiter retries when it moved. */
 static atomic_ulong buf_frees;
 /* Sessions waiting for a response buffer, all threads. */
@@ -88,6 +90,11 @@ static void wake_pipe(struct worker *w)
         ssize_t r = write(w->wake_wr, "", 1);
         (void)r;                            /* a full pipe is already a wake-up */
     }
+}
+
+void wake_worker(struct worker *w)
+{
+    wake_pipe(w);
 }
 
 /* From another thread: into the owner's inbox, which it drains on its wake pipe. */
@@ -807,6 +814,19 @@ static void *worker_main(void *arg)
                     ;
                 atomic_store(&w->wake_pending, 0);
                 inbox_drain(w);
+                unsigned long pe = atomic_load(&purge_epoch);
+                if (pe != w->purge_seen) {
+                    /* The relay has been idle: server connections kept
+                     * for reuse go, so that the gc that follows finds
+                     * their objects idle. */
+                    w->purge_seen = pe;
+                    while (w->idle_srv) {
+                        struct conn *ic = w->idle_srv;
+                        w->idle_srv = ic->next;
+                        conn_close(ic);
+                    }
+                    w->n_idle_srv = 0;
+                }
             } else {
                 conn_event(w, c, evs[i].events);
             }
@@ -1061,6 +1081,11 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv) < 0)
         return 2;
     signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;                       /* one descriptor per connection */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     int r = dynbuf_init(cfg.bufsize, cfg.reserve, cfg.buflimit);
     if (r < 0) {
         fprintf(stderr, "relay: dynbuf_init(%zu, %u, %u) = %d%s\n", cfg.bufsize, cfg.reserve, cfg.buflimit, r,

@@ -93,6 +93,7 @@ struct worker {
     struct session *all, *waiters;
     unsigned n_res_waiters;            /* waiters for a response buffer */
     unsigned long frees_seen;          /* buf_frees when they were last retried */
+    unsigned long purge_seen;
     struct wstats st;
 };
 
@@ -110,7 +111,10 @@ extern struct worker *workers;
 extern struct pool_head *pool_conn, *pool_sess;
 extern atomic_int stopping;
 extern atomic_ulong gc_runs, stalls;
+extern atomic_ulong purge_epoch;          /* raised by ctl: workers close idle server connections */
 extern atomic_int stalled;
+
+void wake_worker(struct worker *w);      /* from any thread */
 
 /* ctl.c */
 int ctl_setup(void);                      /* stats socket and signal pipe */
