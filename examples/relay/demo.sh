@@ -265,8 +265,10 @@ stop "$PID"
 haproxy_start h3 $LIMIT 1
 idle_run h3 "$PID" "$PORT"
 H_PER=$PER
-H_BUFS=$(socat - "UNIX-CONNECT:$T/h3.sock" <<< "show pools" | sed -n 's/.*Pool buffer.*allocated ([0-9]* bytes), \([0-9]*\) used.*/\1/p' | head -1)
-row "haproxy ($IDLE_OK idle)" "${RSSB} kB" "${RSSA} kB" "$PER B" "${H_BUFS:-?} used" ""
+# HAProxy's "used" counts its thread caches' buffers too ("~N by thread caches").
+H_BUFS=$(socat - "UNIX-CONNECT:$T/h3.sock" <<< "show pools" |
+    sed -n 's/.*Pool buffer .* \([0-9]*\) used (~\([0-9]*\) by thread caches).*/\1 used, ~\2 of them cached/p' | head -1)
+row "haproxy ($IDLE_OK idle)" "${RSSB} kB" "${RSSA} kB" "$PER B" "${H_BUFS:-?}" ""
 stop "$PID"
 
 echo

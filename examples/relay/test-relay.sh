@@ -91,6 +91,15 @@ urls=()
 for i in $(seq 1 20); do urls+=("$(URL /size/4096)"); done
 conns=$(curl -sS -o /dev/null -w '%{num_connects}\n' "${urls[@]}" | awk '{s += $1} END {print s}')
 check "20 requests on one client connection (keep-alive: $conns connect)" "[ '$conns' = 1 ]"
+curl -sS -0 -o "$T/got" "$(URL /size/100000)"
+check "HTTP/1.0 client (closed after the response)" "cmp -s '$T/got' '$T/want.100000'"
+# Two pipelined requests in one write, the second with Connection: close.
+exec 3<>"/dev/tcp/127.0.0.1/$RPORT"
+printf 'GET /size/4095 HTTP/1.1\r\nhost: t\r\n\r\nGET /chunked/4096 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n' >&3
+timeout 10 cat <&3 > "$T/pipe"
+exec 3<&-
+check "pipelined requests, answered in order, then closed" \
+    "[ \$(grep -ao 'HTTP/1.1 200' '$T/pipe' | wc -l) = 2 ] && grep -q 'x-trailer: 4096' '$T/pipe' && [ \$(stat -c %s '$T/pipe') -gt 8191 ]"
 curl -sS -o /dev/null "$(URL /nope)" -w '%{http_code}' > "$T/code"
 check "a 404 of the server passes" "[ \$(cat '$T/code') = 404 ]"
 check "no buffer held once idle" "[ \"\$(info curl 'buffers used')\" = 0 ]"
