@@ -23,10 +23,18 @@ done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "relay-demo: installing ${need[*]} (Debian packages)"
-        # policy-rc.d-less containers start nothing; elsewhere we stop what the packages started.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
             { apt-get update -q >/dev/null 2>&1 &&
               DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }
+        # Where the packages started their services (on *:80 and so on), stop them:
+        # ours listen on 127.0.0.1 only. (Containers without an init start nothing.)
+        for svc in nginx haproxy; do
+            if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+                systemctl stop "$svc" >/dev/null 2>&1
+            elif command -v invoke-rc.d >/dev/null 2>&1; then
+                invoke-rc.d "$svc" stop >/dev/null 2>&1
+            fi
+        done
     else
         echo "relay-demo: skipped: needs ${need[*]} (apt-get install ${need[*]}, as root)"
         exit 0

@@ -65,29 +65,6 @@ size_t http_header_len(const char *p, size_t len)
     return 0;
 }
 
-const char *http_header(const char *p, size_t len, const char *name, size_t *vlen)
-{
-    const char *line = memchr(p, '\n', len);
-    const char *end = p + len;
-    while (line && ++line < end) {
-        const char *eol = memchr(line, '\n', (size_t)(end - line));
-        if (!eol)
-            break;
-        const char *colon = memchr(line, ':', (size_t)(eol - line));
-        if (colon && ci_eq(line, (size_t)(colon - line), name)) {
-            const char *v = colon + 1, *ve = eol;
-            while (v < ve && (*v == ' ' || *v == '\t'))
-                v++;
-            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
-                ve--;
-            *vlen = (size_t)(ve - v);
-            return v;
-        }
-        line = eol;
-    }
-    return NULL;
-}
-
 /* Parses the start line and the headers that decide the framing. */
 static int parse_headers(struct hmsg *m, const char *p, size_t hlen, int is_resp, int req_flags)
 {

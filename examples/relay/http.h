@@ -47,9 +47,4 @@ int hmsg_scan(struct hmsg *m, const char *p, size_t len, size_t room, int is_res
  * is not complete in `len` bytes. Accepts bare LF line ends. */
 size_t http_header_len(const char *p, size_t len);
 
-/* The value of header `name` (case-insensitive) in the header block at `p`
- * (`len` bytes, ending with the empty line): a pointer into `p` and its
- * length in `*vlen`, or NULL. For the test programs. */
-const char *http_header(const char *p, size_t len, const char *name, size_t *vlen);
-
 #endif
