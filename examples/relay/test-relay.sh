@@ -115,7 +115,7 @@ stop_relay ka
 
 # 2. Few buffers, many sessions: all complete, with contention.
 echo "2. buffer limit 16, reserve 2, maxconn 2, 2 threads: 300 connections x 20 requests of 40 KB"
-start_relay lim --threads 2 --buflimit 16 --reserve 2 --maxconn 2
+start_relay lim --threads 2 --buflimit 16 --reserve 2 --maxconn 2 --watchdog 3000
 "$BIN/loadgen" load --port "$RPORT" --conns 300 --requests 20 --path /size/40000 --verify --timeout 40 > "$T/lim.out" 2>&1
 lrc=$?
 cat "$T/lim.out" | sed 's/^/       /'
