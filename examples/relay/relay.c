@@ -97,39 +97,78 @@ void wake_worker(struct worker *w)
     wake_pipe(w);
 }
 
-/* From another thread: into the owner's inbox, which it drains on its wake pipe. */
-static void inbox_push(struct session *s)
+/* Links `s` at the tail of its owner's inbox; the inbox lock is held. */
+static void inbox_link_locked(struct session *s)
 {
     struct worker *w = s->w;
 
-    pthread_mutex_lock(&w->ilock);
-    if (!s->in_inbox) {
-        s->in_inbox = 1;
-        s->iprev = NULL;
-        s->inext = w->ihead;
-        if (w->ihead)
-            w->ihead->iprev = s;
+    if (s->in_inbox)
+        return;
+    s->in_inbox = 1;
+    s->inext = NULL;
+    s->iprev = w->itail;
+    if (w->itail)
+        w->itail->inext = s;
+    else
         w->ihead = s;
-    }
-    pthread_mutex_unlock(&w->ilock);
-    wake_pipe(w);
+    w->itail = s;
 }
 
+/* From another thread: into the owner's inbox, which it drains on its wake pipe. */
+static void inbox_push(struct session *s)
+{
+    pthread_mutex_lock(&s->w->ilock);
+    inbox_link_locked(s);
+    pthread_mutex_unlock(&s->w->ilock);
+    wake_pipe(s->w);
+}
+
+/* Sessions of the inbox into the run queue, in order; a buffer a callback
+ * took for one becomes its request or response buffer. */
 static void inbox_drain(struct worker *w)
 {
+    char *spare[64];
+    int nspare = 0;
+
     pthread_mutex_lock(&w->ilock);
     while (w->ihead) {
         struct session *s = w->ihead;
         w->ihead = s->inext;
         s->in_inbox = 0;
+        if (s->gift) {
+            struct buffer *t = s->gift_res ? &s->res : &s->req;
+            if (!t->size) {
+                *t = (struct buffer){ cfg.bufsize, s->gift, 0, 0 };
+                s->gift_adopted = 1;
+            } else if (nspare < 64) {
+                spare[nspare++] = s->gift;  /* it got one meanwhile */
+            } else {
+                struct buffer b = { cfg.bufsize, s->gift, 0, 0 };
+                b_free(&b);
+            }
+            s->gift = NULL;
+        }
         runq_add(w, s);
     }
+    w->itail = NULL;
     pthread_mutex_unlock(&w->ilock);
+    for (int i = 0; i < nspare; i++) {
+        struct buffer b = { cfg.bufsize, spare[i], 0, 0 };
+        b_free(&b);
+    }
+    if (nspare) {
+        atomic_fetch_add_explicit(&buf_frees, (unsigned long)nspare, memory_order_relaxed);
+        offer_refused = 0;
+        offer_buffers(NULL, w->rq_len);
+    }
 }
 
+/* A closing session leaves its owner's inbox, and gives back a buffer a
+ * callback took for it. */
 static void inbox_remove(struct session *s)
 {
     struct worker *w = s->w;
+    struct buffer b = BUF_NULL;
 
     pthread_mutex_lock(&w->ilock);
     if (s->in_inbox) {
@@ -139,9 +178,16 @@ static void inbox_remove(struct session *s)
             w->ihead = s->inext;
         if (s->inext)
             s->inext->iprev = s->iprev;
+        else
+            w->itail = s->iprev;
         s->in_inbox = 0;
     }
+    if (s->gift) {
+        b = (struct buffer){ cfg.bufsize, s->gift, 0, 0 };
+        s->gift = NULL;
+    }
     pthread_mutex_unlock(&w->ilock);
+    b_free(&b);
 }
 
 /* Puts `s` in its worker's run queue, from whichever thread. */
@@ -167,9 +213,33 @@ static int sess_buf_ready(void *target)
     struct worker *w = cur_worker;
 
     if (!w || s->w != w) {
+        /* Another worker's session: the buffer is taken here, under the
+         * owner's inbox lock, and handed over with the session. */
+        struct worker *ow = s->w;
+        int ok = 1;
+        pthread_mutex_lock(&ow->ilock);
+        if (!s->gift) {
+            unsigned char res = s->wait_res_shared, refused = res ? 2 : 1;
+            struct buffer b = BUF_NULL;
+            if ((offer_refused & refused) || !b_alloc_margin(&b, res ? 0 : cfg.req_margin)) {
+                offer_refused |= refused;
+                ok = 0;
+            } else {
+                s->gift = b.area;
+                s->gift_res = res;
+            }
+        }
+        if (ok)
+            inbox_link_locked(s);
+        pthread_mutex_unlock(&ow->ilock);
+        if (!ok) {
+            if (w)
+                INC(w, offer_declined);
+            return 0;
+        }
         if (w)
             INC(w, foreign_wakes);
-        inbox_push(s);
+        wake_pipe(ow);
         return 1;
     }
     struct buffer *b = s->wait_res ? &s->res : &s->req;
@@ -469,6 +539,11 @@ static int sess_alloc(struct session *s, struct buffer *b, int margin, unsigned 
         if (!s->bufwait) {
             s->bufwait = 1;
             s->wait_res = (unsigned char)res;
+            if (cfg.threads > 1) {          /* for a callback on another thread */
+                pthread_mutex_lock(&s->w->ilock);
+                s->wait_res_shared = (unsigned char)res;
+                pthread_mutex_unlock(&s->w->ilock);
+            }
             s->w->n_res_waiters += (unsigned)res;
             if (res)
                 atomic_fetch_add_explicit(&res_waiters, 1, memory_order_relaxed);
@@ -609,6 +684,10 @@ static void session_run(struct session *s)
 
     if (s->slot == SLOT_WAIT && server_take_grant(s))
         s->slot = SLOT_HELD;
+    if (s->gift_adopted) {
+        s->gift_adopted = 0;                /* woken with its buffer: out of the queue */
+        bufwait_done(s);
+    }
     do {
         progress = 0;
 
@@ -930,7 +1009,12 @@ static void worker_cleanup(struct worker *w)
     for (struct session *s; (s = runq_pop(w));)
         if (s->dead)
             pool_free(pool_sess, s);
-    w->ihead = NULL;
+    for (struct session *s = w->ihead; s; s = s->inext) {
+        struct buffer b = { s->gift ? cfg.bufsize : 0, s->gift, 0, 0 };
+        b_free(&b);
+        s->gift = NULL;
+    }
+    w->ihead = w->itail = NULL;
     while (w->all) {
         struct session *s = w->all;
         bufwait_done(s);

@@ -66,7 +66,11 @@ struct session {
     unsigned char in_runq, dead, active, close_after, req_flags, slot;
     unsigned char bufwait;            /* queued for a buffer (owner's view) */
     unsigned char wait_res;           /* ... for the response buffer, else the request's */
-    unsigned char in_inbox;           /* under the owner's inbox lock */
+    unsigned char in_inbox;           /* under the owner's inbox lock, with: */
+    unsigned char wait_res_shared;    /* wait_res, for a callback on another thread */
+    unsigned char gift_res;           /* which buffer `gift` is for */
+    unsigned char gift_adopted;       /* (owner) a gift became req or res: dequeue */
+    char *gift;                       /* a buffer's area taken by such a callback */
     unsigned char in_srvq, granted;   /* under the server's lock */
 };
 
@@ -87,7 +91,7 @@ struct worker {
     struct session *rq_head, *rq_tail;
     unsigned rq_len;
     pthread_mutex_t ilock;
-    struct session *ihead;
+    struct session *ihead, *itail;
     struct conn *idle_srv;
     unsigned n_idle_srv;
     struct session *all, *waiters;
