@@ -52,7 +52,7 @@ DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
 .PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
 	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
-	test-demo-verdict bench demo install uninstall clean
+	test-demo-verdict bench demo install uninstall clean examples relay-demo test-relay
 
 all: lib header
 
@@ -193,7 +193,7 @@ test-musl: lib musl-tools
 	else $(NO_MUSL_MSG); fi
 
 test: lint check-header check-symbols check-license test-rust test-debug test-loom test-c test-fallback test-musl \
-	test-tsan test-output test-cargo-build test-install test-preload test-demo-verdict
+	test-tsan test-output test-cargo-build test-install test-preload test-demo-verdict test-relay
 	@echo "make test: all passed"
 
 # Both licence texts, and the header's SPDX line saying what Cargo.toml says.
@@ -308,6 +308,39 @@ uninstall:
 	      $(DESTDIR)$(libdir)/libbufpool.so $(DESTDIR)$(libdir)/libbufpool.a \
 	      $(DESTDIR)$(includedir)/bufpool.h $(DESTDIR)$(pkgconfigdir)/bufpool.pc
 	@DESTDIR="$(DESTDIR)" LDCONFIG="$(LDCONFIG)" tools/install-ldconfig.sh uninstall $(libdir) libbufpool.so.$(SOMAJOR)
+
+# examples/relay: an HTTP/1.1 reverse proxy on bufpool (README: "A proxy on
+# bufpool"). It is built the way a user builds it: against a staged
+# `make install` (header, .so, bufpool.pc) in build/relay/prefix, nothing else.
+RELAY_DIR    := examples/relay
+RELAY_BIN    := build/relay
+RELAY_PREFIX := $(abspath $(RELAY_BIN)/prefix)
+RELAY_CFLAGS := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -pthread -I$(RELAY_PREFIX)/include
+RELAY_LD     := -L$(RELAY_PREFIX)/lib -Wl,-rpath,$(RELAY_PREFIX)/lib -lbufpool -pthread
+RELAY_STAGED := $(RELAY_PREFIX)/include/bufpool.h $(RELAY_PREFIX)/lib/libbufpool.so.$(VERSION)
+RELAY_HTTP   := $(RELAY_DIR)/http.c $(RELAY_DIR)/http.h
+
+examples: lib
+	@$(MAKE) --no-print-directory install PREFIX=$(RELAY_PREFIX) >/dev/null
+	@$(MAKE) --no-print-directory $(RELAY_BIN)/relay $(RELAY_BIN)/backend $(RELAY_BIN)/loadgen
+
+$(RELAY_BIN)/relay: $(RELAY_DIR)/relay.c $(RELAY_DIR)/ctl.c $(RELAY_DIR)/relay.h $(RELAY_HTTP) $(RELAY_STAGED)
+	$(CC) $(RELAY_CFLAGS) $(filter %.c,$^) -o $@ $(RELAY_LD)
+
+# The test backend and client use no bufpool at all.
+$(RELAY_BIN)/backend $(RELAY_BIN)/loadgen: $(RELAY_BIN)/%: $(RELAY_DIR)/%.c $(RELAY_DIR)/pattern.h $(RELAY_HTTP)
+	@mkdir -p $(RELAY_BIN)
+	$(CC) $(RELAY_CFLAGS) $(filter %.c,$^) -o $@
+
+# The relay under curl and its own client, against its own backend, on
+# loopback (about 30 s): see examples/relay/test-relay.sh.
+test-relay: examples
+	@$(RELAY_DIR)/test-relay.sh $(RELAY_BIN)
+
+# The relay against HAProxy 2.6, both in front of nginx, driven by wrk
+# (Debian packages, installed when root): see examples/relay/demo.sh.
+relay-demo: examples
+	@$(RELAY_DIR)/demo.sh $(RELAY_BIN)
 
 clean:
 	rm -rf build

@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# make relay-demo: the relay against HAProxy 2.6 (Debian's haproxy), both in
+# front of nginx on 127.0.0.1, driven by wrk and by loadgen (ours). Debian's
+# nginx, wrk, haproxy and socat are installed with apt-get when we are root;
+# otherwise one line says what was skipped. Everything listens on loopback.
+# Usage: demo.sh BINDIR   (BINDIR holds relay, backend, loadgen)
+# DEMO_SECONDS (10), DEMO_CONNS (200), DEMO_IDLE (10000), DEMO_BURST (2000)
+# change the sizes.
+set -u
+BIN=$(cd "${1:-build/relay}" && pwd)
+SECS=${DEMO_SECONDS:-10}
+CONNS=${DEMO_CONNS:-200}
+IDLE=${DEMO_IDLE:-10000}
+BURST=${DEMO_BURST:-2000}
+LIMIT=32
+RESERVE=2
+BUFSIZE=16384
+
+need=()
+for t in nginx:nginx wrk:wrk haproxy:haproxy socat:socat; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "relay-demo: installing ${need[*]} (Debian packages)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 &&
+              DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }
+        # Where the packages started their services (on *:80 and so on), stop them:
+        # ours listen on 127.0.0.1 only. (Containers without an init start nothing.)
+        for svc in nginx haproxy; do
+            if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+                systemctl stop "$svc" >/dev/null 2>&1
+            elif command -v invoke-rc.d >/dev/null 2>&1; then
+                invoke-rc.d "$svc" stop >/dev/null 2>&1
+            fi
+        done
+    else
+        echo "relay-demo: skipped: needs ${need[*]} (apt-get install ${need[*]}, as root)"
+        exit 0
+    fi
+fi
+export PATH="$PATH:/usr/sbin"
+for t in nginx wrk haproxy socat; do
+    command -v $t >/dev/null 2>&1 || { echo "relay-demo: skipped: $t could not be installed"; exit 0; }
+done
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+NOFILE=$(ulimit -n)
+T=$(mktemp -d /tmp/relay-demo.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+wait_for() {
+    local timeout=$1; shift
+    local end=$((SECONDS + timeout))
+    until "$@"; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.05
+    done
+}
+listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q LISTEN; }
+free_port() {
+    local p=$1
+    while listening "$p"; do p=$((p + 1)); done
+    echo "$p"
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+stop() {
+    kill -TERM "$1" 2>/dev/null
+    wait_for 10 eval "! kill -0 $1 2>/dev/null" || kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+
+# nginx, the backend: one worker, static files of our pattern.
+NPORT=$(free_port 18081)
+mkdir -p "$T/www/size" "$T/tmp"
+for n in 1024 1048576; do "$BIN/backend" --body $n > "$T/www/size/$n"; done
+cat > "$T/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $T/nginx-error.log;
+pid $T/nginx.pid;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $T/tmp/body;
+    proxy_temp_path $T/tmp/proxy;
+    fastcgi_temp_path $T/tmp/fastcgi;
+    uwsgi_temp_path $T/tmp/uwsgi;
+    scgi_temp_path $T/tmp/scgi;
+    default_type application/octet-stream;
+    gzip on;
+    gzip_types application/octet-stream;
+    server {
+        listen 127.0.0.1:$NPORT;
+        root $T/www;
+    }
+}
+EOF
+nginx -c "$T/nginx.conf" &
+PIDS+=($!)
+wait_for 10 listening "$NPORT" || { echo "relay-demo: nginx did not start"; cat "$T/nginx-error.log"; exit 1; }
+
+HMAN=/usr/share/doc/haproxy/configuration.txt.gz
+hdoc() { [ -f "$HMAN" ] && zcat "$HMAN" | grep -q "^$1 "; }
+HVER=$(haproxy -v | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p')
+
+# relay_start NAME [options]: sets PID and PORT.
+relay_start() {
+    local name=$1; shift
+    "$BIN/relay" --listen 127.0.0.1:0 --port-file "$T/$name.port" --server "127.0.0.1:$NPORT" \
+        --stats "$T/$name.sock" --bufsize $BUFSIZE --threads 1 "$@" 2>"$T/$name.err" &
+    PID=$!
+    PIDS+=("$PID")
+    wait_for 10 test -s "$T/$name.port" || { echo "relay-demo: relay did not start"; cat "$T/$name.err"; exit 1; }
+    PORT=$(cat "$T/$name.port")
+}
+
+# haproxy_start NAME LIMIT MAXCONN: the same settings where 2.6 has them. Sets PID, PORT, HLIMITS.
+haproxy_start() {
+    local name=$1 limit=$2 maxconn=$3
+    PORT=$(free_port 18090)
+    HLIMITS="nbthread 1, tune.bufsize $BUFSIZE"
+    {
+        echo "global"
+        echo "    nbthread 1"
+        echo "    maxconn $((IDLE + 100))"
+        echo "    ulimit-n $NOFILE"
+        echo "    no strict-limits"
+        echo "    tune.bufsize $BUFSIZE"
+        if [ "$limit" != 0 ] && hdoc tune.buffers.limit; then
+            echo "    tune.buffers.limit $limit"
+            HLIMITS="$HLIMITS, tune.buffers.limit $limit"
+        fi
+        if hdoc tune.buffers.reserve; then
+            echo "    tune.buffers.reserve $RESERVE"
+            HLIMITS="$HLIMITS, tune.buffers.reserve $RESERVE"
+        fi
+        echo "    stats socket $T/$name.sock level admin"
+        echo "defaults"
+        echo "    mode http"
+        echo "    timeout connect 5s"
+        echo "    timeout client 120s"
+        echo "    timeout server 120s"
+        echo "    timeout queue 120s"
+        echo "frontend fe"
+        echo "    bind 127.0.0.1:$PORT"
+        echo "    default_backend be"
+        echo "backend be"
+        echo "    server nginx 127.0.0.1:$NPORT maxconn $maxconn"
+    } > "$T/$name.cfg"
+    HLIMITS="$HLIMITS, server maxconn $maxconn"
+    haproxy -f "$T/$name.cfg" -db >"$T/$name.log" 2>&1 &
+    PID=$!
+    PIDS+=("$PID")
+    wait_for 10 listening "$PORT" || { echo "relay-demo: haproxy did not start"; cat "$T/$name.log"; exit 1; }
+}
+
+# run_wrk PORT: sets RPS P50 P99 ERRS TMO (and keeps the output in $T/wrk.out).
+run_wrk() {
+    wrk -t2 -c"$CONNS" -d"${SECS}s" --latency --timeout 2s "http://127.0.0.1:$1/size/1024" > "$T/wrk.out" 2>&1
+    RPS=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$T/wrk.out")
+    P50=$(awk '$1 == "50%" {print $2}' "$T/wrk.out")
+    P99=$(awk '$1 == "99%" {print $2}' "$T/wrk.out")
+    TMO=$(sed -n 's/.*timeout \([0-9]*\).*/\1/p' "$T/wrk.out")
+    ERRS=$(awk '/Socket errors/ {gsub(",", ""); s += $4 + $6 + $8 + $10} /Non-2xx/ {s += $5} END {print s + 0}' "$T/wrk.out")
+    REQS=$(awk '/requests in/ {print $1}' "$T/wrk.out")
+    TMO=${TMO:-0}
+    if [ "${P50:-0us}" = "0.00us" ]; then P50=-; P99=-; fi
+}
+answers() { curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/size/1024" | grep -q 200; }
+row() { printf '  %-44s %9s %10s %10s %8s %9s\n' "$@"; }
+
+echo "relay-demo: nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $HVER, wrk $(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  (a shared 2-core machine: wrk, nginx and the proxy share the cores with other builds; figures are noisy)"
+echo "  HAProxy ran with: nbthread 1, tune.bufsize $BUFSIZE$(hdoc tune.buffers.limit && echo ", tune.buffers.limit $LIMIT")$(hdoc tune.buffers.reserve && echo ", tune.buffers.reserve $RESERVE"), server maxconn 1"
+echo "    (tune.buffers.limit and tune.buffers.reserve: $(hdoc tune.buffers.limit && hdoc tune.buffers.reserve && echo "both documented in" || echo "not both in") $HMAN)"
+echo "  relay ran with:   --threads 1 --bufsize $BUFSIZE --buflimit $LIMIT --reserve $RESERVE --maxconn 1"
+
+echo
+echo "== 1. wrk -t2 -c$CONNS -d${SECS}s --timeout 2s, GET /size/1024 from nginx, server maxconn 1, 1 thread each"
+row "" "req/s" "p50" "p99" "errors" "timeouts"
+relay_start r1 --buflimit $LIMIT --reserve $RESERVE --maxconn 1
+run_wrk "$PORT"
+R_RPS=$RPS; R_ERRS=$ERRS
+row "relay   buffer limit $LIMIT, reserve $RESERVE" "$RPS" "$P50" "$P99" "$ERRS" "$TMO"
+quiet() { [ "$(socat - "UNIX-CONNECT:$T/$1.sock" <<< "show info" | sed -n 's/^sessions: //p')" = 0 ]; }
+wait_for 10 quiet r1     # wrk closed its connections: wait until the relay saw them go
+socat - "UNIX-CONNECT:$T/r1.sock" <<< "show pools" > "$T/r1.pools"
+socat - "UNIX-CONNECT:$T/r1.sock" <<< "show info" > "$T/r1.info"
+stop "$PID"
+
+haproxy_start h1 $LIMIT 1
+run_wrk "$PORT"
+H_RPS=$RPS
+hstate="answers afterwards"
+answers "$PORT" || hstate="DEADLOCKED: no answer to curl afterwards"
+row "haproxy same limits" "$RPS" "$P50" "$P99" "$ERRS" "$TMO"
+echo "      ($REQS requests in ${SECS}s; $hstate)"
+H1_STATE=$hstate
+stop "$PID"
+
+relay_start r0 --buflimit 0 --reserve $RESERVE --maxconn 1
+run_wrk "$PORT"
+R0_RPS=$RPS
+row "relay   no buffer limit" "$RPS" "$P50" "$P99" "$ERRS" "$TMO"
+stop "$PID"
+
+haproxy_start h0 0 1
+run_wrk "$PORT"
+H0_RPS=$RPS
+row "haproxy no buffer limit" "$RPS" "$P50" "$P99" "$ERRS" "$TMO"
+stop "$PID"
+
+echo
+echo "  relay's show pools after its run (echo 'show pools' | socat - UNIX-CONNECT:<stats socket>):"
+sed 's/^/    /' "$T/r1.pools"
+echo "  relay's show info: $(grep -E '^(responses|failed buffer allocations|wake-ups by release offers|offers declined by a callback|wake-ups by the retry tick|stalls):' "$T/r1.info" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
+
+echo
+echo "== 2. the same with the reserve taken away from requests (relay --req-margin 0)"
+relay_start r2 --buflimit $LIMIT --reserve $RESERVE --req-margin 0 --maxconn 1
+run_wrk "$PORT"
+S_RPS=$RPS; S_TMO=$TMO
+row "" "req/s" "p50" "p99" "errors" "timeouts"
+row "relay   limit $LIMIT, request margin 0" "$RPS" "$P50" "$P99" "$ERRS" "$TMO"
+echo "      ($REQS requests in ${SECS}s)"
+grep 'watchdog' "$T/r2.err" | head -2 | sed 's/^/    /'
+socat - "UNIX-CONNECT:$T/r2.sock" <<< "show info" | grep -E '^(stalled|buffers used|buffer waiters|server queue):' | tr '\n' ';' | sed 's/;$/\n/; s/;/; /g; s/^/    show info: /'
+"$BIN/loadgen" load --port "$PORT" --conns 20 --path /size/1024 --timeout 3 > "$T/r2.lg" 2>&1
+LG_RC=$?
+echo "    a client of ours meanwhile: $(cat "$T/r2.lg") (exit $LG_RC: timed out)"
+STALLED=0
+grep -q 'watchdog: stalled' "$T/r2.err" && STALLED=1
+stop "$PID"
+echo "  HAProxy: n/a, its reserve cannot be taken away (tune.buffers.reserve: minimum 2); see its row in 1."
+
+echo
+echo "== 3. $IDLE idle keep-alive client connections (loadgen idle: one request each, then held)"
+row "" "RSS before" "RSS idle" "per conn" "buffers" ""
+idle_run() {     # NAME PID PORT: sets PER and BUFS
+    local before after
+    before=$(rss_kb "$2")
+    rm -f "$T/$1.ready"
+    "$BIN/loadgen" idle --port "$3" --conns "$IDLE" --parallel 16 --path /size/1024 --ready-file "$T/$1.ready" \
+        --timeout 120 > "$T/$1.idle" 2>&1 &
+    local lp=$!
+    PIDS+=("$lp")
+    wait_for 150 test -s "$T/$1.ready"
+    IDLE_OK=$(cut -d' ' -f1 "$T/$1.ready" 2>/dev/null)
+    after=$(rss_kb "$2")
+    PER=$(awk -v a="$after" -v b="$before" -v n="${IDLE_OK:-0}" 'BEGIN {if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "-"}')
+    RSSB=$before; RSSA=$after
+    kill -TERM "$lp"; wait "$lp" 2>/dev/null
+}
+relay_start r3 --buflimit $LIMIT --reserve $RESERVE --maxconn 1
+idle_run r3 "$PID" "$PORT"
+R_PER=$PER
+R_BUFS=$(socat - "UNIX-CONNECT:$T/r3.sock" <<< "show info" | sed -n 's/^buffers used: //p')
+row "relay   ($IDLE_OK idle)" "${RSSB} kB" "${RSSA} kB" "$PER B" "$R_BUFS used" ""
+stop "$PID"
+haproxy_start h3 $LIMIT 1
+idle_run h3 "$PID" "$PORT"
+H_PER=$PER
+# HAProxy's "used" counts its thread caches' buffers too ("~N by thread caches").
+H_BUFS=$(socat - "UNIX-CONNECT:$T/h3.sock" <<< "show pools" |
+    sed -n 's/.*Pool buffer .* \([0-9]*\) used (~\([0-9]*\) by thread caches).*/\1 used, ~\2 of them cached/p' | head -1)
+row "haproxy ($IDLE_OK idle)" "${RSSB} kB" "${RSSA} kB" "$PER B" "${H_BUFS:-?}" ""
+stop "$PID"
+
+echo
+echo "== 4. a burst of $BURST connections, each a 1 MiB response, then closed (no buffer limit, server maxconn $BURST)"
+row "" "peak RSS" "RSS +1 s" "RSS +5 s" "time" ""
+burst_run() {    # NAME PID PORT
+    "$BIN/loadgen" burst --port "$3" --conns "$BURST" --path /size/1048576 --verify --timeout 120 > "$T/$1.burst" 2>&1
+    local rc=$? peak r1 r5
+    peak=$(hwm_kb "$2")
+    sleep 1; r1=$(rss_kb "$2")
+    sleep 4; r5=$(rss_kb "$2")
+    local t
+    t=$(sed -n 's/.* \([0-9.]*\) s, .*/\1 s/p' "$T/$1.burst")
+    [ $rc = 0 ] || t="$t (loadgen exit $rc)"
+    row "$4" "$peak kB" "$r1 kB" "$r5 kB" "$t" ""
+}
+relay_start r4 --buflimit 0 --reserve $RESERVE --maxconn "$BURST"
+burst_run r4 "$PID" "$PORT" "relay"
+echo "      (relay: $(socat - "UNIX-CONNECT:$T/r4.sock" <<< "show info" | grep -E '^(pool gc runs|buffers allocated):' | tr '\n' ';' | sed 's/;$//; s/;/, /g'), after its idle gc)"
+stop "$PID"
+haproxy_start h4 0 "$BURST"
+burst_run h4 "$PID" "$PORT" "haproxy"
+stop "$PID"
+
+echo
+echo "== 5. a chunked answer of nginx (gzip) through the relay"
+relay_start r5 --buflimit $LIMIT --reserve $RESERVE --maxconn 1
+curl -s --compressed -D "$T/r5.hdr" -o "$T/r5.body" "http://127.0.0.1:$PORT/size/1048576"
+if grep -qi '^transfer-encoding: chunked' "$T/r5.hdr" && cmp -s "$T/r5.body" "$T/www/size/1048576"; then
+    echo "  GET /size/1048576 with Accept-Encoding: gzip: chunked, inflated by curl, identical to the file"
+else
+    echo "  GET /size/1048576 with gzip: NOT identical (or not chunked)"
+fi
+stop "$PID"
+
+echo
+echo "== targets"
+verdict() { if [ "${1:-0}" = 1 ]; then echo "met"; else echo "MISSED"; fi; }
+echo "  0 errors with the reserve: $(verdict $([ "$R_ERRS" = 0 ] && echo 1)) ($R_ERRS errors)"
+echo "  a detected stall without it: $(verdict $([ $STALLED = 1 ] && [ $LG_RC = 3 ] && echo 1)) (watchdog line: $([ $STALLED = 1 ] && echo yes || echo no), wrk $S_RPS req/s, loadgen's requests timed out: exit $LG_RC)"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "inf"}'; }
+echo "  relay req/s >= 0.9x HAProxy's, same limits, 1 thread: $(verdict $(awk -v a="$R_RPS" -v b="$H_RPS" 'BEGIN {if (a >= 0.9 * b) print 1}')) ($R_RPS vs $H_RPS: $(ratio "$R_RPS" "$H_RPS")x; HAProxy $H1_STATE)"
+echo "      against HAProxy without a buffer limit: relay limit $LIMIT $R_RPS vs $H0_RPS: $(ratio "$R_RPS" "$H0_RPS")x; relay without limit $R0_RPS: $(ratio "$R0_RPS" "$H0_RPS")x"
+echo "  RSS per idle connection below HAProxy's, no buffer held: $(verdict $(awk -v a="$R_PER" -v b="$H_PER" -v u="$R_BUFS" 'BEGIN {if (a < b && u == 0) print 1}')) ($R_PER B vs $H_PER B, relay buffers used while idle: $R_BUFS)"

@@ -1,0 +1,133 @@
+/* relay: an HTTP/1.1 reverse proxy on bufpool. Shared declarations of the
+ * event loop (relay.c) and the control side (ctl.c: stats socket, signals,
+ * watchdog, idle gc). */
+#ifndef RELAY_H
+#define RELAY_H
+
+#include "bufpool.h"
+#include "http.h"
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct config {
+    struct sockaddr_in listen_addr, server_addr;
+    int threads;
+    size_t bufsize;
+    unsigned buflimit;        /* 0: unlimited */
+    unsigned reserve;
+    int req_margin;           /* margin of request buffers: the reserve unless told */
+    int maxconn;              /* server maxconn */
+    unsigned max_clients;     /* limit of the session pool, 0: none */
+    const char *stats_path;   /* UNIX stats socket, or NULL */
+    const char *port_file;    /* the bound port is written there */
+    int watchdog_ms;          /* 0: off */
+    int idle_gc_ms;           /* 0: off */
+    int retry_ms;             /* a worker with waiters retries them this often when idle */
+    int quiet;
+};
+
+/* A socket: a client, a server connection, or a worker's listener or wake
+ * pipe (kind). From the "relay_conn" pool. */
+enum conn_kind { CK_CLI, CK_SRV, CK_LISTEN, CK_WAKE };
+#define CF_RD          0x01   /* may have bytes to read (or EOF) */
+#define CF_WR          0x02   /* may take bytes */
+#define CF_EOF         0x04   /* the peer closed its side */
+#define CF_ERR         0x08
+#define CF_CONNECTING  0x10
+#define CF_HUP         0x20   /* epoll saw the peer's FIN: read until EOF */
+
+struct session;
+
+struct conn {
+    int fd;
+    unsigned char kind;
+    unsigned char flags;
+    struct session *sess;     /* NULL: an idle server connection */
+    struct conn *next;        /* the worker's idle server connections */
+};
+
+enum slot_state { SLOT_NONE, SLOT_WAIT, SLOT_HELD };
+
+/* A client connection and the transaction in flight on it. From the
+ * "relay_sess" pool; owned by one worker thread. */
+struct session {
+    struct worker *w;
+    struct conn *cli, *srv;
+    struct buffer req, res;           /* allocated only while they hold bytes */
+    struct hmsg rq, rs;
+    struct buffer_wait bw;
+    struct session *rnext;            /* run queue (owner) */
+    struct session *inext, *iprev;    /* the owner's inbox (its lock) */
+    struct session *qnext, *qprev;    /* server queue (the server's lock) */
+    struct session *anext, *aprev;    /* the owner's sessions */
+    struct session *wnext, *wprev;    /* the owner's buffer waiters */
+    unsigned char in_runq, dead, active, close_after, req_flags, slot;
+    unsigned char bufwait;            /* queued for a buffer (owner's view) */
+    unsigned char wait_res;           /* ... for the response buffer, else the request's */
+    unsigned char in_inbox;           /* under the owner's inbox lock, with: */
+    unsigned char wait_res_shared;    /* wait_res, for a callback on another thread */
+    unsigned char gift_res;           /* which buffer `gift` is for */
+    unsigned char gift_adopted;       /* (owner) a gift became req or res: dequeue */
+    char *gift;                       /* a buffer's area taken by such a callback */
+    unsigned char in_srvq, granted;   /* under the server's lock */
+};
+
+/* Counters a worker writes alone (relaxed stores) and the control thread reads. */
+struct wstats {
+    atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, offer_declined, foreign_wakes, retry_wakes,
+        idle_offer_wakes, res_retries, srv_connects, errors, aborts, refused;
+    atomic_long sessions, active, bufwaiters;
+};
+
+struct worker {
+    int id;
+    pthread_t th;
+    int ep;
+    struct conn lconn, wconn;          /* listener and wake pipe */
+    int wake_wr;
+    atomic_int wake_pending;
+    struct session *rq_head, *rq_tail;
+    unsigned rq_len;
+    pthread_mutex_t ilock;
+    struct session *ihead, *itail;
+    struct conn *idle_srv;
+    unsigned n_idle_srv;
+    struct session *all, *waiters;
+    unsigned n_res_waiters;            /* waiters for a response buffer */
+    unsigned long frees_seen;          /* buf_frees when they were last retried */
+    unsigned long purge_seen;
+    struct wstats st;
+};
+
+/* The backend: maxconn slots, and a FIFO of sessions waiting for one. */
+struct server {
+    pthread_mutex_t lock;
+    int cur;
+    unsigned qlen;
+    struct session *qhead, *qtail;
+};
+
+extern struct config cfg;
+extern struct server server;
+extern struct worker *workers;
+extern struct pool_head *pool_conn, *pool_sess;
+extern atomic_int stopping;
+extern atomic_ulong gc_runs, stalls;
+extern atomic_ulong purge_epoch;          /* raised by ctl: workers close idle server connections */
+extern atomic_int stalled;
+
+void wake_worker(struct worker *w);      /* from any thread */
+
+/* ctl.c */
+int ctl_setup(void);                      /* stats socket and signal pipe */
+void ctl_loop(void);                      /* until SIGTERM/SIGINT */
+void ctl_sum(struct wstats *out);         /* all workers' counters */
+
+#define INC(w, f) atomic_store_explicit(&(w)->st.f, atomic_load_explicit(&(w)->st.f, memory_order_relaxed) + 1, \
+                                        memory_order_relaxed)
+#define ADD(w, f, n) atomic_store_explicit(&(w)->st.f, atomic_load_explicit(&(w)->st.f, memory_order_relaxed) + (n), \
+                                           memory_order_relaxed)
+
+#endif

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# make test-relay: the relay under real clients (curl, and loadgen, a client
+# of our own) in front of backend, a tiny origin of our own, everything on
+# 127.0.0.1. Needs curl only. No sleep is used to synchronise: we wait for
+# port files, log lines and stats answers, polling with a deadline.
+# Usage: test-relay.sh BINDIR   (BINDIR holds relay, backend, loadgen)
+set -u
+BIN=$(cd "${1:-build/relay}" && pwd)
+T=$(mktemp -d /tmp/relay-test.XXXXXX)
+PASS=0
+FAIL=0
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+ok()   { PASS=$((PASS + 1)); echo "  ok   $1"; }
+bad()  { FAIL=$((FAIL + 1)); echo "  FAIL $1"; [ -n "${2:-}" ] && [ -f "$2" ] && sed 's/^/       | /' "$2" | tail -15; }
+check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-}"; fi; }
+
+# until CMD succeeds, or TIMEOUT seconds: 1
+wait_for() {
+    local timeout=$1; shift
+    local end=$((SECONDS + timeout))
+    until "$@"; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.05
+    done
+}
+alive() { kill -0 "$1" 2>/dev/null; }
+ctl() { "$BIN/loadgen" ctl --unix "$T/$1.sock" "${@:2}"; }
+info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
+
+# start_relay NAME [relay options]: a relay in front of the backend; sets
+# RPORT and RPID; its stderr goes to $T/NAME.err.
+start_relay() {
+    local name=$1; shift
+    rm -f "$T/$name.port"
+    "$BIN/relay" --listen 127.0.0.1:0 --port-file "$T/$name.port" --server "127.0.0.1:$BPORT" \
+        --stats "$T/$name.sock" --quiet "$@" 2>"$T/$name.err" &
+    RPID=$!
+    PIDS+=("$RPID")
+    if ! wait_for 10 test -s "$T/$name.port"; then
+        echo "relay $name did not start"; cat "$T/$name.err"; exit 1
+    fi
+    RPORT=$(cat "$T/$name.port")
+}
+
+# stop_relay NAME: SIGTERM, then its exit status in RC (0: clean, no leak).
+stop_relay() {
+    kill -TERM "$RPID"
+    wait "$RPID"
+    RC=$?
+}
+
+"$BIN/backend" --port-file "$T/backend.port" &
+PIDS+=($!)
+wait_for 10 test -s "$T/backend.port" || { echo "backend did not start"; exit 1; }
+BPORT=$(cat "$T/backend.port")
+URL() { echo "http://127.0.0.1:$RPORT$1"; }
+
+echo "test-relay: backend on 127.0.0.1:$BPORT"
+
+# 1. curl through the relay: bodies byte for byte, every framing, keep-alive on both sides.
+echo "1. curl, bodies byte for byte (2 threads, buffer limit 8, bufsize 4096)"
+start_relay curl --threads 2 --buflimit 8 --reserve 2 --bufsize 4096
+for n in 0 1 4095 4096 100000 1048576; do
+    "$BIN/backend" --body $n > "$T/want.$n"
+done
+for n in 1 4096 100000 1048576; do
+    curl -sS -o "$T/got" "$(URL /size/$n)"
+    check "GET /size/$n (Content-Length)" "cmp -s '$T/got' '$T/want.$n'"
+done
+for n in 0 4095 1048576; do
+    curl -sS -o "$T/got" --raw "$(URL /chunked/$n)" && curl -sS -o "$T/got2" "$(URL /chunked/$n)"
+    check "GET /chunked/$n (chunked, de-chunked by curl)" "cmp -s '$T/got2' '$T/want.$n' && [ \$(stat -c %s '$T/got') -gt $n ]"
+done
+curl -sS -o "$T/got" "$(URL /close/100000)"
+check "GET /close/100000 (body ends with the server's close)" "cmp -s '$T/got' '$T/want.100000'"
+curl -sS -I "$(URL /size/100000)" > "$T/head"
+check "HEAD /size/100000 (headers, no body)" "grep -qi '^content-length: 100000' '$T/head'"
+curl -sS -H 'Expect:' --data-binary "@$T/want.1048576" -o "$T/got" "$(URL /echo)"
+check "POST /echo 1 MiB (request body, Content-Length)" "cmp -s '$T/got' '$T/want.1048576'"
+curl -sS -H 'Expect:' -H 'Transfer-Encoding: chunked' --data-binary "@$T/want.100000" -o "$T/got" "$(URL /echo)"
+check "POST /echo 100 KB (chunked request body)" "cmp -s '$T/got' '$T/want.100000'"
+urls=()
+for i in $(seq 1 20); do urls+=("$(URL /size/4096)"); done
+conns=$(curl -sS -o /dev/null -w '%{num_connects}\n' "${urls[@]}" | awk '{s += $1} END {print s}')
+check "20 requests on one client connection (keep-alive: $conns connect)" "[ '$conns' = 1 ]"
+curl -sS -0 -o "$T/got" "$(URL /size/100000)"
+check "HTTP/1.0 client (closed after the response)" "cmp -s '$T/got' '$T/want.100000'"
+# Two pipelined requests in one write, the second with Connection: close.
+exec 3<>"/dev/tcp/127.0.0.1/$RPORT"
+printf 'GET /size/4095 HTTP/1.1\r\nhost: t\r\n\r\nGET /chunked/4096 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n' >&3
+timeout 10 cat <&3 > "$T/pipe"
+exec 3<&-
+check "pipelined requests, answered in order, then closed" \
+    "[ \$(grep -ao 'HTTP/1.1 200' '$T/pipe' | wc -l) = 2 ] && grep -q 'x-trailer: 4096' '$T/pipe' && [ \$(stat -c %s '$T/pipe') -gt 8191 ]"
+curl -sS -o /dev/null "$(URL /nope)" -w '%{http_code}' > "$T/code"
+check "a 404 of the server passes" "[ \$(cat '$T/code') = 404 ]"
+check "no buffer held once idle" "[ \"\$(info curl 'buffers used')\" = 0 ]"
+stop_relay curl
+check "clean exit, nothing leaked (exit $RC)" "[ $RC = 0 ]" "$T/curl.err"
+
+# Server keep-alive: 1 thread, maxconn 1, 50 requests: one server connection.
+start_relay ka --buflimit 8
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 10 --path /size/2000 --verify --timeout 20 > "$T/ka.out" 2>&1
+check "server connection reused (50 requests, $(info ka 'server connections opened') opened)" \
+    "[ \"\$(info ka 'server connections opened')\" = 1 ]" "$T/ka.out"
+stop_relay ka
+
+# 2. Few buffers, many sessions: all complete, with contention.
+echo "2. buffer limit 16, reserve 2, maxconn 2, 2 threads: 300 connections x 20 requests of 40 KB"
+start_relay lim --threads 2 --buflimit 16 --reserve 2 --maxconn 2 --watchdog 3000
+"$BIN/loadgen" load --port "$RPORT" --conns 300 --requests 20 --path /size/40000 --verify --timeout 40 > "$T/lim.out" 2>&1
+lrc=$?
+cat "$T/lim.out" | sed 's/^/       /'
+check "every session completes, bodies intact (loadgen exit $lrc)" "[ $lrc = 0 ]" "$T/lim.out"
+fails=$(info lim 'failed buffer allocations')
+check "buffers were short ($fails failed allocations, each answered by a wake-up)" "[ \"\${fails:-0}\" -gt 0 ]"
+check "no buffer held, no waiter left once done" \
+    "[ \"\$(info lim 'buffers used')\" = 0 ] && [ \"\$(info lim 'buffer waiters')\" = 0 ]"
+check "the watchdog saw no stall" "[ \"\$(info lim 'stalls')\" = 0 ]" "$T/lim.err"
+stop_relay lim
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/lim.err"
+
+# 3. The same without the reserve for requests: the deadlock, detected.
+echo "3. request margin 0 (the reserve taken away): must stall"
+start_relay stall --buflimit 16 --reserve 2 --req-margin 0 --maxconn 1 --watchdog 500
+"$BIN/loadgen" load --port "$RPORT" --conns 100 --requests 20 --path /size/40000 --timeout 30 > "$T/stall.out" 2>&1 &
+LPID=$!
+PIDS+=("$LPID")
+wait_for 20 grep -q 'watchdog: stalled' "$T/stall.err"
+check "the watchdog reports the stall" "grep -q 'watchdog: stalled' '$T/stall.err'" "$T/stall.err"
+sed -n 's/^relay: /       relay: /p' "$T/stall.err" | head -2
+check "show info: stalled, every buffer held, the server's slot holder waiting" \
+    "[ \"\$(info stall stalled)\" = 1 ] && [ \"\$(info stall 'buffers used')\" = 16 ] && [ \"\$(info stall 'server busy')\" = 1 ]"
+kill -TERM "$LPID"
+wait "$LPID"
+lrc=$?
+check "the client saw requests never answered (loadgen exit $lrc: incomplete)" "[ $lrc = 3 ]" "$T/stall.out"
+stop_relay stall
+check "a stalled relay still stops cleanly (exit $RC)" "[ $RC = 0 ]" "$T/stall.err"
+
+# 4. BUFPOOL_DEBUG=tag,integrity: the same traffic, no abort.
+echo "4. BUFPOOL_DEBUG=tag,integrity"
+BUFPOOL_DEBUG=tag,integrity start_relay dbg --threads 2 --buflimit 16 --reserve 2 --maxconn 2
+"$BIN/loadgen" load --port "$RPORT" --conns 100 --requests 10 --path /size/40000 --verify --timeout 40 > "$T/dbg.out" 2>&1
+lrc=$?
+check "100 x 10 requests complete under tag,integrity (loadgen exit $lrc)" "[ $lrc = 0 ]" "$T/dbg.out"
+curl -sS -o "$T/got" "$(URL /chunked/1048576)"
+check "curl through it, 1 MiB chunked" "cmp -s '$T/got' '$T/want.1048576'"
+check "the debug modes reached the relay's pools" "ctl dbg show pools | grep -q 'relay_sess.*DEBUG'"
+stop_relay dbg
+check "no abort, no bufpool report, clean exit (exit $RC)" "[ $RC = 0 ] && ! grep -q '^bufpool:' '$T/dbg.err'" "$T/dbg.err"
+
+# 5. The stats socket, SIGUSR1, and idle connections that hold no buffer.
+echo "5. stats socket, SIGUSR1, 500 idle keep-alive connections"
+start_relay st --buflimit 32
+"$BIN/loadgen" idle --port "$RPORT" --conns 500 --parallel 100 --path /size/20000 --ready-file "$T/idle.ready" --timeout 30 > "$T/idle.out" 2>&1 &
+LPID=$!
+PIDS+=("$LPID")
+wait_for 30 test -s "$T/idle.ready"
+check "500 connections idle after one request each" "[ \"\$(cut -d' ' -f1 '$T/idle.ready')\" = 500 ]" "$T/idle.out"
+ctl st show pools > "$T/pools"
+sed 's/^/       /' "$T/pools"
+check "show pools lists the relay's pools and the buffer pool" \
+    "grep -q 'Pool relay_conn' '$T/pools' && grep -q 'Pool relay_sess' '$T/pools' && grep -q 'Pool buffer' '$T/pools' && grep -q '^Total' '$T/pools'"
+check "relay_sess: 500 sessions used" "grep -q 'Pool relay_sess.* 500 used' '$T/pools'"
+check "idle connections hold no buffer (buffers used: $(info st 'buffers used'))" "[ \"\$(info st 'buffers used')\" = 0 ]"
+check "show info counts them ($(info st sessions) sessions)" "[ \"\$(info st sessions)\" = 500 ]"
+check "an unknown command is answered" "ctl st show nothing | grep -q 'Unknown command'"
+kill -USR1 "$RPID"
+wait_for 10 grep -q 'Pool relay_sess' "$T/st.err"
+check "SIGUSR1 writes show pools to stderr" "grep -q 'Pool relay_sess' '$T/st.err'"
+kill -TERM "$LPID"
+wait "$LPID"
+stop_relay st
+check "clean exit with 500 connections open (exit $RC)" "[ $RC = 0 ]" "$T/st.err"
+
+echo "test-relay: $PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]
