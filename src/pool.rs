@@ -35,6 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 /// OS. 0: at once (above `minavail`); `u32::MAX`: never by time.
 static PERIOD_MS: AtomicU32 = AtomicU32::new(1000);
 
+/// Objects given back to the OS per batch (one system call per run of
+/// pages touched).
+const GIVE_BACK_CHUNK: usize = 64;
+
 /// A release period is watched in this many windows (see `Pool::maintain`).
 const WINDOWS: usize = 4;
 
@@ -668,8 +672,22 @@ impl Pool {
     /// Gives up to `n` idle objects of the shared cache back to the OS, in
     /// one batch (the caller holds a transit). Returns how many.
     fn give_back(&self, n: usize) -> usize {
-        const CHUNK: usize = 64;
+        const CHUNK: usize = GIVE_BACK_CHUNK;
         let mut done = 0;
+        if self.shared.keeps_all() {
+            // The debug store: one object at a time, never linked through
+            // its memory (its `integrity` pattern must stay as it was).
+            while done < n {
+                let p = self.shared.pop();
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: popped: an idle object of this pool, ours, in no list.
+                unsafe { self.to_os(p.cast(), true) };
+                done += 1;
+            }
+            return done;
+        }
         while done < n {
             let (chain, got) = self.shared.pop_batch((n - done).min(CHUNK));
             if got == 0 {
@@ -737,22 +755,22 @@ impl Pool {
         self.uncap_if_within();
     }
 
-    /// Frees every idle object of the shared cache to the OS.
+    /// Frees every idle object of the shared cache to the OS, in batches.
     pub(crate) fn flush(&self) {
         let _moving = self.begin_transit();
-        // SAFETY: each object detached from the shared cache is idle, ours, in no list.
-        self.shared.take_all_each(|p| unsafe { self.to_os(p.cast(), true) });
+        while self.give_back(usize::MAX) != 0 {}
     }
 
     /// Moves every thread cache's idle objects of this pool to the shared
     /// cache, then frees idle objects above `minavail` to the OS.
     pub(crate) fn gc(&self) {
-        self.trim(|allocated, out| allocated.saturating_sub(out) > self.minavail.load(Relaxed));
+        self.trim(|allocated, out| allocated.saturating_sub(out).saturating_sub(self.minavail.load(Relaxed)));
     }
 
     /// Moves every thread cache's idle objects of this pool to the shared
-    /// cache, then frees idle objects to the OS while `too_many(allocated, out)`.
-    fn trim(&self, too_many: impl Fn(usize, usize) -> bool) {
+    /// cache, then frees to the OS, in batches, as many idle objects as
+    /// `excess(allocated, out)` says.
+    fn trim(&self, excess: impl Fn(usize, usize) -> usize) {
         let _moving = self.begin_transit();
         cache::drain(&self.home, |chain| {
             let mut p = chain;
@@ -769,13 +787,11 @@ impl Pool {
                 p = next;
             }
         });
-        while too_many(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed)) {
-            let p = self.shared.pop();
-            if p.is_null() {
+        loop {
+            let n = excess(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed));
+            if n == 0 || self.give_back(n.min(GIVE_BACK_CHUNK)) == 0 {
                 break;
             }
-            // SAFETY: popped, so ours and in no list.
-            unsafe { self.to_os(p.cast(), true) };
         }
     }
 
@@ -788,7 +804,7 @@ impl Pool {
             // Caches first refuse new objects, then give up what they hold.
             // Relaxed: a setting the caches read as a hint (see `cache::put`).
             self.home.capped.store(true, Relaxed);
-            self.trim(|allocated, out| allocated > n && allocated > out);
+            self.trim(|allocated, out| allocated.saturating_sub(n).min(allocated.saturating_sub(out)));
         }
         self.uncap_if_within();
     }

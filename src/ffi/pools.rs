@@ -131,7 +131,10 @@ pub extern "C" fn pool_flush(pool: *mut Pool) {
 /// For every pool: moves the idle objects of every thread's cache (the
 /// caller's included) to the shared cache, frees idle objects above the
 /// pool's minavail to the OS, then asks malloc to return free memory to the
-/// OS. `pool_ctx` is ignored (HAProxy's signature).
+/// OS. The immediate version of the release period's work, in one call: it
+/// stalls its caller for the whole of it (about 90 ms for 1 GiB of 16 KiB
+/// objects on the machine this was measured on). `pool_ctx` is ignored
+/// (HAProxy's signature).
 #[no_mangle]
 pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
     let _ = pool_ctx;
@@ -191,8 +194,12 @@ pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.used() as c_ulong)
 }
 
-/// The moving average of the objects the pool needed recently (held by
-/// callers or thread caches), over about 1024 releases. 0 for NULL.
+/// What the pool needed recently: the average, over recent release periods,
+/// of the most objects it had out of its shared cache during each (held by
+/// callers or idle in thread caches); each quarter of a period moves it a
+/// quarter of the way to the peak of the last period. It is updated by the
+/// release work (the free-path tick, `pool_maintain`, the maintenance
+/// thread). 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.needed_avg() as c_ulong)

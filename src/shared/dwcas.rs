@@ -129,6 +129,7 @@ impl DwcasList {
 
     /// Detaches the whole list. Bumps the counter too, so that a pop that
     /// read the old head cannot install its link afterwards.
+    #[cfg(test)]
     pub(crate) fn take_all(&self) -> *mut Link {
         loop {
             // Acquire: the caller reads every link of the chain.

@@ -143,6 +143,7 @@ impl LockedList {
     }
 
     /// Detaches the whole list and returns its first object.
+    #[cfg(test)]
     pub(crate) fn take_all(&self) -> *mut Link {
         self.lock();
         // SAFETY: we hold the lock.

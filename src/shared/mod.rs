@@ -120,13 +120,16 @@ impl Shared {
     }
 
     /// Takes up to `max` (at least 1) idle objects: the chain (null-ended)
-    /// and its length; (null, 0) when empty.
+    /// and its length; (null, 0) when empty. Not for the debug store, whose
+    /// objects must not be linked through their memory (debug pools have no
+    /// thread cache, and give idle objects back one at a time).
     pub(crate) fn pop_batch(&self, max: usize) -> (*mut Link, usize) {
         match self {
             Shared::Xchg(l) => l.pop_batch(max),
             Shared::Locked(l) => l.pop_batch(max),
             _ => {
-                // One at a time (the DWCAS list as it was; the debug store).
+                debug_assert!(!self.keeps_all(), "the debug store is never popped in batches");
+                // One at a time (the DWCAS list as it was).
                 let first = self.pop();
                 if first.is_null() {
                     return (first, 0);
@@ -155,29 +158,10 @@ impl Shared {
         matches!(self, Shared::Debug(_))
     }
 
-    /// Detaches every idle object and hands each to `f`, one at a time.
-    pub(crate) fn take_all_each(&self, mut f: impl FnMut(*mut Link)) {
-        if let Shared::Debug(s) = self {
-            loop {
-                let p = s.pop();
-                if p.is_null() {
-                    return;
-                }
-                f(p);
-            }
-        }
-        let mut p = self.take_all();
-        while !p.is_null() {
-            // SAFETY: the detached chain is ours alone; read the link before `f` reuses the object.
-            let next = unsafe { next_of(p) };
-            f(p);
-            p = next;
-        }
-    }
-
     /// Detaches the whole list and returns its first object (null-terminated
-    /// chain); the debug store has no chain (see `take_all_each`).
-    #[inline]
+    /// chain); the debug store has no chain. (For the tests: the pool gives
+    /// idle objects back in batches with `pop_batch`.)
+    #[cfg(test)]
     fn take_all(&self) -> *mut Link {
         match self {
             Shared::Xchg(l) => l.take_all(),

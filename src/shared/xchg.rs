@@ -175,6 +175,7 @@ impl XchgList {
     }
 
     /// Detaches the whole list (for flush and gc) and returns its first object.
+    #[cfg(test)]
     pub(crate) fn take_all(&self) -> *mut Link {
         let mut spin = Spin::new();
         let mut seen = self.head.load(Ordering::Relaxed);
