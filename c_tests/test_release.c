@@ -19,6 +19,7 @@
  * printed (no call should stall its thread for more than about 1 ms), and
  * checked against a generous bound. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,13 +80,20 @@ static void in_child(const char *what, int (*fn)(void))
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
-static double worst_call_ms;
+/* The slowest call seen, us (several threads note theirs). */
+static atomic_long worst_call_us;
 
 static void note_call(double t0)
 {
-    double d = now_ms() - t0;
-    if (d > worst_call_ms)
-        worst_call_ms = d;
+    long d = (long)((now_ms() - t0) * 1000);
+    long seen = atomic_load(&worst_call_us);
+    while (d > seen && !atomic_compare_exchange_weak(&worst_call_us, &seen, d))
+        ;
+}
+
+static double worst_call_ms(void)
+{
+    return atomic_load(&worst_call_us) / 1000.0;
 }
 
 /* ---- a spike and its release, light traffic going on ------------------ */
@@ -127,11 +135,11 @@ static int spike_pool(void)
     long end_rss = rss_kib();
     printf("pool spike: %d x %d B, RSS %ld KiB idle, %ld at the peak, %ld after %d periods of traffic; "
            "allocated %lu (<= 8 after %.0f ms), released %lu, slowest call %.3f ms\n",
-           SPIKE, OBJ, idle_rss, peak_rss, end_rss, 20, pool_allocated(p), fell_at, pool_released(p), worst_call_ms);
+           SPIKE, OBJ, idle_rss, peak_rss, end_rss, 20, pool_allocated(p), fell_at, pool_released(p), worst_call_ms());
     bad |= pool_allocated(p) > 8; /* the traffic's object and its thread cache's few */
     bad |= fell_at < 0 || fell_at > 8 * PERIOD;
     bad |= end_rss > idle_rss + 16 * 1024;
-    bad |= worst_call_ms > 20;
+    bad |= worst_call_ms() > 20;
     return bad ? 12 : 0;
 }
 
@@ -187,11 +195,11 @@ static int spike_dynbuf(void)
     long end_rss = rss_kib();
     printf("dynbuf spike: %d buffers, 4 threads releasing over time, RSS %ld KiB idle, %ld at the peak, %ld after; "
            "allocated %lu (<= 8 after %.0f ms; minavail 3), slowest call %.3f ms\n",
-           SPIKE, idle_rss, peak_rss, end_rss, pool_allocated(pool_head_buffer), fell_at, worst_call_ms);
+           SPIKE, idle_rss, peak_rss, end_rss, pool_allocated(pool_head_buffer), fell_at, worst_call_ms());
     bad |= pool_allocated(pool_head_buffer) > 8;
     bad |= fell_at < 0;
     bad |= end_rss > idle_rss + 16 * 1024;
-    bad |= worst_call_ms > 20;
+    bad |= worst_call_ms() > 20;
     return bad ? 22 : 0;
 }
 
@@ -199,14 +207,14 @@ static int spike_dynbuf(void)
 
 enum { BIG = 2 * 1024 * 1024 };
 static struct pool_head *fluct;
-static volatile int stop;
+static atomic_int stop;
 
 static void *fluctuate(void *arg)
 {
     unsigned seed = (unsigned)(uintptr_t)arg;
     void *h[3];
     int n = 0;
-    while (!stop) {
+    while (!atomic_load(&stop)) {
         seed = seed * 1103515245u + 12345u;
         int want = (int)((seed >> 16) % 4);
         while (n < want) {
@@ -245,7 +253,7 @@ static int fluctuating(void)
         nap_ms(FPERIOD / 10.0);
     }
     unsigned long later = pool_released(fluct);
-    stop = 1;
+    atomic_store(&stop, 1);
     void *ra, *rb;
     pthread_join(a, &ra);
     pthread_join(b, &rb);
@@ -279,6 +287,13 @@ static int thread_and_fork(void)
         return 40;
     if (spike_then_wait("parent") != 0)
         return 41;
+#if defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer does not let a child of a multi-threaded process
+     * start threads (die_after_fork): the child part is left out here. */
+    pool_maintenance_thread(0);
+    printf("maintenance thread: a spike given back with no further call (the forked child is skipped under TSan)\n");
+    return 0;
+#endif
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
