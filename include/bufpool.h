@@ -532,7 +532,10 @@ unsigned long long pool_total_used(void);
  * `write(2)` as soon as it is formatted (without heap allocation, so it
  * works when memory is exhausted): interrupted writes (`EINTR`) are
  * retried and short writes continued. A pool created or destroyed on
- * another thread during the dump may be missed. A bad fd is ignored.
+ * another thread during the dump may be missed. A bad fd is ignored. Not
+ * async-signal-safe (it takes the pool registry's lock): from a signal
+ * handler, hand the request to a thread. Its lines go straight to the fd:
+ * `fflush` a `FILE *` on the same fd first.
  */
 void dump_pools_to_fd(int fd);
 

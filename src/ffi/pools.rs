@@ -286,7 +286,10 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
 /// `write(2)` as soon as it is formatted (without heap allocation, so it
 /// works when memory is exhausted): interrupted writes (`EINTR`) are
 /// retried and short writes continued. A pool created or destroyed on
-/// another thread during the dump may be missed. A bad fd is ignored.
+/// another thread during the dump may be missed. A bad fd is ignored. Not
+/// async-signal-safe (it takes the pool registry's lock): from a signal
+/// handler, hand the request to a thread. Its lines go straight to the fd:
+/// `fflush` a `FILE *` on the same fd first.
 #[no_mangle]
 pub extern "C" fn dump_pools_to_fd(fd: c_int) {
     report::dump_to_fd(fd)
