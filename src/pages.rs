@@ -149,6 +149,8 @@ impl Pages {
     /// Every pointer came from `alloc` of this `Pages`, is allocated, and
     /// is not used any more by anyone.
     pub(crate) unsafe fn release(&self, objs: &mut [*mut u8]) {
+        // Sorted whole first, so that each run's objects fall together.
+        objs.sort_unstable();
         for chunk in objs.chunks_mut(64) {
             // SAFETY: the caller's guarantee, for each part.
             unsafe { self.release_some(chunk) };

@@ -35,9 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 /// OS. 0: at once (above `minavail`); `u32::MAX`: never by time.
 static PERIOD_MS: AtomicU32 = AtomicU32::new(1000);
 
-/// Objects given back to the OS per batch (one system call per run of
-/// pages touched).
-const GIVE_BACK_CHUNK: usize = 64;
+/// Objects given back to the OS per batch: sorted by address together, so
+/// that objects of one run of pages, freed by several threads in any
+/// order, cost one system call per run (or per stretch) touched.
+const GIVE_BACK_CHUNK: usize = 256;
 
 /// A release period is watched in this many windows (see `Pool::maintain`).
 const WINDOWS: usize = 4;
