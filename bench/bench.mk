@@ -1,4 +1,5 @@
-# `make bench` runs this (after `make lib`): the peer comparison.
+# `make bench` runs this (after `make lib`): the peer comparison (speed),
+# then the memory part (a spike and its release; the fluctuating 2 MB need).
 #
 # bench/bench.c is compiled once per variant, with the same flags, into
 # build/bench/bench-VARIANT:
@@ -19,6 +20,22 @@
 # W2 under callgrind, prints the tables and the targets, and renders the plot.
 #
 #   make bench RUNS=5 W1_OPS=5000000 W2_OPS=5000000 W3_MS=300 W4_MS=300 CG_OPS=100000 PNG=docs/bench.png
+#
+# Then the memory part, bench/memory.sh (about 90 s):
+#   build/bench/spike-VARIANT  bench/spike.c: a spike of SPIKE_MB MiB of 16 KiB
+#              objects, its release, light traffic, RSS over 5 s and after the
+#              explicit call; variants bufpool (modes pool and dynbuf,
+#              against libbufpool.so), glibc, jemalloc, mimalloc (linked as
+#              above)
+#   build/bench/fluct, fluct.musl  bench/fluct.c: the fluctuating 2 MB need on
+#              the shared path, default release period against never freeing,
+#              FLUCT_RUNS runs of FLUCT_MS ms each; fluct.musl is linked
+#              statically with musl-gcc against libbufpool.a (as make demo
+#              does) when musl-gcc is there
+#
+#   make bench SPIKE_MB=1024 FLUCT_MS=1000 FLUCT_RUNS=3
+#   make -f bench/bench.mk speed     the speed part alone (after make lib)
+#   make -f bench/bench.mk memory    the memory part alone (after make lib)
 
 CC       ?= gcc
 LIBDIR   := build/lib
@@ -30,16 +47,32 @@ W3_MS    ?= 300
 W4_MS    ?= 300
 CG_OPS   ?= 100000
 PNG      ?= docs/bench.png
+SPIKE_MB ?= 1024
+FLUCT_MS ?= 1000
+FLUCT_RUNS ?= 3
+MUSLCC   ?= musl-gcc
 
 # -O2 as any C user would build; -g so that callgrind names the loops.
 BENCH_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -g -D_GNU_SOURCE -Iinclude -pthread
 SRC      := bench/bench.c include/bufpool.h
 PEERS    := jemalloc:-ljemalloc mimalloc:-lmimalloc tcmalloc:-ltcmalloc_minimal
 
-.PHONY: run deps peers
+MEM_PEERS := jemalloc:-ljemalloc mimalloc:-lmimalloc
+SPEED_BINS := $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-glibc peers
+MEM_BINS := $(BENCHDIR)/spike-bufpool $(BENCHDIR)/spike-glibc $(BENCHDIR)/fluct mem-peers fluct-musl
 
-run: deps $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-glibc peers
+.PHONY: run speed memory deps peers mem-peers fluct-musl
+
+# The two parts one after the other, never side by side (make -j).
+run: deps $(SPEED_BINS) $(MEM_BINS)
 	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
+	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) append
+
+speed: deps $(SPEED_BINS)
+	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
+
+memory: deps $(MEM_BINS)
+	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) new
 
 deps:
 	@sh bench/deps.sh
@@ -63,3 +96,36 @@ peers: deps
 	  echo "$(CC) $(BENCH_CFLAGS) bench/bench.c -o $(BENCHDIR)/bench-$$p -Wl,--no-as-needed $$l"; \
 	  $(CC) $(BENCH_CFLAGS) bench/bench.c -o $(BENCHDIR)/bench-$$p -Wl,--no-as-needed $$l >$(BENCHDIR)/bench-$$p.log 2>&1 || true; \
 	done
+
+# ---- the memory part ----------------------------------------------------------
+$(BENCHDIR)/spike-bufpool: bench/spike.c include/bufpool.h $(LIBDIR)/libbufpool.so
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) -DSPIKE_BUFPOOL $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -ldl
+
+$(BENCHDIR)/spike-glibc: bench/spike.c include/bufpool.h
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) $< -o $@ -ldl
+
+$(BENCHDIR)/fluct: bench/fluct.c include/bufpool.h $(LIBDIR)/libbufpool.so
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool
+
+# Relinked on every run, as the speed part's peers; -DSPIKE_JEMALLOC etc.
+# select the peer's explicit call (found with dlsym at run time).
+mem-peers: deps
+	@mkdir -p $(BENCHDIR)
+	@for pl in $(MEM_PEERS); do p=$${pl%%:*}; l=$${pl#*:}; d=$$(echo $$p | tr a-z A-Z); rm -f $(BENCHDIR)/spike-$$p; \
+	  echo "$(CC) $(BENCH_CFLAGS) -DSPIKE_$$d bench/spike.c -o $(BENCHDIR)/spike-$$p -Wl,--no-as-needed $$l -ldl"; \
+	  $(CC) $(BENCH_CFLAGS) -DSPIKE_$$d bench/spike.c -o $(BENCHDIR)/spike-$$p -Wl,--no-as-needed $$l -ldl >$(BENCHDIR)/spike-$$p.log 2>&1 || true; \
+	done
+
+# Static musl (tools/musl-stubs.c fills in the glibc names the Rust runtime
+# mentions), when musl-gcc is there; bench/memory.sh says so when it is not.
+fluct-musl: deps $(LIBDIR)/libbufpool.a
+	@mkdir -p $(BENCHDIR)
+	@rm -f $(BENCHDIR)/fluct.musl
+	@if command -v $(MUSLCC) >/dev/null 2>&1; then \
+	  echo "$(MUSLCC) $(BENCH_CFLAGS) bench/fluct.c -static -Wl,--gc-sections tools/musl-stubs.c $(LIBDIR)/libbufpool.a -o $(BENCHDIR)/fluct.musl"; \
+	  $(MUSLCC) $(BENCH_CFLAGS) bench/fluct.c -static -Wl,--gc-sections tools/musl-stubs.c $(LIBDIR)/libbufpool.a \
+	    -o $(BENCHDIR)/fluct.musl >$(BENCHDIR)/fluct.musl.log 2>&1 || true; \
+	else echo "$(MUSLCC) not found" >$(BENCHDIR)/fluct.musl.log; fi
