@@ -179,37 +179,13 @@ pub(crate) fn map_object(len: usize, align: usize) -> *mut u8 {
     let pg = page();
     let size = len.next_multiple_of(pg);
     let align = align.max(16);
-    let extra = if align > pg { align } else { 0 };
-    // SAFETY: an anonymous private mapping has no precondition.
-    let raw = unsafe {
-        libc::mmap(
-            null_mut(),
-            size + extra,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return null_mut();
+    let start = map_aligned(size, align.max(pg));
+    if start.is_null() || align > pg {
+        return start;
     }
-    let raw = raw as usize;
-    if extra == 0 {
-        // Below a page, the object starts within the first page: see unmap_object.
-        return (raw + ((size - len) & !(align - 1))) as *mut u8;
-    }
-    let start = raw.next_multiple_of(align);
-    // SAFETY: both ranges are parts of the mapping just made, outside [start, start + size).
-    unsafe {
-        if start > raw {
-            libc::munmap(raw as *mut _, start - raw);
-        }
-        if raw + extra > start {
-            libc::munmap((start + size) as *mut _, raw + extra - start);
-        }
-    }
-    start as *mut u8
+    // Below a page, the object starts within the first page, as late as its
+    // alignment allows: see unmap_object.
+    start.wrapping_add((size - len) & !(align - 1))
 }
 
 /// # Safety
