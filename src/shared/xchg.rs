@@ -58,8 +58,11 @@ impl XchgList {
         release_store(&self.head, head);
     }
 
-    /// Takes the first idle object, or null when the list is empty.
-    pub(crate) fn pop(&self) -> *mut Link {
+    /// Takes the list: returns its first object with the head left holding
+    /// BUSY, so that the caller alone owns the objects until it stores the
+    /// head back with `release_store`; null (the head untouched) when the
+    /// list is empty.
+    fn hold(&self) -> *mut Link {
         let mut spin = Spin::new();
         loop {
             // Relaxed peek: an empty or busy list costs no bus write.
@@ -71,7 +74,7 @@ impl XchgList {
                 spin.wait();
                 continue;
             }
-            // Acquire: pairs with the Release that published this object's link.
+            // Acquire: pairs with the Release that published the list's links.
             let first = self.head.swap(BUSY, Ordering::Acquire);
             if first == BUSY {
                 spin.wait();
@@ -82,14 +85,23 @@ impl XchgList {
                 return first;
             }
             crate::sync::race_window();
-            // SAFETY: the head holds BUSY, so this thread alone owns `first`
-            // until it stores the head back: no one can pop it, free it or
-            // unmap it, and its link was published by the push we acquired.
-            let next = unsafe { next_of(first) };
-            // Release: hands the list, and what we read of it, to the next holder.
-            release_store(&self.head, next);
             return first;
         }
+    }
+
+    /// Takes the first idle object, or null when the list is empty.
+    pub(crate) fn pop(&self) -> *mut Link {
+        let first = self.hold();
+        if first.is_null() {
+            return first;
+        }
+        // SAFETY: the head holds BUSY (`hold`), so this thread alone owns
+        // `first` until it stores the head back: no one can pop it, free it
+        // or unmap it, and its link was published by the push we acquired.
+        let next = unsafe { next_of(first) };
+        // Release: hands the list, and what we read of it, to the next holder.
+        release_store(&self.head, next);
+        first
     }
 
     /// Puts an idle object at the head.
@@ -133,45 +145,26 @@ impl XchgList {
     /// and its length; (null, 0) when the list is empty.
     pub(crate) fn pop_batch(&self, max: usize) -> (*mut Link, usize) {
         debug_assert!(max >= 1, "a batch of at least one object");
-        let mut spin = Spin::new();
-        loop {
-            // Relaxed peek: an empty or busy list costs no bus write.
-            let seen = self.head.load(Ordering::Relaxed);
-            if seen.is_null() {
-                return (seen, 0);
-            }
-            if seen == BUSY {
-                spin.wait();
-                continue;
-            }
-            // Acquire: pairs with the Release that published these links.
-            let first = self.head.swap(BUSY, Ordering::Acquire);
-            if first == BUSY {
-                spin.wait();
-                continue;
-            }
-            if first.is_null() {
-                release_store(&self.head, first);
-                return (first, 0);
-            }
-            crate::sync::race_window();
-            let (mut last, mut n) = (first, 1);
-            // SAFETY: the head holds BUSY: this thread alone owns the list's
-            // objects until it stores the head back, so their links are
-            // stable and their memory mapped.
-            let mut next = unsafe { next_of(first) };
-            while n < max && !next.is_null() {
-                last = next;
-                n += 1;
-                // SAFETY: as above: `last` is in the list we hold.
-                next = unsafe { next_of(last) };
-            }
-            // SAFETY: `last` is ours now (cut off the list we hold).
-            unsafe { set_next(last, core::ptr::null_mut()) };
-            // Release: hands the rest of the list to the next holder.
-            release_store(&self.head, next);
-            return (first, n);
+        let first = self.hold();
+        if first.is_null() {
+            return (first, 0);
         }
+        let (mut last, mut n) = (first, 1);
+        // SAFETY: the head holds BUSY (`hold`): this thread alone owns the
+        // list's objects until it stores the head back, so their links are
+        // stable and their memory mapped.
+        let mut next = unsafe { next_of(first) };
+        while n < max && !next.is_null() {
+            last = next;
+            n += 1;
+            // SAFETY: as above: `last` is in the list we hold.
+            next = unsafe { next_of(last) };
+        }
+        // SAFETY: `last` is ours now (cut off the list we hold).
+        unsafe { set_next(last, core::ptr::null_mut()) };
+        // Release: hands the rest of the list to the next holder.
+        release_store(&self.head, next);
+        (first, n)
     }
 
     /// Detaches the whole list (for flush and gc) and returns its first object.
