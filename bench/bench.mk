@@ -1,5 +1,6 @@
 # `make bench` runs this (after `make lib`): the peer comparison (speed),
-# then the memory part (a spike and its release; the fluctuating 2 MB need).
+# then the memory part (a spike and its release; the fluctuating 2 MB need),
+# then the limit part (what pool_alloc costs at a pool's limit).
 #
 # bench/bench.c is compiled once per variant, with the same flags, into
 # build/bench/bench-VARIANT:
@@ -34,8 +35,23 @@
 #              does) when musl-gcc is there
 #
 #   make bench SPIKE_MB=1024 FLUCT_MS=1000 FLUCT_RUNS=3
+#
+# Then the limit part, bench/limit.sh (about 10 s):
+#   build/bench/limit  bench/limit.c, against libbufpool.so: for each of
+#              LIMIT_THREADS threads, a pool of 1 KiB objects at its limit
+#              (LIMIT_PER objects held by each thread, none idle): a failed
+#              pool_alloc, a successful one on the slow path (the shared
+#              cache, pool_set_cache_size(0)) and one that steals the only
+#              idle object from another thread's cache; run twice, as the
+#              library comes and with BUFPOOL_CACHE_SYNC=fence; then, with
+#              strace, membarrier and futex calls per failed pool_alloc for
+#              LIMIT_STRACE_THREADS (LIMIT_STRACE failed calls against none).
+#              The table goes to build/bench/limit.md.
+#
+#   make bench LIMIT_THREADS="4 16 64" LIMIT_PER=4 LIMIT_BATCHES=5 LIMIT_BATCH_MS=20 LIMIT_STEAL=1000 LIMIT_STRACE=20 LIMIT_STRACE_THREADS="4 64"
 #   make -f bench/bench.mk speed     the speed part alone (after make lib)
 #   make -f bench/bench.mk memory    the memory part alone (after make lib)
+#   make -f bench/bench.mk limit     the limit part alone (after make lib)
 
 CC       ?= gcc
 LIBDIR   := build/lib
@@ -51,6 +67,13 @@ SPIKE_MB ?= 1024
 FLUCT_MS ?= 1000
 FLUCT_RUNS ?= 3
 MUSLCC   ?= musl-gcc
+LIMIT_THREADS ?= 4 16 64
+LIMIT_PER ?= 4
+LIMIT_BATCHES ?= 5
+LIMIT_BATCH_MS ?= 20
+LIMIT_STEAL ?= 1000
+LIMIT_STRACE ?= 20
+LIMIT_STRACE_THREADS ?= 4 64
 
 # -O2 as any C user would build; -g so that callgrind names the loops.
 BENCH_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -g -D_GNU_SOURCE -Iinclude -pthread
@@ -61,18 +84,25 @@ MEM_PEERS := jemalloc:-ljemalloc mimalloc:-lmimalloc
 SPEED_BINS := $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-glibc peers
 MEM_BINS := $(BENCHDIR)/spike-bufpool $(BENCHDIR)/spike-glibc $(BENCHDIR)/fluct mem-peers fluct-musl
 
-.PHONY: run speed memory deps peers mem-peers fluct-musl
+.PHONY: run speed memory limit deps peers mem-peers fluct-musl
 
-# The two parts one after the other, never side by side (make -j).
-run: deps $(SPEED_BINS) $(MEM_BINS)
+LIMIT_RUN = sh bench/limit.sh $(BENCHDIR) $(LIMIT_PER) $(LIMIT_BATCHES) $(LIMIT_BATCH_MS) $(LIMIT_STEAL) \
+	$(LIMIT_STRACE) "$(LIMIT_THREADS)" "$(LIMIT_STRACE_THREADS)"
+
+# The three parts one after the other, never side by side (make -j).
+run: deps $(SPEED_BINS) $(MEM_BINS) $(BENCHDIR)/limit
 	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
 	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) append
+	@$(LIMIT_RUN)
 
 speed: deps $(SPEED_BINS)
 	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
 
 memory: deps $(MEM_BINS)
 	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) new
+
+limit: deps $(BENCHDIR)/limit
+	@$(LIMIT_RUN)
 
 deps:
 	@sh bench/deps.sh
@@ -129,3 +159,8 @@ fluct-musl: deps $(LIBDIR)/libbufpool.a
 	  $(MUSLCC) $(BENCH_CFLAGS) bench/fluct.c -static -Wl,--gc-sections tools/musl-stubs.c $(LIBDIR)/libbufpool.a \
 	    -o $(BENCHDIR)/fluct.musl >$(BENCHDIR)/fluct.musl.log 2>&1 || true; \
 	else echo "$(MUSLCC) not found" >$(BENCHDIR)/fluct.musl.log; fi
+
+# ---- the limit part -----------------------------------------------------------
+$(BENCHDIR)/limit: bench/limit.c include/bufpool.h $(LIBDIR)/libbufpool.so
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool

@@ -2,9 +2,9 @@
 # bench/deps.sh: installs what `make bench` compares with and measures with,
 # when it is missing and we are root with apt-get (Debian's packages):
 # the peers' development packages, valgrind (callgrind), gnuplot (the
-# plot) and musl-tools (musl-gcc: the memory part's static musl run). Not
-# root: nothing; bench/run.sh and bench/memory.sh name what they skipped,
-# in one line.
+# plot), musl-tools (musl-gcc: the memory part's static musl run) and
+# strace (the limit part's system calls). Not root: nothing; bench/run.sh,
+# bench/memory.sh and bench/limit.sh name what they skipped, in one line.
 # apt-get install is retried once after an apt-get update.
 
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -16,6 +16,7 @@ done
 command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
 command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
 command -v "${MUSLCC:-musl-gcc}" >/dev/null 2>&1 || missing="$missing musl-tools"
+command -v strace >/dev/null 2>&1 || missing="$missing strace"
 
 [ -n "$missing" ] || exit 0
 [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || exit 0

@@ -118,6 +118,65 @@ fn limit_steals_from_a_blocked_threads_cache() {
     destroy_ok(p);
 }
 
+/// At the limit with every object held by callers (a proxy at maxconn), a
+/// failed allocation costs no barrier per thread cache: the first search
+/// holds the caches with a stack of the pool at once, with one barrier,
+/// finds each stack empty and forgets it; later failures know from the
+/// pool's count that no cache can hold an object, and cost none.
+#[test]
+fn failed_allocations_at_the_limit_cost_no_barrier_per_cache() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const THREADS: usize = 16;
+    const EACH: usize = 4;
+    const FAILS: usize = 1000;
+    let _g = serial();
+    let p = new_pool(256, 0);
+    let addr = p as *const Pool as usize;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut go = vec![];
+    let mut threads = vec![];
+    for _ in 0..THREADS {
+        let ready_tx = ready_tx.clone();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        go.push(go_tx);
+        threads.push(std::thread::spawn(move || {
+            // SAFETY: the pool outlives this thread (joined below).
+            let p = unsafe { &*(addr as *const Pool) };
+            let objs: Vec<_> = (0..EACH).map(|_| p.alloc() as usize).collect();
+            for &o in &objs {
+                // SAFETY: from `p`, given back once.
+                let _ = unsafe { p.free(o as *mut u8) };
+            }
+            // Held again: this thread's stack of the pool is empty, with a limit.
+            let held: Vec<_> = (0..EACH).map(|_| p.alloc() as usize).collect();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            for o in held {
+                // SAFETY: from `p`, given back once.
+                let _ = unsafe { p.free(o as *mut u8) };
+            }
+        }));
+    }
+    for _ in 0..THREADS {
+        ready_rx.recv().unwrap();
+    }
+    assert_eq!((p.allocated(), p.used()), (THREADS * EACH, THREADS * EACH));
+    p.set_limit(THREADS * EACH);
+    let before = crate::barrier::CALLS.load(Relaxed);
+    let got = (0..FAILS).filter(|_| !p.alloc().is_null()).count();
+    let barriers = crate::barrier::CALLS.load(Relaxed) - before;
+    assert_eq!((got, p.failed()), (0, FAILS), "every object is held: every allocation fails");
+    assert!(barriers <= 1, "{FAILS} failed allocations with {THREADS} thread caches ran {barriers} barriers");
+    for g in go {
+        g.send(()).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    gc_all();
+    destroy_ok(p);
+}
+
 #[test]
 fn an_exiting_thread_gives_its_cache_back() {
     let _g = serial();

@@ -125,7 +125,8 @@ const WORDS: [Word; 11] = [
         arg: "=N",
         kind: Kind::RaceWindow,
         help: "spin N pauses (or 'yield') between reading a shared-cache head and its link, in every \
-               shared-cache algorithm (DWCAS then crashes when objects go to the OS)",
+               shared-cache algorithm (DWCAS then crashes when objects go to the OS), and while the \
+               maintenance thread holds its lock (for fork tests)",
     },
     Word { name: "help", arg: "", kind: Kind::Help, help: "print this list" },
 ];

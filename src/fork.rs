@@ -4,10 +4,13 @@
 //! half-changed. So the library registers `pthread_atfork` handlers:
 //!
 //! - before the fork, the forking thread takes every lock of the library,
-//!   in the library's lock order: `dynbuf_init`'s lock, the wait queue's
-//!   mutex, the pool registry, the thread-cache registry, every thread
-//!   cache (held from outside: no owner is inside one), every pool's shared
-//!   cache and debug store, the debug registry;
+//!   in the library's lock order (`docs/DESIGN.md` has the table): the
+//!   maintenance thread's start/stop lock, `dynbuf_init`'s lock, the wait
+//!   queue's mutex, the pool registry, the thread-cache registry, every
+//!   thread cache (held from outside: an owner inside one is given a few
+//!   time slices to leave, and a cache whose owner stays inside is left
+//!   alone in the child), every pool's shared cache, page runs and debug
+//!   store, the debug registry, the maintenance thread's state;
 //! - after it, the parent lets them all go;
 //! - the child lets them go too, after putting right what the parent's
 //!   other threads left behind: their thread caches are emptied into the
@@ -44,14 +47,21 @@ extern "C" fn at_load() {
 }
 
 extern "C" fn prepare() {
-    // Never copied half-done: `BUFPOOL_DEBUG` is read before the locks.
+    // Never copied half-done: the once-only initialisations are forced
+    // before the locks (`BUFPOOL_DEBUG`, `BUFPOOL_RELEASE_PERIOD`, the
+    // protocol's mode).
     crate::debug::init_from_env();
+    crate::maintain::init_from_env();
+    let _ = crate::barrier::mode();
+    crate::maintain::fork_prepare_outer();
     crate::dynbuf::fork_prepare();
     crate::waitq::fork_prepare();
     crate::registry::fork_prepare();
+    crate::maintain::fork_prepare_inner();
 }
 
 extern "C" fn parent() {
+    crate::maintain::fork_parent();
     crate::registry::fork_parent();
     crate::waitq::fork_parent();
     crate::dynbuf::fork_release();

@@ -39,7 +39,7 @@ static HEAP_RELEASED: AtomicUsize = AtomicUsize::new(0);
 
 /// Objects one pool gives back per batch of a slice (128 objects of 16
 /// KiB: about a quarter of a millisecond of munmap here).
-const BATCH: usize = 128;
+const RELEASE_BATCH: usize = 128;
 /// The time a slice may take, ns.
 const SLICE_NS: u64 = 500_000;
 /// Releases between ticks while objects are owed back: every release runs
@@ -88,6 +88,15 @@ pub(crate) fn tick() {
     cache::rearm(if owed { TICK_BUSY } else { cache::TICK_EVERY });
 }
 
+/// The release period changed (`pool_set_release_period`): the next tick
+/// looks again, and the decay follows the new period from now (a due time
+/// computed under the old one, `UINT_MAX`'s minute say, must not stand).
+pub(crate) fn period_changed() {
+    // Relaxed: hints of when to look; a tick racing the change looks now or soon.
+    NEXT_DUE.store(0, Relaxed);
+    NEXT_DECAY.store(0, Relaxed);
+}
+
 /// `pool_maintain()`: one slice now; the ms until the next one is due.
 pub(crate) fn maintain_now() -> u64 {
     init_from_env();
@@ -129,7 +138,7 @@ fn run(now: u64, wait: bool) -> u64 {
                 owed += 1;
                 return;
             }
-            let (done, due) = p.maintain(now, BATCH);
+            let (done, due) = p.maintain(now, RELEASE_BATCH);
             if p.on_heap() {
                 HEAP_RELEASED.fetch_add(done, Relaxed);
             }
@@ -180,77 +189,155 @@ fn trim_heap() {
 
 // ---- the maintenance thread ----------------------------------------------
 
-/// The thread is wanted (opt-in).
-static WANTED: AtomicBool = AtomicBool::new(false);
-/// The thread runs in this process.
-static ALIVE: AtomicBool = AtomicBool::new(false);
-/// Wakes the thread early (to stop it).
-static WAKE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// The thread's state, under its mutex: whether it is wanted, whether one
+/// runs (from its creation until it has decided, under the mutex, to exit),
+/// its id (to join it), and the pid it runs in (a child after `fork()` has
+/// none of its parent's threads).
+struct Control {
+    wanted: bool,
+    running: bool,
+    tid: libc::pthread_t,
+    pid: libc::pid_t,
+}
 
-/// `pool_maintenance_thread(on)`: starts or stops the thread. False when it
-/// could not be started.
+/// The thread's state and its wake-up. Lock order: after every other lock
+/// of the library (the thread takes nothing while it holds it, and the
+/// fork handlers take it last).
+static CONTROL: Mutex<Control> = Mutex::new(Control { wanted: false, running: false, tid: 0, pid: 0 });
+static WAKE: Condvar = Condvar::new();
+/// The thread is wanted: a hint for the free path's tick (read without the
+/// mutex; `start_thread` decides under it).
+static WANTED: AtomicBool = AtomicBool::new(false);
+/// Starts and stops are one at a time (a stop joins the thread with the
+/// state's mutex let go). Outermost of the library's locks.
+static STARTSTOP: Mutex<()> = Mutex::new(());
+
+fn control() -> std::sync::MutexGuard<'static, Control> {
+    CONTROL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `pool_maintenance_thread(on)`: starts the thread (returns once it is
+/// created) or stops it (returns once it has exited). False when it could
+/// not be started.
 pub(crate) fn set_thread(on: bool) -> bool {
+    let _one = STARTSTOP.lock().unwrap_or_else(|e| e.into_inner());
     WANTED.store(on, Relaxed);
     if on {
-        start_thread()
-    } else {
-        *WAKE.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        WAKE.1.notify_all();
-        true
+        return start_thread();
     }
+    let tid = {
+        let mut c = control();
+        c.wanted = false;
+        WAKE.notify_all();
+        // A thread of this process only (after fork() the parent's is not ours).
+        // SAFETY: getpid has no preconditions.
+        if c.running && c.pid == unsafe { libc::getpid() } {
+            Some(c.tid)
+        } else {
+            None
+        }
+    };
+    if let Some(tid) = tid {
+        // SAFETY: a joinable thread we created and nobody else joins
+        // (starts and stops are serialised by STARTSTOP).
+        unsafe { libc::pthread_join(tid, std::ptr::null_mut()) };
+    }
+    true
 }
 
 /// In a child after `fork()`, or whenever the thread was lost: start it
-/// again if it is wanted.
+/// again if it is wanted. Never waits (the free path calls it).
 fn restart_thread_if_lost() {
-    // Relaxed, both: hints; `start_thread` settles the race with a swap.
-    if WANTED.load(Relaxed) && !ALIVE.load(Relaxed) {
-        start_thread();
+    // Relaxed: a hint; the decision is made under the mutexes.
+    if !WANTED.load(Relaxed) {
+        return;
     }
+    let Ok(_one) = STARTSTOP.try_lock() else { return };
+    start_thread();
 }
 
+/// Starts the thread unless one runs. The caller holds STARTSTOP.
 fn start_thread() -> bool {
-    // AcqRel: one starter wins.
-    if ALIVE.swap(true, std::sync::atomic::Ordering::AcqRel) {
-        return true;
+    let mut c = control();
+    c.wanted = true;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if c.running && c.pid == pid {
+        return true; // it will see `wanted` when it looks next
     }
-    *WAKE.0.lock().unwrap_or_else(|e| e.into_inner()) = false;
     let mut tid: libc::pthread_t = 0;
     // SAFETY: `thread_main` has the start-routine ABI and takes no argument;
-    // the attributes are the defaults.
+    // the attributes are the defaults (joinable).
     let ok = unsafe { libc::pthread_create(&mut tid, std::ptr::null(), thread_main, std::ptr::null_mut()) } == 0;
     if ok {
-        // SAFETY: a thread just created, never joined.
-        unsafe { libc::pthread_detach(tid) };
-    } else {
-        ALIVE.store(false, Relaxed);
+        c.running = true;
+        c.tid = tid;
+        c.pid = pid;
     }
     ok
 }
 
 extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
     loop {
-        if !WANTED.load(Relaxed) {
-            break;
-        }
         let now = os::now_ms();
         let next = run(now, true);
         trim_heap();
         let wait = next.saturating_sub(now).clamp(1, 1000);
-        let g = WAKE.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (g, _) = WAKE.1.wait_timeout(g, std::time::Duration::from_millis(wait)).unwrap_or_else(|e| e.into_inner());
-        if *g {
-            break;
+        let g = control();
+        crate::sync::race_window();
+        if !g.wanted {
+            return exit_thread(g);
+        }
+        let (g, _) = WAKE.wait_timeout(g, std::time::Duration::from_millis(wait)).unwrap_or_else(|e| e.into_inner());
+        crate::sync::race_window();
+        if !g.wanted {
+            return exit_thread(g);
         }
     }
-    ALIVE.store(false, Relaxed);
+}
+
+/// The thread decides to exit, under the mutex: from then on a start makes
+/// a new one.
+fn exit_thread(mut g: std::sync::MutexGuard<'static, Control>) -> *mut libc::c_void {
+    g.running = false;
     std::ptr::null_mut()
 }
 
-/// In a child after `fork()`: the thread and any slice in progress belong
-/// to the parent.
+/// The state's locks, held across `fork()` by the forking thread.
+static FORK_HELD: crate::sync::ForkSlot<(std::sync::MutexGuard<'static, ()>, std::sync::MutexGuard<'static, Control>)> =
+    crate::sync::ForkSlot::new();
+
+/// Before `fork()`: a stop or start in progress finishes first (STARTSTOP,
+/// the outermost lock), and the thread's state is not in the middle of a
+/// change (CONTROL, the innermost): the child must find both free.
+pub(crate) fn fork_prepare_outer() {
+    let one = STARTSTOP.lock().unwrap_or_else(|e| e.into_inner());
+    FORK_OUTER.put(one);
+}
+
+static FORK_OUTER: crate::sync::ForkSlot<std::sync::MutexGuard<'static, ()>> = crate::sync::ForkSlot::new();
+
+/// See `fork_prepare_outer`: after every other lock of the library.
+pub(crate) fn fork_prepare_inner() {
+    let c = control();
+    if let Some(one) = FORK_OUTER.take() {
+        FORK_HELD.put((one, c));
+    }
+}
+
+/// After `fork()`, in the parent: lets both go.
+pub(crate) fn fork_parent() {
+    drop(FORK_HELD.take());
+}
+
+/// After `fork()`, in the child: the thread and any slice in progress
+/// belong to the parent; both locks are let go (this thread took them).
 pub(crate) fn fork_child() {
-    ALIVE.store(false, Relaxed);
+    if let Some((one, mut c)) = FORK_HELD.take() {
+        c.running = false;
+        drop(c);
+        drop(one);
+    }
     RUNNING.store(false, Relaxed);
     NEXT_DUE.store(0, Relaxed);
 }

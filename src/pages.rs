@@ -157,46 +157,63 @@ impl Pages {
         }
     }
 
-    /// `release` of at most 64 objects.
+    /// `release` of at most 64 objects: marks the runs (`begin`), discards
+    /// or unmaps them with the lock let go, then marks the slots available
+    /// (`finish`).
     ///
     /// # Safety
     /// As `release`.
     unsafe fn release_some(&self, objs: &mut [*mut u8]) {
+        let mut batch = self.begin(objs);
+        // SAFETY: the caller's guarantee.
+        unsafe { self.discard(&batch) };
+        self.finish(&mut batch);
+    }
+
+    /// The first step of a release, under the lock: groups the objects by
+    /// run; a run that this batch empties leaves the list.
+    fn begin(&self, objs: &mut [*mut u8]) -> Batch {
         debug_assert!(objs.len() <= 64, "a batch of at most 64 objects");
         objs.sort_unstable();
-        // (run base, slots of the batch in it, emptied by the batch)
-        let mut groups = [(0usize, 0u64, false); 64];
-        let mut n = 0;
-        {
-            let mut r = self.runs.lock();
-            let mut k = 0;
-            while k < objs.len() && n < groups.len() {
-                let p = objs[k] as usize;
-                let Some(i) = r.all.partition_point(|run| run.base <= p).checked_sub(1) else {
-                    debug_assert!(false, "an object of these pages");
-                    k += 1;
-                    continue;
-                };
-                let base = r.all[i].base;
-                debug_assert!(p < base + self.run_len(), "an object inside its run");
-                let mut mask = 0u64;
-                while k < objs.len() && (objs[k] as usize) < base + self.run_len() {
-                    mask |= 1 << ((objs[k] as usize - base) / self.stride);
-                    k += 1;
-                }
-                debug_assert!(r.all[i].avail & mask == 0, "an allocated object is released once");
-                let emptied = r.all[i].avail | mask == self.full_mask();
-                if emptied {
-                    r.all.remove(i);
-                    if let Some(at) = r.partial.iter().position(|&b| b == base) {
-                        r.partial.swap_remove(at);
-                    }
-                }
-                groups[n] = (base, mask, emptied);
-                n += 1;
+        let mut b = Batch { groups: [(0usize, 0u64, false); 64], n: 0 };
+        let mut r = self.runs.lock();
+        let mut k = 0;
+        while k < objs.len() && b.n < b.groups.len() {
+            let p = objs[k] as usize;
+            let Some(i) = r.all.partition_point(|run| run.base <= p).checked_sub(1) else {
+                debug_assert!(false, "an object of these pages");
+                k += 1;
+                continue;
+            };
+            let base = r.all[i].base;
+            debug_assert!(p < base + self.run_len(), "an object inside its run");
+            let mut mask = 0u64;
+            while k < objs.len() && (objs[k] as usize) < base + self.run_len() {
+                mask |= 1 << ((objs[k] as usize - base) / self.stride);
+                k += 1;
             }
+            debug_assert!(r.all[i].avail & mask == 0, "an allocated object is released once");
+            let emptied = r.all[i].avail | mask == self.full_mask();
+            if emptied {
+                r.all.remove(i);
+                if let Some(at) = r.partial.iter().position(|&b| b == base) {
+                    r.partial.swap_remove(at);
+                }
+            }
+            b.groups[b.n] = (base, mask, emptied);
+            b.n += 1;
         }
-        for &(base, mask, emptied) in &groups[..n] {
+        b
+    }
+
+    /// The second step, with the lock let go: runs the batch emptied are
+    /// unmapped, the other objects' pages discarded.
+    ///
+    /// # Safety
+    /// The batch's objects are allocated objects of these pages that no one
+    /// uses any more (`release`'s guarantee).
+    unsafe fn discard(&self, b: &Batch) {
+        for &(base, mask, emptied) in &b.groups[..b.n] {
             if emptied {
                 // SAFETY: the run was mapped by `map_aligned(run_len, _)` at
                 // `base`, is out of the list, and none of its objects is used.
@@ -214,18 +231,43 @@ impl Pages {
                 m &= !bits;
             }
         }
-        let mut r = self.runs.lock();
-        for &(base, mask, emptied) in &groups[..n] {
-            if emptied {
-                continue;
-            }
-            if let Some(i) = find(&r.all, base) {
+    }
+
+    /// The last step, under the lock: the discarded slots become available.
+    /// A run whose every slot is then available (another release of the
+    /// same run, running beside this one, marked the rest meanwhile) leaves
+    /// the list and is unmapped, with the lock let go.
+    fn finish(&self, b: &mut Batch) {
+        let mut empty = [0usize; 64];
+        let mut n_empty = 0;
+        {
+            let mut r = self.runs.lock();
+            for &(base, mask, emptied) in &b.groups[..b.n] {
+                if emptied {
+                    continue;
+                }
+                let Some(i) = find(&r.all, base) else {
+                    debug_assert!(false, "a run with slots of this batch stays listed");
+                    continue;
+                };
                 let was_full = r.all[i].avail == 0;
                 r.all[i].avail |= mask;
-                if was_full && r.partial.try_reserve(1).is_ok() {
+                if r.all[i].avail == self.full_mask() {
+                    r.all.remove(i);
+                    if let Some(at) = r.partial.iter().position(|&p| p == base) {
+                        r.partial.swap_remove(at);
+                    }
+                    empty[n_empty] = base;
+                    n_empty += 1;
+                } else if was_full && r.partial.try_reserve(1).is_ok() {
                     r.partial.push(base);
                 }
             }
+        }
+        for &base in &empty[..n_empty] {
+            // SAFETY: mapped by `map_aligned(run_len, _)`, out of the list,
+            // every slot available (given back): no object of it is used.
+            unsafe { crate::os::unmap(base as *mut u8, self.run_len()) };
         }
     }
 
@@ -251,6 +293,13 @@ impl Pages {
         // SAFETY: the caller's guarantee: this thread holds it by `fork_lock`.
         unsafe { self.runs.unlock_forever() };
     }
+}
+
+/// A release in progress: per run touched, its base, the slots of the
+/// batch in it, and whether the batch empties it.
+struct Batch {
+    groups: [(usize, u64, bool); 64],
+    n: usize,
 }
 
 /// The index of the run at `base`.
@@ -292,6 +341,31 @@ mod tests {
         // SAFETY: all allocated, given up.
         unsafe { pages.release(&mut objs) };
         assert_eq!(pages.runs.lock().all.len(), 0);
+        assert!(pages.runs.lock().partial.is_empty());
+    }
+
+    /// Two releases of the halves of one run, interleaved as two threads
+    /// can: both begin (neither empties the run by itself), both discard,
+    /// both finish. The run, all of it given back, must be unmapped.
+    #[test]
+    fn interleaved_releases_of_one_run_unmap_it() {
+        let pg = page();
+        let pages = Pages::new(4 * pg, 0);
+        let n = pages.per_run;
+        let objs: Vec<*mut u8> = (0..n).map(|_| pages.alloc()).collect();
+        assert_eq!(pages.runs.lock().all.len(), 1);
+        let (mut a, mut b) = (objs[..n / 2].to_vec(), objs[n / 2..].to_vec());
+        let mut ba = pages.begin(&mut a);
+        let mut bb = pages.begin(&mut b);
+        assert!(!ba.groups[0].2 && !bb.groups[0].2, "neither half empties the run alone");
+        // SAFETY: allocated objects, given up, each in one batch.
+        unsafe {
+            pages.discard(&ba);
+            pages.discard(&bb);
+        }
+        pages.finish(&mut ba);
+        pages.finish(&mut bb);
+        assert_eq!(pages.runs.lock().all.len(), 0, "a run given back whole is unmapped");
         assert!(pages.runs.lock().partial.is_empty());
     }
 }

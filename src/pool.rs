@@ -75,8 +75,10 @@ pub(crate) fn set_release_period(ms: u32) {
 }
 /// Bytes of a pool's name kept, with its terminating NUL.
 pub(crate) const NAME_LEN: usize = 32;
-/// Rounds of the search for room or an idle object at the limit.
-const LIMIT_ROUNDS: usize = 3;
+/// Rounds of the search for room or an idle object at the limit: one, since
+/// the caches are held all at once (no object can move between two of
+/// them while the search looks); transits are waited for on top of it.
+const LIMIT_ROUNDS: usize = 1;
 /// Retries of that search after a transit ended, before giving up: each
 /// retry follows an object's arrival somewhere, so this bounds only a
 /// pathological stream of them.
@@ -207,7 +209,7 @@ impl Pool {
         dbg: Option<Checks>,
     ) -> Self {
         Pool {
-            home: Home { slot: None, size, capped: AtomicBool::new(false), back: &BACK },
+            home: Home { slot: None, size, capped: AtomicBool::new(false), stacks: AtomicUsize::new(0), back: &BACK },
             alloc_size,
             align,
             mem: if dbg.as_ref().is_some_and(Checks::mapped) {
@@ -282,10 +284,15 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self) -> *mut u8 {
-        // An empty stack refills with a batch from the shared cache.
-        let p = cache::refill(&self.home);
-        if !p.is_null() {
-            return p;
+        if self.home.slot.is_some() {
+            debug_assert!(self.dbg.is_none(), "a debug pool has no thread cache");
+            // An empty stack refills with a batch from the shared cache;
+            // null: the shared cache had none (refill looked).
+            let p = cache::refill(&self.home);
+            if !p.is_null() {
+                return p;
+            }
+            return self.alloc_new_or_idle().0;
         }
         match &self.dbg {
             None => self.take_idle_or_new().0,
@@ -364,7 +371,7 @@ impl Pool {
                 return (p, false);
             }
             // At the limit, idle objects must not make us fail, wherever they sit.
-            let p = cache::steal(&self.home);
+            let p = cache::find_idle(&self.home);
             if !p.is_null() {
                 return (p, true); // it was already counted out
             }
@@ -763,17 +770,19 @@ impl Pool {
     }
 
     /// Moves every thread cache's idle objects of this pool to the shared
-    /// cache, then frees idle objects above `minavail` to the OS.
+    /// cache, then frees idle objects above `minavail` to the OS. A cache
+    /// whose owner is inside a call on this pool is skipped.
     pub(crate) fn gc(&self) {
-        self.trim(|allocated, out| allocated.saturating_sub(out).saturating_sub(self.minavail.load(Relaxed)));
+        self.trim(false, |allocated, out| allocated.saturating_sub(out).saturating_sub(self.minavail.load(Relaxed)));
     }
 
     /// Moves every thread cache's idle objects of this pool to the shared
-    /// cache, then frees to the OS, in batches, as many idle objects as
-    /// `excess(allocated, out)` says.
-    fn trim(&self, excess: impl Fn(usize, usize) -> usize) {
+    /// cache (with `every`, coming back to caches whose owner was inside a
+    /// call until none is: see `cache::drain_all`), then frees to the OS, in
+    /// batches, as many idle objects as `excess(allocated, out)` says.
+    fn trim(&self, every: bool, excess: impl Fn(usize, usize) -> usize) {
         let _moving = self.begin_transit();
-        cache::drain(&self.home, |chain| {
+        let to_shared = |chain: *mut Link| {
             let mut p = chain;
             while !p.is_null() {
                 // SAFETY: the drained chain is ours; read the link before reuse.
@@ -787,7 +796,12 @@ impl Pool {
                 debug_assert!(was > 0, "out counts every cached object");
                 p = next;
             }
-        });
+        };
+        if every {
+            cache::drain_all(&self.home, to_shared);
+        } else {
+            cache::drain(&self.home, to_shared);
+        }
         loop {
             let n = excess(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed));
             if n == 0 || self.give_back(n.min(GIVE_BACK_CHUNK)) == 0 {
@@ -797,15 +811,21 @@ impl Pool {
     }
 
     /// Sets the limit. A limit below what is allocated takes effect at once:
-    /// idle objects above it, in any cache, go back to the OS, and objects
-    /// released later go to the OS too until the pool is within the limit.
+    /// the pool is capped (no cache takes its objects, no stack of it
+    /// grows), idle objects above it, in any cache, go back to the OS, and
+    /// objects released later go to the OS too until the pool is within the
+    /// limit. A thread stopped inside a call on this pool delays the caller
+    /// until its call ends (see `cache::drain_all`).
     pub(crate) fn set_limit(&self, n: usize) {
         self.limit.store(n, Relaxed);
         if n != 0 && self.c.allocated.load(Relaxed) > n {
-            // Caches first refuse new objects, then give up what they hold.
-            // Relaxed: a setting the caches read as a hint (see `cache::put`).
+            // Caches first refuse new objects, then give up what they hold;
+            // those no one can reach now catch up at their owner's next call.
+            // Relaxed: a setting the caches read inside themselves, after the
+            // hold that drains them (or the generation that makes them conform).
             self.home.capped.store(true, Relaxed);
-            self.trim(|allocated, out| allocated.saturating_sub(n).min(allocated.saturating_sub(out)));
+            cache::settings_changed();
+            self.trim(true, |allocated, out| allocated.saturating_sub(n).min(allocated.saturating_sub(out)));
         }
         self.uncap_if_within();
     }
@@ -849,8 +869,11 @@ impl Pool {
 
     /// Frees every idle object this pool has, in thread caches and in its
     /// shared cache, for its destruction: no object of it may be in use.
-    pub(crate) fn free_all_idle(&self) {
-        cache::drain(&self.home, |mut c| {
+    /// False, with nothing freed but what the caches the owners let us reach
+    /// held, when a cache could not be reached (its owner inside a call on
+    /// this pool: the pool is in use after all).
+    pub(crate) fn free_all_idle(&self) -> bool {
+        let (_, missed) = cache::drain(&self.home, |mut c| {
             while !c.is_null() {
                 // SAFETY: drained objects are ours; read the link before freeing.
                 let next = unsafe { next_of(c) };
@@ -860,10 +883,14 @@ impl Pool {
                 c = next;
             }
         });
+        if !missed.none() {
+            return false;
+        }
         self.flush();
         debug_assert_eq!(self.allocated(), 0, "a pool destroyed with no object in use has none left");
         if let Memory::Pages(pages) = &self.mem {
             pages.unmap_all();
         }
+        true
     }
 }

@@ -114,9 +114,11 @@ fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) ->
 }
 
 /// Destroys a pool whose objects are all back: null once freed (or when
-/// other users of a merged pool remain), the pool itself while in use.
-/// `on_free` is told the address of a pool that is freed, under the
-/// registry lock (before another pool can take the address).
+/// other users of a merged pool remain), the pool itself while in use
+/// (callers hold objects of it, or a call on it is in flight on another
+/// thread, whose cache it cannot drain then). `on_free` is told the address
+/// of a pool that is freed, under the registry lock (before another pool
+/// can take the address).
 pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut Pool {
     let mut reg = pools();
     let Some(pos) = reg.iter().position(|q| q.0.as_ptr() == p) else {
@@ -127,8 +129,13 @@ pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut P
     if pool.used() != 0 {
         return p;
     }
-    if pool.users.fetch_sub(1, Relaxed) > 1 {
+    if pool.users.load(Relaxed) > 1 {
+        // Merged: one user fewer (users change only under POOLS).
+        pool.users.fetch_sub(1, Relaxed);
         return null_mut();
+    }
+    if !pool.free_all_idle() {
+        return p;
     }
     let q = reg.swap_remove(pos);
     free_pool(q.0);
@@ -136,11 +143,11 @@ pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut P
     null_mut()
 }
 
-/// Frees a pool that is out of the registry and has no object in use.
+/// Frees a pool that is out of the registry, has no object in use and
+/// none idle (`Pool::free_all_idle` said so).
 fn free_pool(p: NonNull<Pool>) {
     // SAFETY: the caller took it out of the registry; we are its last user.
     let pool = unsafe { p.as_ref() };
-    pool.free_all_idle();
     if let Some(slot) = pool.home.slot {
         cache::release_slot(slot);
     }
@@ -155,7 +162,8 @@ pub(crate) fn destroy_all(mut on_free: impl FnMut(*const Pool)) {
     let mut i = 0;
     while i < reg.len() {
         // SAFETY: registered pools are alive while POOLS is locked.
-        if unsafe { reg[i].0.as_ref() }.used() == 0 {
+        let pool = unsafe { reg[i].0.as_ref() };
+        if pool.used() == 0 && pool.free_all_idle() {
             let q = reg.swap_remove(i);
             free_pool(q.0);
             on_free(q.0.as_ptr());

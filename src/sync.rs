@@ -145,8 +145,9 @@ pub(crate) fn thread_token() -> usize {
 /// `sched_yield()`, else N `pause`s. It widens, in every shared-cache
 /// algorithm, the window between reading the head and reading the link of
 /// the object the head names: the window in which the lock-free list can
-/// read memory another thread already gave back to the OS. It belongs to
-/// the shared caches, not to debugging, hence here.
+/// read memory another thread already gave back to the OS; and the window
+/// in which the maintenance thread holds its mutex (which a `fork()` must
+/// not cut). It belongs to the races, not to debugging, hence here.
 static RACE_WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 pub(crate) const RACE_YIELD: usize = usize::MAX;
 

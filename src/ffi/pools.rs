@@ -45,9 +45,15 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
 
 /// Destroys a pool. Returns NULL once done: the pool is freed, or, for a
 /// merged pool, one user fewer remains. Returns `pool` itself, untouched,
-/// while callers still hold objects of it, whatever other threads are doing
-/// with it meanwhile. NULL, or a pointer that is not a
-/// live pool, is ignored and gives NULL.
+/// while it is in use: callers hold objects of it, or a call on it is in
+/// flight on another thread (a thread stopped inside `pool_alloc(pool)`
+/// counts). Other threads may meanwhile call anything on other pools, and
+/// `pool_used`, `pool_gc`, `pool_flush`, the settings and the dump on this
+/// one; an allocation from `pool` racing its destruction, or any use of
+/// the handle after NULL was returned, is the caller's bug. Idle objects
+/// of the pool in other threads' caches are freed with it, even when those
+/// threads are stopped inside a call on another pool. NULL, or a pointer
+/// that is not a live pool, is ignored and gives NULL.
 #[no_mangle]
 pub extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
     if pool.is_null() {
@@ -131,7 +137,8 @@ pub extern "C" fn pool_flush(pool: *mut Pool) {
 /// For every pool: moves the idle objects of every thread's cache (the
 /// caller's included) to the shared cache, frees idle objects above the
 /// pool's minavail to the OS, then asks malloc to return free memory to the
-/// OS. The immediate version of the release period's work, in one call: it
+/// OS. A thread that is inside a call on a pool at that moment keeps that
+/// pool's objects in its cache (no thread is waited for). The immediate version of the release period's work, in one call: it
 /// stalls its caller for the whole of it (about 90 ms for 1 GiB of 16 KiB
 /// objects on the machine this was measured on). `pool_ctx` is ignored
 /// (HAProxy's signature).
@@ -149,7 +156,10 @@ pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
 /// allocated takes effect at once: idle objects above it go back to the OS,
 /// and objects freed while the pool is still above it go back to the OS
 /// too, until the pool is within the limit. Objects being freed to the OS
-/// may exceed the limit for the length of their `free()`.
+/// may exceed the limit for the length of their `free()`. Lowering the
+/// limit below what is allocated waits, with no lock held, for calls on
+/// this pool in flight on other threads to end (a thread stopped inside
+/// one delays this call, and no other thread).
 #[no_mangle]
 pub extern "C" fn pool_set_limit(pool: *mut Pool, max_objects: c_uint) {
     if let Some(p) = pool_ref(pool) {
@@ -168,8 +178,13 @@ pub extern "C" fn pool_set_minavail(pool: *mut Pool, min_idle: c_uint) {
 /// Sets the per-thread cache budget in bytes, all pools together (512 KiB by
 /// default; 0 caches nothing, `SIZE_MAX` is no budget). Objects larger than
 /// the budget are never cached in a thread. It takes effect at once in every
-/// thread's cache: a cache above the new budget sends its least recently
-/// used objects to their pools' shared caches until it is back to 7/8 of it.
+/// thread's cache: when it returns, a cache above the new budget has sent
+/// its least recently used objects to their pools' shared caches until it
+/// is within it, and a release racing the call sees the new budget. A
+/// lower budget waits, with no lock held, for calls in flight on other
+/// threads to end (a thread stopped inside a call delays this one, and no
+/// other thread). After the process lost `membarrier(2)`, the cache of a
+/// thread that has not called the library since conforms at its next call.
 #[no_mangle]
 pub extern "C" fn pool_set_cache_size(bytes: usize) {
     crate::cache::set_budget(bytes)
@@ -182,12 +197,15 @@ pub extern "C" fn pool_allocated(pool: *const Pool) -> c_ulong {
 }
 
 /// Objects held by callers (idle objects in thread caches are not). Exact
-/// when no call is in flight, and never less than callers hold: an object
-/// inside a pool call on another thread counts as held. It reads every
-/// thread cache at once without ever waiting for the scheduler: a thread
-/// that was preempted in the middle of a pool call (on a busy machine) has
-/// the idle objects of its cache counted as held for that call, erring high
-/// rather than waiting. Some microseconds at most: not for a hot loop.
+/// when no call on this pool is in flight, and never less than callers
+/// hold: an object inside a pool call on another thread counts as held. It
+/// reads every thread cache that has this pool's objects at once, without
+/// ever waiting for another thread: a thread stopped in the middle of a
+/// call on this pool (preempted on a busy machine, or in a debugger) has
+/// its idle objects of this pool counted as held for that call, erring
+/// high rather than waiting; a thread stopped inside a call on another
+/// pool hides nothing. Some microseconds at most (the registry of thread
+/// caches is held that long by whoever holds it): not for a hot loop.
 /// 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
@@ -231,7 +249,8 @@ pub extern "C" fn pool_released(pool: *const Pool) -> c_ulong {
 /// within the period stay. Idle thread caches drain into the shared caches
 /// by halves, once a period. 0: released objects go back at once whenever
 /// the shared cache already holds minavail idle objects. `UINT_MAX`: never
-/// by time (`pool_gc` and `pool_flush` still do). The work runs in slices
+/// by time (`pool_gc` and `pool_flush` still do). A new period takes effect
+/// at every thread's next tick. The work runs in slices
 /// of at most about half a millisecond inside the library's calls (a tick
 /// every 32 `pool_free`s of a thread, every one while objects are owed
 /// back; `pool_maintain`; or the maintenance thread). Objects of a page or
@@ -241,7 +260,8 @@ pub extern "C" fn pool_released(pool: *const Pool) -> c_ulong {
 #[no_mangle]
 pub extern "C" fn pool_set_release_period(ms: c_uint) {
     crate::maintain::init_from_env();
-    crate::pool::set_release_period(ms)
+    crate::pool::set_release_period(ms);
+    crate::maintain::period_changed();
 }
 
 /// Runs one slice of the release work that is due (at most about half a
@@ -256,9 +276,13 @@ pub extern "C" fn pool_maintain() -> c_uint {
 /// Starts (`on` non-zero) or stops the library's maintenance thread, which
 /// runs the release work on its own (for programs that may go idle without
 /// calling `pool_maintain`). Off by default; `BUFPOOL_MAINTENANCE=thread` in
-/// the environment starts it at the first pool. Safe across `fork()`: a
-/// child whose parent ran it starts its own at its first `pool_free` tick or
-/// `pool_maintain`. Returns 0, or -1 when the thread could not be started.
+/// the environment starts it at the first pool. A start returns once the
+/// thread exists (or was already running), a stop once it has exited (it
+/// may finish the slice of work it is in, about half a millisecond): a
+/// stop then a start always leaves one thread running. Safe across
+/// `fork()`: a child whose parent ran it starts its own at its first
+/// `pool_free` tick or `pool_maintain`. Returns 0, or -1 when the thread
+/// could not be started.
 #[no_mangle]
 pub extern "C" fn pool_maintenance_thread(on: c_int) -> c_int {
     crate::maintain::init_from_env();
@@ -282,7 +306,10 @@ pub extern "C" fn pool_total_used() -> c_ulonglong {
 }
 
 /// Writes the state of every pool to `fd`, one line a pool, in the style of
-/// HAProxy's `show pools`, then a total line. Each line is written with
+/// HAProxy's `show pools`, then a total line. The second line names the
+/// protocol the thread caches run (`membarrier`, or `fenced owner` with the
+/// reason: a `membarrier(2)` that failed after start switches every cache
+/// to the fenced protocol, and says so there and once on stderr). Each line is written with
 /// `write(2)` as soon as it is formatted (without heap allocation, so it
 /// works when memory is exhausted): interrupted writes (`EINTR`) are
 /// retried and short writes continued. A pool created or destroyed on
