@@ -6,18 +6,21 @@
  *   before the spike; the same for the buffer pool with four threads
  *   releasing their buffers over time;
  * - under a steady fluctuating need (two threads each holding 0 to 3
- *   objects of 2 MB, no thread cache), no object goes back to the OS after
- *   the first period (pool_released does not move): what the pool needs
- *   again within a period stays;
+ *   objects of 2 MB, no thread cache, taking turns counted by a barrier),
+ *   no object goes back to the OS (pool_released stays 0): what the pool
+ *   needs again within a period stays;
  * - the opt-in maintenance thread gives a spike back in a program that
  *   makes no further call, and a child forked from its parent gets a thread
  *   of its own (its parent's does not exist there).
  * The period is set short (50 ms). Each part runs in a child process, so
  * that the process's resident memory is the test's own. Waits are bounded
  * by a number of periods: a result that must come is polled for, with a
- * deadline. The slowest library call seen while the release work ran is
- * printed (no call should stall its thread for more than about 1 ms), and
- * checked against a generous bound. */
+ * deadline of 200 periods (only a release that never comes fails: how
+ * fast it comes is for make bench, not a test on a shared machine). The
+ * slowest library call seen while the release work ran is printed (no call
+ * should stall its thread for more than about 1 ms), not checked: a busy
+ * CI machine preempts a thread mid-call for longer than any bound a test
+ * could set. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -116,9 +119,10 @@ static int spike_pool(void)
     long peak_rss = rss_kib();
     for (int i = 0; i < SPIKE; i++)
         pool_free(p, o[i]);
-    /* Light traffic: one alloc + free per ms; nothing else is called. */
+    /* Light traffic: one alloc + free per ms; nothing else is called,
+     * until the spike is back (or, failing, for 200 periods). */
     double t0 = now_ms(), fell_at = -1;
-    while (now_ms() - t0 < 20 * PERIOD) {
+    while (fell_at < 0 && now_ms() - t0 < 200 * PERIOD) {
         double c = now_ms();
         void *x = pool_alloc(p);
         note_call(c);
@@ -133,13 +137,13 @@ static int spike_pool(void)
         nap_ms(1);
     }
     long end_rss = rss_kib();
-    printf("pool spike: %d x %d B, RSS %ld KiB idle, %ld at the peak, %ld after %d periods of traffic; "
-           "allocated %lu (<= 8 after %.0f ms), released %lu, slowest call %.3f ms\n",
-           SPIKE, OBJ, idle_rss, peak_rss, end_rss, 20, pool_allocated(p), fell_at, pool_released(p), worst_call_ms());
+    printf("pool spike: %d x %d B, RSS %ld KiB idle, %ld at the peak, %ld once back; "
+           "allocated %lu (<= 8 after %.0f ms, %.1f periods), released %lu, slowest call %.3f ms\n",
+           SPIKE, OBJ, idle_rss, peak_rss, end_rss, pool_allocated(p), fell_at, fell_at / PERIOD, pool_released(p),
+           worst_call_ms());
     bad |= pool_allocated(p) > 8; /* the traffic's object and its thread cache's few */
-    bad |= fell_at < 0 || fell_at > 8 * PERIOD;
+    bad |= fell_at < 0;
     bad |= end_rss > idle_rss + 16 * 1024;
-    bad |= worst_call_ms() > 20;
     return bad ? 12 : 0;
 }
 
@@ -181,7 +185,7 @@ static int spike_dynbuf(void)
         pthread_create(&th[t], NULL, holder, held[t]);
     double t0 = now_ms(), fell_at = -1;
     struct buffer x = BUF_NULL;
-    while (now_ms() - t0 < 30 * PERIOD) {
+    while (fell_at < 0 && now_ms() - t0 < 200 * PERIOD) {
         double c = now_ms();
         b_alloc(&x);
         b_free(&x);
@@ -199,67 +203,104 @@ static int spike_dynbuf(void)
     bad |= pool_allocated(pool_head_buffer) > 8;
     bad |= fell_at < 0;
     bad |= end_rss > idle_rss + 16 * 1024;
-    bad |= worst_call_ms() > 20;
     return bad ? 22 : 0;
 }
 
-/* ---- a fluctuating need: nothing goes back after the first period ---- */
+/* ---- a fluctuating need: nothing goes back ---------------------------- */
 
-enum { BIG = 2 * 1024 * 1024 };
+/* Two threads each hold 3 objects of 2 MB (no thread cache) and take turns:
+ * in a turn, one of them goes through a few random needs (0 to 3 objects,
+ * the objects it gives back idle in the shared cache, taken again), ends
+ * holding 3 again, and both wait at a barrier. Main lets time pass (a
+ * tenth of the period) only while both hold their 3: each cycle the pool
+ * needs all 6 objects again. It is counted, not timed: however the
+ * scheduler stretches a turn, the release work sees the pool only at its
+ * calls (the free path's tick every 32 releases of a thread, and main's
+ * pool_maintain while both hold their 3), and between any two of them the
+ * pool had all 6 out (a turn releases at most 18 objects: its thread ticks
+ * at most once in it). So no period ever sees an object idle throughout,
+ * and none may go back to the OS. (The free-running version of this part,
+ * two threads alloc/free in a loop for 10 periods of wall time, assumed
+ * that both threads reach 3 at the same time in every period; on a loaded
+ * machine one was off the CPU for a period, the lower need was rightly
+ * released, and the check failed with status 30.) */
+enum { BIG = 2 * 1024 * 1024, FHOLD = 3, FSTEPS = 6, FCYCLES = 100, FFIRST = 20 };
 static struct pool_head *fluct;
-static atomic_int stop;
+static pthread_barrier_t fbar; /* main and the two threads */
+static atomic_int fturn;       /* whose turn: 1 or 2; 0: the end */
+
+/* Takes or gives back objects until the thread holds `want`; 0 on NULL. */
+static int hold_n(void **h, int *n, int want)
+{
+    while (*n < want) {
+        if (!(h[*n] = pool_alloc(fluct)))
+            return 0;
+        *(volatile char *)h[*n] = 1;
+        ++*n;
+    }
+    while (*n > want)
+        pool_free(fluct, h[--*n]);
+    return 1;
+}
 
 static void *fluctuate(void *arg)
 {
-    unsigned seed = (unsigned)(uintptr_t)arg;
-    void *h[3];
-    int n = 0;
-    while (!atomic_load(&stop)) {
-        seed = seed * 1103515245u + 12345u;
-        int want = (int)((seed >> 16) % 4);
-        while (n < want) {
-            h[n] = pool_alloc(fluct);
-            if (!h[n])
-                return (void *)1;
-            *(volatile char *)h[n] = 1;
-            n++;
+    int id = (int)(uintptr_t)arg, n = 0, ok;
+    unsigned seed = (unsigned)id;
+    void *h[FHOLD];
+
+    ok = hold_n(h, &n, FHOLD);
+    pthread_barrier_wait(&fbar); /* both hold 3 */
+    for (;;) {
+        pthread_barrier_wait(&fbar); /* a turn begins */
+        int turn = atomic_load(&fturn);
+        if (turn == 0)
+            break;
+        if (turn == id && ok) {
+            for (int s = 0; s < FSTEPS && ok; s++) {
+                seed = seed * 1103515245u + 12345u;
+                ok = hold_n(h, &n, (int)((seed >> 16) % (FHOLD + 1)));
+            }
+            ok = ok && hold_n(h, &n, FHOLD);
         }
-        while (n > want)
-            pool_free(fluct, h[--n]);
+        pthread_barrier_wait(&fbar); /* it ends: both hold 3 again */
     }
-    while (n > 0)
-        pool_free(fluct, h[--n]);
-    return NULL;
+    hold_n(h, &n, 0);
+    return ok ? NULL : (void *)1;
 }
 
 static int fluctuating(void)
 {
-    /* A longer period here: a thread preempted for a whole period would
-     * make a lower need, rightly given back, on a loaded machine. */
     enum { FPERIOD = 4 * PERIOD };
     pool_set_release_period(FPERIOD);
     fluct = create_pool("fluct", BIG, POOL_F_NO_LOCAL_CACHE);
+    pthread_barrier_init(&fbar, NULL, 3);
     pthread_t a, b;
     pthread_create(&a, NULL, fluctuate, (void *)1);
     pthread_create(&b, NULL, fluctuate, (void *)2);
-    double t0 = now_ms();
-    while (now_ms() - t0 < 2 * FPERIOD) {
+    pthread_barrier_wait(&fbar); /* both hold 3 */
+    unsigned long after_first = 0;
+    for (int c = 0; c < FCYCLES; c++) {
+        if (c == FFIRST)
+            after_first = pool_released(fluct); /* at least 2 periods in */
         pool_maintain();
-        nap_ms(FPERIOD / 10.0);
-    }
-    unsigned long after_first = pool_released(fluct);
-    while (now_ms() - t0 < 10 * FPERIOD) {
-        pool_maintain();
-        nap_ms(FPERIOD / 10.0);
+        nap_ms(FPERIOD / 10.0); /* pacing: time passes with all 6 objects out */
+        atomic_store(&fturn, 1 + c % 2);
+        pthread_barrier_wait(&fbar);
+        pthread_barrier_wait(&fbar);
     }
     unsigned long later = pool_released(fluct);
-    atomic_store(&stop, 1);
+    unsigned long need = pool_needed_avg(fluct);
+    atomic_store(&fturn, 0);
+    pthread_barrier_wait(&fbar);
     void *ra, *rb;
     pthread_join(a, &ra);
     pthread_join(b, &rb);
-    printf("fluctuating need, 2 threads x 0..3 objects of 2 MB: %lu objects released in the first 2 periods, "
-           "%lu in the next 8; allocated %lu\n", after_first, later - after_first, pool_allocated(fluct));
-    return (ra || rb || later != after_first || pool_allocated(fluct) > 6) ? 30 : 0;
+    pthread_barrier_destroy(&fbar);
+    printf("fluctuating need, 2 threads x 0..3 objects of 2 MB in %d turns: %lu objects released in the first %d "
+           "(2 periods at least), %lu in the other %d (8 periods at least); needed %lu, allocated %lu\n",
+           FCYCLES, after_first, FFIRST, later - after_first, FCYCLES - FFIRST, need, pool_allocated(fluct));
+    return (ra || rb || later != 0 || pool_allocated(fluct) > 6) ? 30 : 0;
 }
 
 /* ---- the maintenance thread, in a parent and in its child ------------- */

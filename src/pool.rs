@@ -83,6 +83,10 @@ const LIMIT_ROUNDS: usize = 1;
 /// retry follows an object's arrival somewhere, so this bounds only a
 /// pathological stream of them.
 const TRANSIT_RETRIES: usize = 1 << 16;
+/// Retries of that search when it skipped a cache whose owner was inside a
+/// call (each after a backoff that ends in `sched_yield()`): a preempted
+/// owner gets that many chances to run and leave.
+const BUSY_RETRIES: usize = 256;
 
 /// A pool of objects of one size. C sees it as the opaque `struct pool_head`.
 pub struct Pool {
@@ -356,7 +360,7 @@ impl Pool {
     /// nor an idle object and no object moved meanwhile.
     fn alloc_new_or_idle(&self) -> (*mut u8, bool) {
         let mut spin = Spin::new();
-        let (mut rounds, mut retries) = (0, 0);
+        let (mut rounds, mut retries, mut busy_retries) = (0, 0, 0);
         loop {
             // SeqCst: read before the searches (see below).
             let arrived = self.c.arrived.load(SeqCst);
@@ -371,7 +375,7 @@ impl Pool {
                 return (p, false);
             }
             // At the limit, idle objects must not make us fail, wherever they sit.
-            let p = cache::find_idle(&self.home);
+            let (p, busy) = cache::find_idle(&self.home);
             if !p.is_null() {
                 return (p, true); // it was already counted out
             }
@@ -386,6 +390,16 @@ impl Pool {
             let moving = self.c.transit.load(SeqCst) != 0 || self.c.arrived.load(SeqCst) != arrived;
             if moving && retries < TRANSIT_RETRIES {
                 retries += 1;
+                spin.wait();
+                continue;
+            }
+            // A cache with a stack of this pool whose owner was inside a call
+            // (on this pool, or a slow path) may hold idle objects freed
+            // before we began: looked at again, with no lock held, a bounded
+            // number of times (a preempted owner gets a few time slices; one
+            // stopped for longer has its objects counted as held).
+            if busy && busy_retries < BUSY_RETRIES {
+                busy_retries += 1;
                 spin.wait();
                 continue;
             }

@@ -20,7 +20,7 @@
 //! `dequeue` returns, the waiter is unlinked and no callback of it runs, so
 //! no offer can reach it: the caller may free it.
 //!
-//! Each offer stamps the waiters it calls (`Link::seen`) so as to call each
+//! Each offer stamps the waiters it calls (`WaitLink::seen`) so as to call each
 //! once. An offer made from a callback (same thread, `NEST`) uses the stamp
 //! of the offer that runs the callback: with a stamp of its own it would
 //! overwrite the outer offer's, which would then call a waiter twice.
@@ -52,7 +52,7 @@ pub struct BufferWait {
 /// The private part, laid over `BufferWait::private_`. Only touched under
 /// the queue mutex.
 #[repr(C)]
-struct Link {
+struct WaitLink {
     next: *mut BufferWait,
     prev: *mut BufferWait,
     /// The last offer that visited it (so that an offer visits it once).
@@ -61,9 +61,9 @@ struct Link {
     queued: usize,
 }
 
-const _: () = assert!(core::mem::size_of::<Link>() <= PRIVATE_WORDS * core::mem::size_of::<usize>());
+const _: () = assert!(core::mem::size_of::<WaitLink>() <= PRIVATE_WORDS * core::mem::size_of::<usize>());
 const _: () = assert!(core::mem::size_of::<BufferWait>() == (PRIVATE_WORDS + 2) * core::mem::size_of::<usize>());
-const _: () = assert!(core::mem::align_of::<Link>() <= core::mem::align_of::<BufferWait>());
+const _: () = assert!(core::mem::align_of::<WaitLink>() <= core::mem::align_of::<BufferWait>());
 
 // The stamp of the offer whose callback this thread runs (0: none).
 #[cfg(not(loom))]
@@ -89,16 +89,16 @@ struct Running {
 /// # Safety
 /// `w` points to a live `BufferWait` and the caller holds the queue mutex.
 #[inline(always)]
-unsafe fn link<'a>(w: *mut BufferWait) -> &'a mut Link {
-    // SAFETY: `private_` is big and aligned enough for `Link` (asserted above);
+unsafe fn link<'a>(w: *mut BufferWait) -> &'a mut WaitLink {
+    // SAFETY: `private_` is big and aligned enough for `WaitLink` (asserted above);
     // the mutex gives exclusive access to every link (caller guarantee).
-    unsafe { &mut *core::ptr::addr_of_mut!((*w).private_).cast::<Link>() }
+    unsafe { &mut *core::ptr::addr_of_mut!((*w).private_).cast::<WaitLink>() }
 }
 
 struct State {
     head: [*mut BufferWait; CLASSES],
     tail: [*mut BufferWait; CLASSES],
-    /// Offers so far, to stamp `Link::seen`.
+    /// Offers so far, to stamp `WaitLink::seen`.
     seq: usize,
     /// Threads waiting in `dequeue` for a callback to end.
     dequeuers: usize,

@@ -25,22 +25,30 @@ use std::sync::atomic::Ordering;
 /// limit's path), or null when none is to be had: none of the caches the
 /// owners let us reach holds one. Costs nothing when no cache has a stack
 /// of the pool (`Home::stacks`); else one lock and one barrier for all the
-/// caches, whose empty stacks of the pool then give up their limits (so
-/// that the next search costs nothing again). An object in the stack of an
-/// owner that is inside a call on this pool is counted as held by that call.
-pub(crate) fn find_idle(home: &Home) -> *mut u8 {
-    let Some(slot) = home.slot else { return null_mut() };
+/// caches that have one, whose empty stacks of the pool then give up their
+/// limits (so that the next search costs nothing again). The second value
+/// says that a cache with a stack of the pool could not be looked into (its
+/// owner inside a call on this pool, or a slow path, even after a few
+/// microseconds): the caller may look again later, with no lock held.
+pub(crate) fn find_idle(home: &Home) -> (*mut u8, bool) {
+    let Some(slot) = home.slot else { return (null_mut(), false) };
     // Acquire: pairs with the Release of a stack's limit falling to 0, so
     // that we see the transit that moved its objects (the caller checks it).
     if home.stacks.load(Ordering::Acquire) == 0 {
-        return null_mut();
+        return (null_mut(), false);
     }
     let reg = Registry::lock();
     let batch = reg.hold(|tc| tc.stacks.has(slot.index()));
     let mut found: *mut Link = null_mut();
+    let mut busy = false;
     for tc in batch.caches() {
-        if !batch.owner(tc, slot.tag()).lets(slot.tag()) {
-            continue;
+        match batch.owner(tc, slot.tag()) {
+            o if o.lets(slot.tag()) => {}
+            Owner::Unsettled => continue,
+            _ => {
+                busy = true;
+                continue;
+            }
         }
         batch.with(tc, |l| {
             if found.is_null() {
@@ -51,7 +59,7 @@ pub(crate) fn find_idle(home: &Home) -> *mut u8 {
             unsafe { budget::forget_if_empty(l, slot, home) };
         });
     }
-    found.cast()
+    (found.cast(), busy && found.is_null())
 }
 
 /// What a drain could not reach.
@@ -240,8 +248,9 @@ pub(crate) fn set_budget(bytes: usize) {
 }
 
 /// The wait between the rounds of an operation that must reach every
-/// cache: spins, then `sched_yield()`, then 1 ms sleeps (a thread stopped
-/// inside a call may stay stopped for long; we hold no lock meanwhile).
+/// cache: spins, then `sched_yield()`, then sleeps growing from 50 us to
+/// 1 ms (a thread stopped inside a call may stay stopped for long; we hold
+/// no lock meanwhile).
 struct Backoff {
     spin: Spin,
     rounds: u32,
@@ -254,10 +263,11 @@ impl Backoff {
 
     fn wait(&mut self) {
         self.rounds += 1;
-        if self.rounds < 64 {
+        if self.rounds < 16 {
             self.spin.wait();
         } else {
-            let t = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            let us = (50u32 << (self.rounds - 16).min(5)).min(1000);
+            let t = libc::timespec { tv_sec: 0, tv_nsec: us as libc::c_long * 1000 };
             // SAFETY: a valid timespec; the remainder is not wanted.
             unsafe { libc::nanosleep(&t, null_mut()) };
         }

@@ -79,14 +79,14 @@ impl Registry {
                 others |= !current::is_own(tc);
             }
         }
-        Batch { reg: self, settled: self.settle(others) }
+        Batch { reg: self, settled: self.barrier(others) }
     }
 
     /// The foreign side's barrier after its announces. If `membarrier`
     /// fails now for the first time, every cache is made to fence its owner
     /// (and is trusted only once that owner acknowledges): a failed barrier
     /// is never taken as a barrier.
-    fn settle(&self, others: bool) -> Settled<'_> {
+    fn barrier(&self, others: bool) -> Settled<'_> {
         if !others {
             return Settled::alone(&self.side);
         }
