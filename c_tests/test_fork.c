@@ -61,7 +61,7 @@
 #endif
 
 #define NFORKS 30
-#define CHILD_ALARM 5          /* seconds a child may take */
+#define CHILD_ALARM 30         /* seconds before a child counts as hung (a hang, not a speed: a child takes milliseconds) */
 #define PROGRESS_PER_FORK 3000 /* worker iterations (all threads) between forks */
 
 static struct pool_head *p_def, *p_nolocal, *p_locked, *p_adopt;
