@@ -129,12 +129,23 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Asks malloc to give free memory back to the OS, where it can (glibc's
-/// `malloc_trim`; other C libraries have none, or do it on `free`).
+/// `malloc_trim`; other C libraries have none, or do it on `free`). One at
+/// a time: a trim while another runs is skipped (it would find nothing
+/// more, and glibc's trim initialises its arenas without a lock when no
+/// `malloc` ran before it, as under a sanitizer that replaces `malloc`:
+/// two at once crashed there).
 pub(crate) fn trim_malloc() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no precondition.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static TRIMMING: AtomicBool = AtomicBool::new(false);
+        // Acquire: pairs with the Release below; one trim at a time.
+        if TRIMMING.swap(true, Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: malloc_trim has no precondition.
+        unsafe { libc::malloc_trim(0) };
+        TRIMMING.store(false, Ordering::Release);
     }
 }
 
