@@ -177,6 +177,69 @@ fn failed_allocations_at_the_limit_cost_no_barrier_per_cache() {
     destroy_ok(p);
 }
 
+/// A refill below the limit takes a batch from the shared cache and pushes
+/// it into its stack: a search at the limit that runs in between must find
+/// those objects (the stack is counted before the batch leaves the shared
+/// cache, and the search looks again while the refilling owner is busy),
+/// not fail while they were idle all along. The refilling thread is paused
+/// between its fetch and its pushes; main takes the last object the limit
+/// allows, then searches; the pause ends once the search has begun.
+#[test]
+fn a_search_at_the_limit_finds_what_a_refill_is_carrying() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let _g = serial();
+    let p = new_pool(256, 0);
+    let q = new_pool(64, 0);
+    let (pa, qa) = (p as *const Pool as usize, q as *const Pool as usize);
+    p.set_limit(3);
+    p.set_minavail(2);
+    let (a, b) = (p.alloc(), p.alloc());
+    // SAFETY: from `p`, given back once each.
+    unsafe {
+        let _ = p.free(a);
+        let _ = p.free(b);
+    }
+    gc_all(); // both idle in the shared cache (minavail 2), no stack has a limit
+    assert_eq!((p.allocated(), p.used()), (2, 0));
+    cache::test_hook::PAUSED.store(false, SeqCst);
+    cache::test_hook::RESUME.store(false, SeqCst);
+    let t = std::thread::spawn(move || {
+        // SAFETY: the pools outlive this thread (joined below).
+        let (p, q) = unsafe { (&*(pa as *const Pool), &*(qa as *const Pool)) };
+        let x = q.alloc();
+        // SAFETY: from `q`, given back once: this thread now has a cache.
+        let _ = unsafe { q.free(x) };
+        cache::test_hook::arm();
+        p.alloc() as usize // below the limit: refills both, pauses, keeps one
+    });
+    while !cache::test_hook::PAUSED.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    let third = p.alloc(); // the last one the limit allows: a new object
+    assert!(!third.is_null());
+    assert_eq!(p.allocated(), 3);
+    let resume = std::thread::spawn(|| {
+        // Let the search begin (it finds the refilling owner busy), then go on.
+        for _ in 0..1000 {
+            std::thread::yield_now();
+        }
+        cache::test_hook::RESUME.store(true, SeqCst);
+    });
+    let mine = p.alloc(); // at the limit: the one object T is carrying
+    resume.join().unwrap();
+    let theirs = t.join().unwrap() as *mut u8;
+    assert!(!theirs.is_null());
+    assert!(!mine.is_null(), "an allocation at the limit failed while an object was idle (on its way to a stack)");
+    assert_eq!(p.failed(), 0);
+    for o in [mine, theirs, third] {
+        // SAFETY: from `p`, given back once each.
+        let _ = unsafe { p.free(o) };
+    }
+    gc_all();
+    destroy_ok(p);
+    destroy_ok(q);
+}
+
 #[test]
 fn an_exiting_thread_gives_its_cache_back() {
     let _g = serial();

@@ -106,12 +106,27 @@ pub(crate) fn reserved() -> usize {
 /// `init`'s lock, as soon as it is in place (also when the reserve then
 /// fails with -2). Returns 0 or an error code.
 pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize, publish: impl FnOnce(*mut Pool)) -> i32 {
+    let (r, pool) = init_locked(bufsize, reserved, limit, publish);
+    // With `INIT` let go: a lowered limit waits for calls on the buffer pool
+    // in flight on other threads (which `fork()`, taking `INIT`, must not).
+    if let Some(pool) = pool {
+        pool.settle_cap();
+    }
+    r
+}
+
+fn init_locked(
+    bufsize: usize,
+    reserved: usize,
+    limit: usize,
+    publish: impl FnOnce(*mut Pool),
+) -> (i32, Option<&'static Pool>) {
     if bufsize == 0
         || bufsize > MAX_SIZE as usize
         || (limit != 0 && limit <= reserved)
         || absurd_reserve(reserved.max(3), bufsize)
     {
-        return -1;
+        return (-1, None);
     }
     let _g = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let mut p = POOL.load(Ordering::Acquire);
@@ -120,16 +135,16 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize, publish: impl 
         // never merges with it (its limit and minavail are ours to set).
         p = registry::create_private(b"buffer", bufsize as u32, MEM_F_SHARED | MEM_F_EXACT);
         if p.is_null() {
-            return -2;
+            return (-2, None);
         }
     }
     // SAFETY: created above or by an earlier init, never destroyed while in use.
-    let pool = unsafe { &*p };
+    let pool: &'static Pool = unsafe { &*p };
     if pool.size() != bufsize {
-        return -1;
+        return (-1, None);
     }
     let minavail = reserved.max(3);
-    pool.set_limit(limit);
+    pool.set_limit_nowait(limit);
     pool.set_minavail(minavail);
     BUFSIZE.store(bufsize, Ordering::Relaxed);
     RESERVED.store(reserved, Ordering::Relaxed);
@@ -140,9 +155,9 @@ pub(crate) fn init(bufsize: usize, reserved: usize, limit: usize, publish: impl 
     // The reserve is what keeps responses flowing: `fail=PERCENT` spares it.
     let _spared = crate::debug::critical();
     if top_up(pool, keep) == Reserve::Refused {
-        return -2;
+        return (-2, Some(pool));
     }
-    0
+    (0, Some(pool))
 }
 
 /// What `top_up` achieved.

@@ -208,6 +208,10 @@ static WAKE: Condvar = Condvar::new();
 /// The thread is wanted: a hint for the free path's tick (read without the
 /// mutex; `start_thread` decides under it).
 static WANTED: AtomicBool = AtomicBool::new(false);
+/// A thread runs in this process: a hint for the tick, so that it takes no
+/// lock while the thread runs (set by `start_thread`, cleared when the
+/// thread decides to exit and in a forked child).
+static ALIVE: AtomicBool = AtomicBool::new(false);
 /// Starts and stops are one at a time (a stop joins the thread with the
 /// state's mutex let go). Outermost of the library's locks.
 static STARTSTOP: Mutex<()> = Mutex::new(());
@@ -248,12 +252,15 @@ pub(crate) fn set_thread(on: bool) -> bool {
 /// In a child after `fork()`, or whenever the thread was lost: start it
 /// again if it is wanted. Never waits (the free path calls it).
 fn restart_thread_if_lost() {
-    // Relaxed: a hint; the decision is made under the mutexes.
-    if !WANTED.load(Relaxed) {
+    // Relaxed, both: hints; the decision is made under the mutexes.
+    if !WANTED.load(Relaxed) || ALIVE.load(Relaxed) {
         return;
     }
     let Ok(_one) = STARTSTOP.try_lock() else { return };
-    start_thread();
+    // Again under STARTSTOP: a stop that ran since our look wins.
+    if WANTED.load(Relaxed) {
+        start_thread();
+    }
 }
 
 /// Starts the thread unless one runs. The caller holds STARTSTOP.
@@ -273,6 +280,7 @@ fn start_thread() -> bool {
         c.running = true;
         c.tid = tid;
         c.pid = pid;
+        ALIVE.store(true, Relaxed);
     }
     ok
 }
@@ -300,6 +308,7 @@ extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
 /// a new one.
 fn exit_thread(mut g: std::sync::MutexGuard<'static, Control>) -> *mut libc::c_void {
     g.running = false;
+    ALIVE.store(false, Relaxed);
     std::ptr::null_mut()
 }
 
@@ -338,6 +347,7 @@ pub(crate) fn fork_child() {
         drop(c);
         drop(one);
     }
+    ALIVE.store(false, Relaxed);
     RUNNING.store(false, Relaxed);
     NEXT_DUE.store(0, Relaxed);
 }

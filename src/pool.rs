@@ -84,9 +84,10 @@ const LIMIT_ROUNDS: usize = 1;
 /// pathological stream of them.
 const TRANSIT_RETRIES: usize = 1 << 16;
 /// Retries of that search when it skipped a cache whose owner was inside a
-/// call (each after a backoff that ends in `sched_yield()`): a preempted
-/// owner gets that many chances to run and leave.
-const BUSY_RETRIES: usize = 256;
+/// call (`cache::Backoff`: spins and yields, then sleeps from 50 us to 1 ms,
+/// about 80 ms in all): a preempted owner gets time slices to run and
+/// leave; one stopped for longer has its objects counted as held.
+const BUSY_RETRIES: usize = 100;
 
 /// A pool of objects of one size. C sees it as the opaque `struct pool_head`.
 pub struct Pool {
@@ -171,7 +172,7 @@ impl Drop for Transit<'_> {
 }
 
 /// The pool's side of its `Home`, for the thread caches.
-pub(crate) static BACK: Back = Back { begin: home_begin, take: home_take, fetch: home_fetch };
+pub(crate) static BACK: Back = Back { begin: home_begin, take: home_take, fetch: home_fetch, at_limit: home_at_limit };
 
 /// The pool a `Home` is embedded in.
 fn pool_of(home: &Home) -> &Pool {
@@ -197,6 +198,13 @@ unsafe fn home_take(home: &Home, chain: *mut Link, n: usize) {
 
 fn home_fetch(home: &Home, n: usize) -> (*mut Link, usize) {
     pool_of(home).fetch_batch(n)
+}
+
+fn home_at_limit(home: &Home) -> bool {
+    let pool = pool_of(home);
+    let limit = pool.limit.load(Relaxed);
+    // Relaxed, both: a hint (see `Back::at_limit`).
+    limit != 0 && pool.c.allocated.load(Relaxed) >= limit
 }
 
 impl Pool {
@@ -360,6 +368,7 @@ impl Pool {
     /// nor an idle object and no object moved meanwhile.
     fn alloc_new_or_idle(&self) -> (*mut u8, bool) {
         let mut spin = Spin::new();
+        let mut backoff = cache::Backoff::new();
         let (mut rounds, mut retries, mut busy_retries) = (0, 0, 0);
         loop {
             // SeqCst: read before the searches (see below).
@@ -400,7 +409,7 @@ impl Pool {
             // stopped for longer has its objects counted as held).
             if busy && busy_retries < BUSY_RETRIES {
                 busy_retries += 1;
-                spin.wait();
+                backoff.wait();
                 continue;
             }
             rounds += 1;
@@ -787,16 +796,18 @@ impl Pool {
     /// cache, then frees idle objects above `minavail` to the OS. A cache
     /// whose owner is inside a call on this pool is skipped.
     pub(crate) fn gc(&self) {
-        self.trim(false, |allocated, out| allocated.saturating_sub(out).saturating_sub(self.minavail.load(Relaxed)));
+        self.drain_caches_to_shared();
+        self.give_back_excess(|allocated, out| {
+            allocated.saturating_sub(out).saturating_sub(self.minavail.load(Relaxed))
+        });
     }
 
-    /// Moves every thread cache's idle objects of this pool to the shared
-    /// cache (with `every`, coming back to caches whose owner was inside a
-    /// call until none is: see `cache::drain_all`), then frees to the OS, in
-    /// batches, as many idle objects as `excess(allocated, out)` says.
-    fn trim(&self, every: bool, excess: impl Fn(usize, usize) -> usize) {
+    /// One round of moving every thread cache's idle objects of this pool
+    /// to the shared cache (or the OS, for a store that keeps nothing), in
+    /// a transit of its own: what it could not reach.
+    fn drain_caches_to_shared(&self) -> cache::Missed {
         let _moving = self.begin_transit();
-        let to_shared = |chain: *mut Link| {
+        let (_, missed) = cache::drain(&self.home, |chain| {
             let mut p = chain;
             while !p.is_null() {
                 // SAFETY: the drained chain is ours; read the link before reuse.
@@ -810,12 +821,14 @@ impl Pool {
                 debug_assert!(was > 0, "out counts every cached object");
                 p = next;
             }
-        };
-        if every {
-            cache::drain_all(&self.home, to_shared);
-        } else {
-            cache::drain(&self.home, to_shared);
-        }
+        });
+        missed
+    }
+
+    /// Frees to the OS, in batches, as many idle objects of the shared
+    /// cache as `excess(allocated, out)` says.
+    fn give_back_excess(&self, excess: impl Fn(usize, usize) -> usize) {
+        let _moving = self.begin_transit();
         loop {
             let n = excess(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed));
             if n == 0 || self.give_back(n.min(GIVE_BACK_CHUNK)) == 0 {
@@ -829,8 +842,16 @@ impl Pool {
     /// grows), idle objects above it, in any cache, go back to the OS, and
     /// objects released later go to the OS too until the pool is within the
     /// limit. A thread stopped inside a call on this pool delays the caller
-    /// until its call ends (see `cache::drain_all`).
+    /// until its call ends (`settle_cap`), and no one else.
     pub(crate) fn set_limit(&self, n: usize) {
+        self.set_limit_nowait(n);
+        self.settle_cap();
+    }
+
+    /// `set_limit` without the wait: caches that cannot be reached now (an
+    /// owner inside a call on this pool) conform at their owner's next slow
+    /// call (for a caller that holds a lock others need: `dynbuf_init`).
+    pub(crate) fn set_limit_nowait(&self, n: usize) {
         self.limit.store(n, Relaxed);
         if n != 0 && self.c.allocated.load(Relaxed) > n {
             // Caches first refuse new objects, then give up what they hold;
@@ -839,9 +860,37 @@ impl Pool {
             // hold that drains them (or the generation that makes them conform).
             self.home.capped.store(true, Relaxed);
             cache::settings_changed();
-            self.trim(true, |allocated, out| allocated.saturating_sub(n).min(allocated.saturating_sub(out)));
+            self.drain_caches_to_shared();
+            self.give_back_over_limit();
         }
         self.uncap_if_within();
+    }
+
+    /// While the pool is capped: comes back, round after round with no lock
+    /// held and no transit open between them (an allocation at the limit
+    /// meanwhile is not kept waiting), to every cache whose owner was inside
+    /// a call on this pool, until none is; then gives back the idle objects
+    /// above the limit.
+    pub(crate) fn settle_cap(&self) {
+        let mut backoff = cache::Backoff::new();
+        // Relaxed: a setting (see `set_limit_nowait`).
+        while self.home.capped.load(Relaxed) {
+            let missed = self.drain_caches_to_shared();
+            if missed.busy == 0 {
+                break;
+            }
+            backoff.wait();
+        }
+        self.give_back_over_limit();
+        self.uncap_if_within();
+    }
+
+    /// Gives back the idle objects above the limit.
+    fn give_back_over_limit(&self) {
+        let n = self.limit.load(Relaxed);
+        if n != 0 {
+            self.give_back_excess(|allocated, out| allocated.saturating_sub(n).min(allocated.saturating_sub(out)));
+        }
     }
 
     pub(crate) fn limit(&self) -> usize {

@@ -141,22 +141,12 @@ pub(super) fn grow(local: &mut Local, i: usize, home: &Home, want: u32, budget: 
     if limit >= want || home.size == 0 {
         return;
     }
-    let more = (budget.saturating_sub(local.reserved) / home.size).min((want - limit) as usize) as u32;
-    raise(local, i, home, more);
-}
-
-/// How many more objects stack `i` may take by doubling its limit (by a
-/// batch at most) within the budget.
-pub(super) fn growth(local: &Local, i: usize, home: &Home, budget: usize) -> u32 {
-    let limit = local.heads[i].limit();
-    let more = limit.clamp(1, STACK_BATCH);
+    let wanted = (want - limit) as usize;
     let left = budget.saturating_sub(local.reserved);
     // A multiplication first: the division (tens of cycles) only when the
     // budget is short.
-    if left >= more as usize * home.size {
-        return more;
-    }
-    (left / home.size.max(1)).min(more as usize) as u32
+    let more = if left >= wanted.saturating_mul(home.size) { wanted } else { (left / home.size).min(wanted) };
+    raise(local, i, home, more as u32);
 }
 
 /// Makes room for one more object in stack `i`: a larger limit if the
@@ -318,8 +308,12 @@ mod tests {
 
     #[test]
     fn limits_grow_within_the_budget() {
-        static BACK: super::super::local::Back =
-            super::super::local::Back { begin: |_| {}, take: |_, _, _| {}, fetch: |_, _| (std::ptr::null_mut(), 0) };
+        static BACK: super::super::local::Back = super::super::local::Back {
+            begin: |_| {},
+            take: |_, _, _| {},
+            fetch: |_, _| (std::ptr::null_mut(), 0),
+            at_limit: |_| false,
+        };
         let home =
             |size| Home { slot: None, size, capped: Default::default(), stacks: AtomicUsize::new(0), back: &BACK };
         let (a, b) = (home(1024), home(8192));

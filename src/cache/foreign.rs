@@ -42,13 +42,10 @@ pub(crate) fn find_idle(home: &Home) -> (*mut u8, bool) {
     let mut found: *mut Link = null_mut();
     let mut busy = false;
     for tc in batch.caches() {
-        match batch.owner(tc, slot.tag()) {
-            o if o.lets(slot.tag()) => {}
-            Owner::Unsettled => continue,
-            _ => {
-                busy = true;
-                continue;
-            }
+        // Unsettled too: an owner that calls the library acknowledges soon.
+        if !batch.owner(tc, slot.tag()).lets(slot.tag()) {
+            busy = true;
+            continue;
         }
         batch.with(tc, |l| {
             if found.is_null() {
@@ -111,25 +108,6 @@ pub(crate) fn drain(home: &Home, mut f: impl FnMut(*mut Link)) -> (usize, Missed
         });
     }
     (total, missed)
-}
-
-/// `drain`, coming back (with the registry let go between rounds, backing
-/// off to `sched_yield()` and short sleeps) until no cache is missed but
-/// those whose owner has not acknowledged the fenced protocol (which
-/// conform at their owner's next call). For a capped pool: every cache
-/// must stop caching its objects. A thread stopped inside a call on this
-/// pool delays the caller, and no one else.
-pub(crate) fn drain_all(home: &Home, mut f: impl FnMut(*mut Link)) -> usize {
-    let mut backoff = Backoff::new();
-    let mut total = 0;
-    loop {
-        let (n, missed) = drain(home, &mut f);
-        total += n;
-        if missed.busy == 0 {
-            return total;
-        }
-        backoff.wait();
-    }
 }
 
 /// Holds every thread cache whose owner lets us read `slot`'s stack, all
@@ -251,17 +229,17 @@ pub(crate) fn set_budget(bytes: usize) {
 /// cache: spins, then `sched_yield()`, then sleeps growing from 50 us to
 /// 1 ms (a thread stopped inside a call may stay stopped for long; we hold
 /// no lock meanwhile).
-struct Backoff {
+pub(crate) struct Backoff {
     spin: Spin,
     rounds: u32,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { spin: Spin::new(), rounds: 0 }
     }
 
-    fn wait(&mut self) {
+    pub(crate) fn wait(&mut self) {
         self.rounds += 1;
         if self.rounds < 16 {
             self.spin.wait();

@@ -264,6 +264,8 @@ pub(crate) struct Back {
     /// Up to `n` idle objects of the pool's shared cache, counted out of
     /// it: the chain and its length; (null, 0) when there are none.
     pub(crate) fetch: fn(&Home, usize) -> (*mut Link, usize),
+    /// Is the pool at its limit (a hint: a refill then caches nothing)?
+    pub(crate) at_limit: fn(&Home) -> bool,
 }
 
 impl Home {

@@ -42,9 +42,13 @@ mod owner;
 pub(crate) use fast::{put, take, CACHED, REFUSED};
 #[cfg(all(test, not(loom)))]
 pub(crate) use foreign::idle;
-pub(crate) use foreign::{decay_all, drain, drain_all, find_idle, release_slot, set_budget, snapshot, try_decay_all};
+pub(crate) use foreign::{
+    decay_all, drain, find_idle, release_slot, set_budget, snapshot, try_decay_all, Backoff, Missed,
+};
 pub(crate) use fork::{fork_child, fork_parent, fork_prepare};
 pub(crate) use local::{claim_slot, Back, Home, TICK_EVERY};
+#[cfg(all(test, not(loom)))]
+pub(crate) use owner::test_hook;
 pub(crate) use owner::{put_slow, rearm, refill};
 
 /// A setting the caches conform to changed (a pool was capped): each cache

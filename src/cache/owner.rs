@@ -4,7 +4,7 @@
 //! fence). Each enters the cache itself, never waits, and, entered whole,
 //! first brings the cache in line with the settings (`budget::conform`).
 
-use super::budget::{self, conform, growth, make_room};
+use super::budget::{self, conform, make_room};
 use super::current;
 use super::life;
 use super::local::{head_ptr, push_counted, Home, Local, Slot, ThreadCache};
@@ -70,23 +70,28 @@ fn refill_in(local: &mut Local, slot: Slot, home: &Home) -> *mut crate::link::Li
     let i = slot.index();
     local.tick += 1;
     local.heads[i].stamp = local.tick;
-    // Room for a batch: what the stack has, and what the budget lets its
-    // limit grow by (doubling, by a batch at most), unless the pool is
-    // capped (then nothing is cached: releases go to the OS).
     // Relaxed: a setting, read inside the cache (see `Home::capped`).
-    let capped = home.capped.load(Ordering::Relaxed);
-    let more = if capped { 0 } else { growth(local, i, home, budget::budget()) };
-    let want = (local.heads[i].room + more).min(super::local::STACK_BATCH) as usize + 1;
+    if home.capped.load(Ordering::Relaxed) || (home.back.at_limit)(home) {
+        // Capped, or at the limit: nothing is cached (a stack that grew here
+        // would make every failed search at the limit look into this cache
+        // again); the one object fetched, if any, goes to the caller.
+        return (home.back.fetch)(home, 1).0;
+    }
+    // Room for a batch first, then the batch: its objects leave the shared
+    // cache for a stack that is already counted (`Home::stacks`, the cache's
+    // `Stacks` bit), so a search at the limit meanwhile finds this cache,
+    // its owner busy, and looks again, rather than miss them. The limit
+    // doubles (up to a batch more) while the budget allows, so that a stack
+    // grows with what the thread uses and a decayed one starts small again.
+    let limit = local.heads[i].limit();
+    budget::grow(local, i, home, limit + limit.clamp(1, super::local::STACK_BATCH), budget::budget());
+    let want = local.heads[i].room.min(super::local::STACK_BATCH) as usize + 1;
     let (chain, n) = (home.back.fetch)(home, want);
+    #[cfg(all(test, not(loom)))]
+    test_hook::fetched();
     if n <= 1 {
         return chain;
     }
-    let keep = (n - 1) as u32;
-    let room = local.heads[i].room;
-    if keep > room {
-        budget::grow(local, i, home, local.heads[i].limit() + (keep - room), usize::MAX);
-    }
-    debug_assert!(local.heads[i].room >= keep, "the batch fits the grown stack");
     // SAFETY: the fetched chain is ours, `n` linked objects.
     let mut p = unsafe { next_of(chain) };
     // SAFETY: `chain` leaves the chain for the caller.
@@ -94,7 +99,8 @@ fn refill_in(local: &mut Local, slot: Slot, home: &Home) -> *mut crate::link::Li
     while !p.is_null() {
         // SAFETY: objects of the fetched chain, ours; read the link first.
         let next = unsafe { next_of(p) };
-        // SAFETY: an idle object of this pool, counted out, now cached; room checked.
+        // SAFETY: an idle object of this pool, counted out, now cached;
+        // `want` was at most the room plus the one handed out.
         unsafe { push_counted(&mut local.heads[i], p) };
         p = next;
     }
@@ -175,5 +181,33 @@ pub(crate) fn rearm(every: u32) {
     if !current::is_none(tc) {
         // SAFETY: this thread's own cache.
         *unsafe { tc.countdown() } = every.max(1);
+    }
+}
+
+/// A pause between a refill's fetch and its pushes, for the unit test of
+/// that window (a search at the limit must not miss what it fetched).
+#[cfg(all(test, not(loom)))]
+pub(crate) mod test_hook {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+    }
+    pub(crate) static PAUSED: AtomicBool = AtomicBool::new(false);
+    pub(crate) static RESUME: AtomicBool = AtomicBool::new(false);
+
+    /// The calling thread's next refill pauses after its fetch.
+    pub(crate) fn arm() {
+        ARMED.with(|a| a.set(true));
+    }
+
+    pub(super) fn fetched() {
+        if ARMED.with(|a| a.replace(false)) {
+            PAUSED.store(true, SeqCst);
+            while !RESUME.load(SeqCst) {
+                std::thread::yield_now();
+            }
+        }
     }
 }

@@ -48,9 +48,12 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
 /// while it is in use: callers hold objects of it, or a call on it is in
 /// flight on another thread (a thread stopped inside `pool_alloc(pool)`
 /// counts). Other threads may meanwhile call anything on other pools, and
-/// `pool_used`, `pool_gc`, `pool_flush`, the settings and the dump on this
-/// one; an allocation from `pool` racing its destruction, or any use of
-/// the handle after NULL was returned, is the caller's bug. Idle objects
+/// the calls that act on every pool (`pool_gc`, `pool_set_cache_size`,
+/// `pool_set_release_period`, `pool_maintain`, the dump, the totals). Any
+/// call with this pool's handle racing its destruction (an allocation,
+/// `pool_flush`, `pool_set_limit`, `pool_used`...), or any use of the
+/// handle after NULL was returned, is the caller's bug, as a `free()`
+/// racing the use of the memory is. Idle objects
 /// of the pool in other threads' caches are freed with it, even when those
 /// threads are stopped inside a call on another pool. NULL, or a pointer
 /// that is not a live pool, is ignored and gives NULL.
