@@ -82,7 +82,7 @@ PEERS    := jemalloc:-ljemalloc mimalloc:-lmimalloc tcmalloc:-ltcmalloc_minimal
 
 MEM_PEERS := jemalloc:-ljemalloc mimalloc:-lmimalloc
 SPEED_BINS := $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-glibc peers
-MEM_BINS := $(BENCHDIR)/spike-bufpool $(BENCHDIR)/spike-glibc $(BENCHDIR)/fluct mem-peers fluct-musl
+MEM_BINS := $(BENCHDIR)/spike-bufpool $(BENCHDIR)/spike-glibc $(BENCHDIR)/fluct $(BENCHDIR)/crowd mem-peers fluct-musl
 
 .PHONY: run speed memory limit deps peers mem-peers fluct-musl
 
@@ -137,6 +137,11 @@ $(BENCHDIR)/spike-glibc: bench/spike.c include/bufpool.h
 	$(CC) $(BENCH_CFLAGS) $< -o $@ -ldl
 
 $(BENCHDIR)/fluct: bench/fluct.c include/bufpool.h $(LIBDIR)/libbufpool.so
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool
+
+# A crowded pool under thread-cache traffic (bench/crowd.c).
+$(BENCHDIR)/crowd: bench/crowd.c include/bufpool.h $(LIBDIR)/libbufpool.so
 	@mkdir -p $(BENCHDIR)
 	$(CC) $(BENCH_CFLAGS) $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool
 

@@ -6,7 +6,7 @@
  * object, or free down to it) from one pool made with
  * POOL_F_NO_LOCAL_CACHE: every object goes through the shared cache. The
  * pool is either
- *   default  bufpool as it comes: the default release period (1000 ms;
+ *   default  bufpool as it comes: the default release period (400 ms;
  *            no pool_set_release_period call), minavail as it comes;
  *   never    the same pool made never to free: pool_set_release_period(
  *            UINT_MAX) and pool_set_minavail(pool, 64) (64 idle 2 MB

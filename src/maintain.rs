@@ -16,7 +16,7 @@
 //!   not inherit the dead thread's state, and starts its own at its first
 //!   tick or `pool_maintain()`.
 //!
-//! A slice does at most about half a millisecond of work (it stops between
+//! A slice does at most about 0.4 ms of work (it stops between
 //! batches once that much time has passed) and never waits for a lock held
 //! elsewhere: on the free path, a thread that finds another slice running,
 //! or the registry busy, goes on. `pool_gc()` is the immediate version of
@@ -37,13 +37,14 @@ static OWED: AtomicUsize = AtomicUsize::new(0);
 /// Objects of heap pools given back since malloc was last trimmed.
 static HEAP_RELEASED: AtomicUsize = AtomicUsize::new(0);
 
-/// Objects one pool gives back per batch of a slice (128 objects of 16
-/// KiB: about a quarter of a millisecond of munmap here).
-const RELEASE_BATCH: usize = 128;
+/// Objects one pool gives back per batch of a slice (64 objects of 16
+/// KiB: about an eighth of a millisecond of madvise or munmap here), so
+/// that a slice overruns its time by that much at most.
+const RELEASE_BATCH: usize = 64;
 /// The time a slice may take, ns.
-const SLICE_NS: u64 = 500_000;
+const SLICE_NS: u64 = 400_000;
 /// Releases between ticks while objects are owed back: every release runs
-/// a slice then (a slice is at most about half a millisecond), so that a
+/// a slice then (a slice is at most about 0.4 ms), so that a
 /// spike given back under light traffic goes in a few hundred ms.
 const TICK_BUSY: u32 = 1;
 
@@ -106,7 +107,7 @@ pub(crate) fn maintain_now() -> u64 {
 }
 
 /// Runs one slice of the work due at `now` (ms): the thread caches' decay
-/// once a period, then each pool's release, until the slice's time is up.
+/// once a window (a quarter of the period), then each pool's release, until the slice's time is up.
 /// `wait`: the caller may wait for the registry (not on the free path).
 /// Returns when the next slice is due.
 fn run(now: u64, wait: bool) -> u64 {
@@ -124,7 +125,7 @@ fn run(now: u64, wait: bool) -> u64 {
             cache::try_decay_all()
         };
         if decayed {
-            NEXT_DECAY.store(now + period.max(1) as u64, Relaxed);
+            NEXT_DECAY.store(now + (period as u64 / pool::WINDOWS as u64).max(1), Relaxed);
         }
     }
     let mut next = now.saturating_add(if period == u32::MAX { 60_000 } else { period.max(1) as u64 });

@@ -271,6 +271,27 @@ impl Pages {
         }
     }
 
+    /// Of `objs` (sorted by address), how many, from the first, a `release`
+    /// can give back with about `calls` system calls at most (one per run
+    /// emptied or per stretch of adjacent objects of a run: each stretch of
+    /// adjacent addresses counts as one call, so two runs that happen to be
+    /// mapped side by side may cost one more than counted), and how many
+    /// calls that takes.
+    pub(crate) fn prefix_within(&self, objs: &[*mut u8], calls: usize) -> (usize, usize) {
+        let (mut used, mut prev) = (0usize, None::<usize>);
+        for (k, &o) in objs.iter().enumerate() {
+            let o = o as usize;
+            if prev.is_none_or(|p| o != p + self.stride) {
+                if used == calls {
+                    return (k, used);
+                }
+                used += 1;
+            }
+            prev = Some(o);
+        }
+        (objs.len(), used)
+    }
+
     /// Unmaps every run (the pool is destroyed: no object is allocated).
     pub(crate) fn unmap_all(&self) {
         let mut r = self.runs.lock();

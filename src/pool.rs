@@ -33,15 +33,28 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 /// The release period, ms (`pool_set_release_period`, `BUFPOOL_RELEASE_PERIOD`):
 /// objects idle in a pool's shared cache for a whole period go back to the
 /// OS. 0: at once (above `minavail`); `u32::MAX`: never by time.
-static PERIOD_MS: AtomicU32 = AtomicU32::new(1000);
+static PERIOD_MS: AtomicU32 = AtomicU32::new(DEFAULT_PERIOD_MS);
+/// The default release period, ms: short enough that a spike is back
+/// within a second (an object goes back between one period and a period
+/// and a window after it went idle, then the give-back itself), long enough
+/// that a need fluctuating within half a second keeps its objects.
+pub(crate) const DEFAULT_PERIOD_MS: u32 = 400;
 
 /// Objects given back to the OS per batch: sorted by address together, so
 /// that objects of one run of pages, freed by several threads in any
 /// order, cost one system call per run (or per stretch) touched.
 const GIVE_BACK_CHUNK: usize = 256;
 
+/// System calls one batch of a release slice may make: objects given back
+/// from scattered runs cost one `madvise` per stretch, and in a process
+/// whose other threads run elsewhere each one waits for a TLB shootdown
+/// (tens to hundreds of microseconds on this kind of virtual machine), so a
+/// slice's batch is cut where its calls would exceed this; the rest stay in
+/// the shared cache for the next slice.
+const SLICE_CALLS: usize = 4;
+
 /// A release period is watched in this many windows (see `Pool::maintain`).
-const WINDOWS: usize = 4;
+pub(crate) const WINDOWS: usize = 4;
 
 /// The release policy's record of the last `WINDOWS` windows.
 #[derive(Default)]
@@ -693,16 +706,23 @@ impl Pool {
             // Never below `minavail` idle, whatever was owed.
             let room = self.shared_idle().saturating_sub(self.minavail.load(Relaxed));
             let want = owed.min(max).min(room);
-            done = self.give_back(want);
-            self.c.debt.store(if done < want { 0 } else { owed - done }, Relaxed);
+            done = self.give_back(want, SLICE_CALLS);
+            // What is still owed, but never more than is idle above
+            // `minavail` (a batch cut short by its system calls leaves the
+            // rest owed; a shared cache that ran dry, nothing).
+            let left = self.shared_idle().saturating_sub(self.minavail.load(Relaxed));
+            self.c.debt.store((owed - done.min(owed)).min(left), Relaxed);
         }
         let next = if self.c.debt.load(Relaxed) > 0 { now } else { self.c.since.load(Relaxed) + window };
         (done, next)
     }
 
     /// Gives up to `n` idle objects of the shared cache back to the OS, in
-    /// one batch (the caller holds a transit). Returns how many.
-    fn give_back(&self, n: usize) -> usize {
+    /// batches, making at most about `calls` system calls (a batch is cut
+    /// where they would exceed it, and the rest goes back to the shared
+    /// cache; `usize::MAX`: no bound). The caller holds a transit. Returns
+    /// how many went back.
+    fn give_back(&self, n: usize, calls: usize) -> usize {
         const CHUNK: usize = GIVE_BACK_CHUNK;
         let mut done = 0;
         if self.shared.keeps_all() {
@@ -719,7 +739,8 @@ impl Pool {
             }
             return done;
         }
-        while done < n {
+        let mut calls_left = calls;
+        while done < n && calls_left > 0 {
             let (chain, got) = self.shared.pop_batch((n - done).min(CHUNK));
             if got == 0 {
                 break;
@@ -731,14 +752,29 @@ impl Pool {
                 // SAFETY: the popped chain is ours, `got` objects long.
                 p = unsafe { next_of(p) };
             }
-            let was = self.c.allocated.fetch_sub(got, Relaxed);
-            debug_assert!(was >= got, "allocated counts the objects given back");
-            self.c.released.fetch_add(got, Relaxed);
+            // How many of them fit the calls left, and the calls they take.
+            let (keep, used) = match &self.mem {
+                Memory::Pages(pages) => {
+                    objs[..got].sort_unstable();
+                    pages.prefix_within(&objs[..got], calls_left)
+                }
+                Memory::Own => (got.min(calls_left), got.min(calls_left)),
+                _ => (got, 0),
+            };
+            calls_left = calls_left.saturating_sub(used);
+            if keep < got {
+                // SAFETY: the objects past `keep` are idle objects of this
+                // pool we popped: ours, still counted in `allocated`.
+                unsafe { self.push_back(&objs[keep..got]) };
+            }
+            let was = self.c.allocated.fetch_sub(keep, Relaxed);
+            debug_assert!(was >= keep, "allocated counts the objects given back");
+            self.c.released.fetch_add(keep, Relaxed);
             match &self.mem {
                 // SAFETY: idle objects of these pages, popped: ours, in no list.
-                Memory::Pages(pages) => unsafe { pages.release(&mut objs[..got]) },
+                Memory::Pages(pages) => unsafe { pages.release(&mut objs[..keep]) },
                 _ => {
-                    for &o in &objs[..got] {
+                    for &o in &objs[..keep] {
                         if let Some(d) = &self.dbg {
                             // SAFETY: an idle object of this pool, now ours.
                             unsafe { d.retire(o, true) };
@@ -752,9 +788,30 @@ impl Pool {
                     }
                 }
             }
-            done += got;
+            done += keep;
+            if keep < got {
+                break;
+            }
         }
         done
+    }
+
+    /// Puts popped idle objects back into the shared cache, as one chain.
+    ///
+    /// # Safety
+    /// Each is an idle object of this pool the caller popped (counted in
+    /// `allocated`, not in `out`), in no list.
+    unsafe fn push_back(&self, objs: &[*mut u8]) {
+        let Some((&first, rest)) = objs.split_first() else { return };
+        let mut last = first.cast::<Link>();
+        for &o in rest {
+            // SAFETY: ours (the caller's guarantee); linked before publishing.
+            unsafe { crate::link::set_next(last, o.cast()) };
+            last = o.cast();
+        }
+        // SAFETY: the chain `first`..`last` of `objs.len()` objects, ours.
+        let kept = unsafe { self.shared.push_chain(first.cast(), last, objs.len()) };
+        debug_assert!(kept, "a shared cache we popped from keeps what we push back");
     }
 
     /// Does it take its memory from `malloc` (whose free memory the
@@ -789,7 +846,7 @@ impl Pool {
     /// Frees every idle object of the shared cache to the OS, in batches.
     pub(crate) fn flush(&self) {
         let _moving = self.begin_transit();
-        while self.give_back(usize::MAX) != 0 {}
+        while self.give_back(usize::MAX, usize::MAX) != 0 {}
     }
 
     /// Moves every thread cache's idle objects of this pool to the shared
@@ -831,7 +888,7 @@ impl Pool {
         let _moving = self.begin_transit();
         loop {
             let n = excess(self.c.allocated.load(Relaxed), self.c.out.load(Relaxed));
-            if n == 0 || self.give_back(n.min(GIVE_BACK_CHUNK)) == 0 {
+            if n == 0 || self.give_back(n.min(GIVE_BACK_CHUNK), usize::MAX) == 0 {
                 break;
             }
         }

@@ -19,7 +19,7 @@
 //! `reserved` and the pool's count of caches with a stack of it
 //! (`Home::stacks`) true.
 
-use super::local::{detach_all_of, detach_older_half, head_ptr, pop_head, slot_home, Head, Home, Local, Slot};
+use super::local::{detach_all_of, detach_older, head_ptr, pop_head, slot_home, Head, Home, Local, Slot};
 use super::local::{MAX_POOLS, STACK_BATCH};
 use crate::link::Link;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -174,11 +174,18 @@ pub(super) fn make_room(local: &mut Local, i: usize, home: &Home, budget: usize)
 /// Stack `v` sends the older half of its objects (rounded up) to its pool,
 /// as one batch; with `shrink`, its limit falls to what it keeps.
 pub(super) fn evict_half(local: &mut Local, v: usize, shrink: bool) {
+    let keep = local.heads[v].count() / 2;
+    evict_older(local, v, keep, shrink);
+}
+
+/// Stack `v` keeps its `keep` newest objects and sends the older rest to
+/// its pool, as one batch; with `shrink`, its limit falls to what it keeps.
+pub(super) fn evict_older(local: &mut Local, v: usize, keep: u32, shrink: bool) {
     let home = slot_home(v);
     // SAFETY: detached from a cache we may touch: objects of this home,
     // ours; they still count as out of the pool's shared layer, so the pool
     // cannot be destroyed under us.
-    unsafe { home.send_back(|| detach_older_half(&mut local.heads[v])) };
+    unsafe { home.send_back(|| detach_older(&mut local.heads[v], keep)) };
     if shrink {
         let keep = local.heads[v].count();
         let l: *mut Local = local;
@@ -217,15 +224,22 @@ pub(super) fn empty(local: &mut Local) {
     debug_assert_eq!(local.reserved, 0, "an emptied cache reserves nothing");
 }
 
-/// Once a period: every stack that went the whole period without a slow
-/// call gives the older half of its objects to its pool, and its limit
-/// shrinks (an empty one gives its limit up).
+/// Once a window (a quarter of the release period): every stack that went
+/// the whole window without a slow call (no refill, never full) keeps at
+/// most half of its objects, and at most a batch, and gives the older rest
+/// to its pool; its limit shrinks to what it keeps (an empty one gives its
+/// limit up). A thread that keeps using a few objects through its cache
+/// gives its surplus back within a window or two (it then sits in the
+/// shared cache, where what stays idle a period goes back to the OS); one
+/// whose need is larger soon refills, which stamps its stack and stops the
+/// decay.
 pub(super) fn decay(local: &mut Local) {
     for v in 0..MAX_POOLS {
         let h = &local.heads[v];
         if h.limit() > 0 && h.stamp <= local.decayed {
-            if h.count() > 0 {
-                evict_half(local, v, true);
+            let count = h.count();
+            if count > 0 {
+                evict_older(local, v, (count / 2).min(STACK_BATCH), true);
             } else {
                 let l: *mut Local = local;
                 // SAFETY: the whole cache is ours; stack `v`, empty.
@@ -330,5 +344,57 @@ mod tests {
         // SAFETY: a test-owned cache; stack 3 is empty.
         unsafe { lower(l, core::ptr::addr_of_mut!((*l).heads[3]), &a, 0) };
         assert_eq!((local.reserved, a.stacks.load(Ordering::Relaxed)), (0, 0), "given up, uncounted");
+    }
+
+    /// A stack that went a window without a slow call keeps at most half of
+    /// its objects and at most a batch (it kept half before: a thread that
+    /// keeps using a few objects through its cache held a crowded pool's
+    /// surplus for periods), and gives the older rest to its pool.
+    #[test]
+    fn decay_keeps_at_most_a_batch_of_an_untouched_stack() {
+        use super::super::local::{claim_slot, free_slot, push_counted, Back};
+        use crate::link::{next_of, Link};
+        use crate::sync::RawCell;
+        static TAKEN: AtomicUsize = AtomicUsize::new(0);
+        /// # Safety
+        /// A chain of `n` test nodes made by `Box::into_raw`.
+        unsafe fn take(_: &Home, mut c: *mut Link, n: usize) {
+            TAKEN.fetch_add(n, Ordering::Relaxed);
+            while !c.is_null() {
+                // SAFETY: a test node of the chain; read its link first.
+                let next = unsafe { next_of(c) };
+                // SAFETY: made by Box::into_raw below, given back once.
+                drop(unsafe { Box::from_raw(c) });
+                c = next;
+            }
+        }
+        static BACK: Back =
+            Back { begin: |_| {}, take, fetch: |_, _| (std::ptr::null_mut(), 0), at_limit: |_| false };
+        let _g = crate::test_support::serial();
+        let home: &'static mut Home = Box::leak(Box::new(Home {
+            slot: None,
+            size: 64,
+            capped: Default::default(),
+            stacks: AtomicUsize::new(0),
+            back: &BACK,
+        }));
+        let slot = claim_slot(home).expect("a free slot");
+        let i = slot.index();
+        let mut local = EMPTY_LOCAL;
+        raise(&mut local, i, home, 464);
+        for _ in 0..464 {
+            let n = Box::into_raw(Box::new(Link { next: RawCell::new(std::ptr::null_mut()) }));
+            // SAFETY: a fresh test node, pushed once, with room.
+            unsafe { push_counted(&mut local.heads[i], n) };
+        }
+        TAKEN.store(0, Ordering::Relaxed);
+        decay(&mut local); // stamp 0 <= decayed 0: untouched for a window
+        assert_eq!((local.heads[i].count(), TAKEN.load(Ordering::Relaxed)), (32, 432), "at most a batch stays");
+        assert_eq!(local.heads[i].limit(), 32, "the limit shrinks to what it keeps");
+        decay(&mut local);
+        assert_eq!(local.heads[i].count(), 16, "then half, window after window");
+        empty(&mut local);
+        assert_eq!(TAKEN.load(Ordering::Relaxed), 464, "every object given back once");
+        free_slot(slot);
     }
 }

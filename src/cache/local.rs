@@ -357,11 +357,19 @@ pub(super) unsafe fn push_counted(head: &mut Head, ptr: *mut Link) {
 }
 
 /// Cuts the older half (rounded up) off a stack; returns it and its length.
+#[cfg(all(test, not(loom)))]
 pub(super) fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
+    let keep = head.count() / 2;
+    detach_older(head, keep)
+}
+
+/// Cuts all but the `keep` newest objects off a stack; returns them and
+/// their number.
+pub(super) fn detach_older(head: &mut Head, keep: u32) -> (*mut Link, u32) {
     let count = head.count();
-    let keep = count / 2;
+    let keep = keep.min(count);
     let evicted = count - keep;
-    head.room = head.limit() - keep;
+    head.room = head.limit - keep;
     if keep == 0 {
         return (std::mem::replace(&mut head.top, null_mut()), evicted);
     }
@@ -370,7 +378,7 @@ pub(super) fn detach_older_half(head: &mut Head) -> (*mut Link, u32) {
         // SAFETY: the stack holds `count` linked objects, ours to walk.
         last_kept = unsafe { next_of(last_kept) };
     }
-    // SAFETY: `last_kept` is the keep-th of the stack's linked objects (keep < count).
+    // SAFETY: `last_kept` is the keep-th of the stack's linked objects (keep <= count).
     let chain = unsafe { next_of(last_kept) };
     // SAFETY: the same object, idle in the stack the caller may touch.
     unsafe { set_next(last_kept, null_mut()) };

@@ -245,16 +245,17 @@ pub extern "C" fn pool_released(pool: *const Pool) -> c_ulong {
     pool_ref(pool).map_or(0, |p| p.released() as c_ulong)
 }
 
-/// Sets the release period, in ms, for every pool (1000 by default, or
+/// Sets the release period, in ms, for every pool (400 by default, or
 /// `BUFPOOL_RELEASE_PERIOD` in the environment, read at the first pool):
 /// objects that stayed idle in a pool's shared cache for a whole period,
 /// above its minavail, go back to the OS; objects the pool needed again
-/// within the period stay. Idle thread caches drain into the shared caches
-/// by halves, once a period. 0: released objects go back at once whenever
+/// within the period stay. A thread cache's stack that went a quarter of a
+/// period without a slow call keeps at most half of its objects, and at
+/// most 32, and gives the rest to its pool. 0: released objects go back at once whenever
 /// the shared cache already holds minavail idle objects. `UINT_MAX`: never
 /// by time (`pool_gc` and `pool_flush` still do). A new period takes effect
 /// at every thread's next tick. The work runs in slices
-/// of at most about half a millisecond inside the library's calls (a tick
+/// of at most about 0.4 ms inside the library's calls (a tick
 /// every 32 `pool_free`s of a thread, every one while objects are owed
 /// back; `pool_maintain`; or the maintenance thread). Objects of a page or
 /// more live in memory the library maps itself, so that one given back
@@ -281,7 +282,7 @@ pub extern "C" fn pool_maintain() -> c_uint {
 /// calling `pool_maintain`). Off by default; `BUFPOOL_MAINTENANCE=thread` in
 /// the environment starts it at the first pool. A start returns once the
 /// thread exists (or was already running), a stop once it has exited (it
-/// may finish the slice of work it is in, about half a millisecond): a
+/// may finish the slice of work it is in, about 0.4 ms): a
 /// stop then a start always leaves one thread running. Safe across
 /// `fork()`: a child whose parent ran it starts its own at its first
 /// `pool_free` tick or `pool_maintain`. Returns 0, or -1 when the thread
