@@ -368,8 +368,7 @@ mod tests {
                 c = next;
             }
         }
-        static BACK: Back =
-            Back { begin: |_| {}, take, fetch: |_, _| (std::ptr::null_mut(), 0), at_limit: |_| false };
+        static BACK: Back = Back { begin: |_| {}, take, fetch: |_, _| (std::ptr::null_mut(), 0), at_limit: |_| false };
         let _g = crate::test_support::serial();
         let home: &'static mut Home = Box::leak(Box::new(Home {
             slot: None,
