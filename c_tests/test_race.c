@@ -37,7 +37,7 @@ int main(void)
 
     printf("test_race: %d threads, 2 MB objects, no thread cache, minavail %u, bursts of %d, %s, %s, "
            "%d runs each of at most %.2f s (dwcas %.2f s)\n",
-           prm.threads, prm.minavail, prm.burst, race_libc(), prm.window, runs, bound, 4 * bound);
+           prm.threads, prm.minavail, prm.burst, race_libc(), prm.window, runs, bound, 32 * bound);
     for (a = 0; a < RACE_NALGOS; a++) {
         int segv = 0, clean = 0;
         unsigned long ops = 0, drops = 0;
@@ -47,9 +47,11 @@ int main(void)
         if (getenv("RACE_ONLY") && strcmp(getenv("RACE_ONLY"), race_algos[a].name) != 0)
             continue;
         prm.flag = race_algos[a].flag;
-        /* DWCAS runs end at the crash (about 50 ms in); the longer bound
-         * only keeps a late crash from counting as a survival. */
-        prm.max_seconds = prm.flag == POOL_F_SHARED_DWCAS ? 4 * bound : bound;
+        /* DWCAS runs end at the crash (about 50 ms in) or after max_ops
+         * operations (counting); the much longer time bound only keeps a
+         * loaded machine, where the threads get few time slices, from
+         * ending a run before it had its operations. */
+        prm.max_seconds = prm.flag == POOL_F_SHARED_DWCAS ? 32 * bound : bound;
         for (i = 0; i < runs; i++) {
             struct race_result r = { 0 };
 
