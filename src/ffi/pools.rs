@@ -102,9 +102,7 @@ pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
         // SAFETY: `ptr` came from `pool` and the caller gives it up (C contract).
-        if unsafe { p.free(ptr.cast()) } {
-            crate::maintain::tick();
-        }
+        unsafe { p.free_ticking(ptr.cast()) }
     }
 }
 
