@@ -234,7 +234,13 @@ impl Pool {
         dbg: Option<Checks>,
     ) -> Self {
         Pool {
-            home: Home { slot: None, size, capped: AtomicBool::new(false), stacks: AtomicUsize::new(0), back: &BACK },
+            home: Home {
+                stack: cache::Slot::NONE,
+                size,
+                capped: AtomicBool::new(false),
+                stacks: AtomicUsize::new(0),
+                back: &BACK,
+            },
             alloc_size,
             align,
             mem: if dbg.as_ref().is_some_and(Checks::mapped) {
@@ -339,7 +345,7 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self) -> *mut u8 {
-        if self.home.slot.is_some() {
+        if self.home.slot().is_some() {
             debug_assert!(self.dbg.is_none(), "a debug pool has no thread cache");
             // An empty stack refills with a batch from the shared cache;
             // null: the shared cache had none (refill looked).
@@ -1002,7 +1008,7 @@ impl Pool {
     /// change; see `cache::snapshot`), so it never counts less than callers
     /// hold. Objects in flight inside a call count as held.
     pub(crate) fn used(&self) -> usize {
-        let Some(slot) = self.home.slot else { return self.c.out.load(Relaxed) };
+        let Some(slot) = self.home.slot() else { return self.c.out.load(Relaxed) };
         let (out, idle) = cache::snapshot(slot, || self.c.out.load(SeqCst));
         debug_assert!(out >= idle, "every object idle in a thread cache counts as out");
         out.saturating_sub(idle)

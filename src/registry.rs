@@ -107,7 +107,7 @@ fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) ->
     // A debug pool has no thread cache: every object goes through the slow path.
     if cached {
         // SAFETY: not yet shared with anyone; the home is at its final address.
-        unsafe { (*pool.as_ptr()).home.slot = cache::claim_slot(&(*pool.as_ptr()).home) };
+        unsafe { (*pool.as_ptr()).home.stack = cache::claim_slot(&(*pool.as_ptr()).home).unwrap_or(cache::Slot::NONE) };
     }
     reg.push(PoolPtr(pool));
     pool.as_ptr()
@@ -148,7 +148,7 @@ pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut P
 fn free_pool(p: NonNull<Pool>) {
     // SAFETY: the caller took it out of the registry; we are its last user.
     let pool = unsafe { p.as_ref() };
-    if let Some(slot) = pool.home.slot {
+    if let Some(slot) = pool.home.slot() {
         cache::release_slot(slot);
     }
     // SAFETY: made by try_box in `create_with`, now unreachable.

@@ -32,7 +32,7 @@ fn pool_line(line: &mut StackLine, p: &Pool, a: usize, u: usize) {
         p.users.load(Relaxed),
         p.shared.name(),
         if p.flags & MEM_F_SHARED != 0 { " [SHARED]" } else { "" },
-        if p.home.slot.is_none() { " [NOCACHE]" } else { "" },
+        if p.home.slot().is_none() { " [NOCACHE]" } else { "" },
     );
     if let Some(d) = &p.dbg {
         d.describe(line);

@@ -328,8 +328,13 @@ mod tests {
             fetch: |_, _| (std::ptr::null_mut(), 0),
             at_limit: |_| false,
         };
-        let home =
-            |size| Home { slot: None, size, capped: Default::default(), stacks: AtomicUsize::new(0), back: &BACK };
+        let home = |size| Home {
+            stack: super::super::local::Slot::NONE,
+            size,
+            capped: Default::default(),
+            stacks: AtomicUsize::new(0),
+            back: &BACK,
+        };
         let (a, b) = (home(1024), home(8192));
         let mut local = EMPTY_LOCAL;
         grow(&mut local, 3, &a, 40, 16 * 1024);

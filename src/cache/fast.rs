@@ -11,7 +11,8 @@ use std::ptr::null_mut;
 /// none (or no cache, or a foreign holder in it): the caller's slow path.
 #[inline(always)]
 pub(crate) fn take(home: &Home) -> *mut u8 {
-    let Some(slot) = home.slot else { return null_mut() };
+    // A pool without a cache enters `Slot::NONE`, which has nothing.
+    let slot = home.stack;
     let tc = current::get();
     let Some(mut inside) = tc.cell.enter(slot.tag()) else { return null_mut() };
     // SAFETY: inside our cache, on this slot's stack.
@@ -29,7 +30,8 @@ pub(crate) const CACHED_TICK: u8 = 2;
 /// without waiting. `REFUSED`: the caller takes the slow path (`put_slow`).
 #[inline(always)]
 pub(crate) fn put(home: &Home, ptr: *mut u8) -> u8 {
-    let Some(slot) = home.slot else { return REFUSED };
+    // A pool without a cache enters `Slot::NONE`, which has no room.
+    let slot = home.stack;
     let tc = current::get();
     let Some(mut inside) = tc.cell.enter(slot.tag()) else { return REFUSED };
     let cached = inside.with(|l| {

@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 /// owner inside a call on this pool, or a slow path, even after a few
 /// microseconds): the caller may look again later, with no lock held.
 pub(crate) fn find_idle(home: &Home) -> (*mut u8, bool) {
-    let Some(slot) = home.slot else { return (null_mut(), false) };
+    let Some(slot) = home.slot() else { return (null_mut(), false) };
     // Acquire: pairs with the Release of a stack's limit falling to 0, so
     // that we see the transit that moved its objects (the caller checks it).
     if home.stacks.load(Ordering::Acquire) == 0 {
@@ -80,7 +80,7 @@ impl Missed {
 /// those stacks' limits fall to 0 (a capped pool's caches refuse its
 /// objects from then on). Returns the objects detached and what it missed.
 pub(crate) fn drain(home: &Home, mut f: impl FnMut(*mut Link)) -> (usize, Missed) {
-    let Some(slot) = home.slot else { return (0, Missed::default()) };
+    let Some(slot) = home.slot() else { return (0, Missed::default()) };
     let reg = Registry::lock();
     // A cache with no stack of the pool holds nothing of it, and only a
     // call on the pool could give it one.
@@ -168,7 +168,7 @@ fn decay(reg: &Registry) {
 /// How many idle objects of `home`'s pool sit in thread caches (for the tests).
 #[cfg(all(test, not(loom)))]
 pub(crate) fn idle(home: &Home) -> usize {
-    match home.slot {
+    match home.slot() {
         Some(slot) => snapshot(slot, || 0).1,
         None => 0,
     }

@@ -17,16 +17,29 @@ pub(super) const STACK_BATCH: u32 = 32;
 /// A pool's slot in every thread cache: an index below `MAX_POOLS`, kept
 /// as the byte offset of its stack past the first (`(index + 1) * size of a
 /// stack`), so that the fast path adds it to the cache's address without a
-/// multiplication, `Option<Slot>` is two bytes, and the same number tags
-/// the owner's `busy` word on the fast path (the part of the cache it is
-/// in, see `crate::owned`). A pool without a thread cache has no slot.
+/// multiplication, and the same number tags the owner's `busy` word on the
+/// fast path (the part of the cache it is in, see `crate::owned`). A pool
+/// without a thread cache has no slot of its own: its fast path enters
+/// `Slot::NONE`, a stack past the others that never has room nor objects,
+/// so that the fast path needs no test for it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Slot(core::num::NonZeroU16);
 
 const HEAD: usize = core::mem::size_of::<Head>();
-const _: () = assert!(MAX_POOLS * HEAD <= u16::MAX as usize, "every slot's offset fits a u16");
+const _: () = assert!((MAX_POOLS + 1) * HEAD <= u16::MAX as usize, "every slot's offset fits a u16");
 
 impl Slot {
+    /// The stack of every pool without a thread cache: index `MAX_POOLS`,
+    /// past the real slots. Its limit stays 0 (no slow path of the owner
+    /// or the budget ever reaches it: they act on `Home::slot`, which is
+    /// `None` for it), so its top stays null and its room 0: a fast
+    /// allocation finds nothing, a fast release finds no room, and both
+    /// take their slow paths as before.
+    pub(crate) const NONE: Slot = match core::num::NonZeroU16::new(((MAX_POOLS + 1) * HEAD) as u16) {
+        Some(off) => Slot(off),
+        None => unreachable!(),
+    };
+
     pub(super) fn new(index: usize) -> Self {
         debug_assert!(index < MAX_POOLS, "a slot is an index below MAX_POOLS");
         match core::num::NonZeroU16::new(((index + 1) * HEAD) as u16) {
@@ -105,7 +118,8 @@ pub(crate) struct Local {
     /// The cache's `Stacks` (outside the guarded part, so that anyone may
     /// read it at any time); null in a cache that is never entered.
     pub(super) stacks: *const Stacks,
-    pub(super) heads: [Head; MAX_POOLS],
+    /// One stack per slot, and the stack of `Slot::NONE` last.
+    pub(super) heads: [Head; MAX_POOLS + 1],
 }
 
 pub(super) const EMPTY_LOCAL: Local = Local {
@@ -114,7 +128,7 @@ pub(super) const EMPTY_LOCAL: Local = Local {
     decayed: 0,
     generation: 0,
     stacks: core::ptr::null(),
-    heads: [EMPTY_HEAD; MAX_POOLS],
+    heads: [EMPTY_HEAD; MAX_POOLS + 1],
 };
 
 /// Which stacks of a cache have a non-zero limit: one bit per slot, set
@@ -222,10 +236,10 @@ impl ThreadCache {
 #[inline(always)]
 pub(super) unsafe fn head_ptr(l: *mut Local, slot: Slot) -> *mut Head {
     let off = slot.0.get() as usize - HEAD;
-    debug_assert!(off / HEAD < MAX_POOLS && off.is_multiple_of(HEAD), "a slot's offset names a stack");
-    // SAFETY: `off` is `index * HEAD` with `index < MAX_POOLS` (made by
-    // `Slot::new`), so it addresses one of `heads`, aligned; no reference
-    // to the whole `Local` is made.
+    debug_assert!(off / HEAD <= MAX_POOLS && off.is_multiple_of(HEAD), "a slot's offset names a stack");
+    // SAFETY: `off` is `index * HEAD` with `index <= MAX_POOLS` (made by
+    // `Slot::new`, or `Slot::NONE`), so it addresses one of `heads`,
+    // aligned; no reference to the whole `Local` is made.
     unsafe { core::ptr::addr_of_mut!((*l).heads).cast::<u8>().add(off).cast::<Head>() }
 }
 
@@ -233,8 +247,9 @@ pub(super) unsafe fn head_ptr(l: *mut Local, slot: Slot) -> *mut Head {
 /// cache its objects and to send them back. The cache never sees the rest
 /// of the pool.
 pub(crate) struct Home {
-    /// The pool's slot in every thread cache; `None`: no thread cache.
-    pub(crate) slot: Option<Slot>,
+    /// The stack the fast path enters: the pool's slot in every thread
+    /// cache, or `Slot::NONE` for a pool without a thread cache.
+    pub(crate) stack: Slot,
     /// Object size.
     pub(crate) size: usize,
     /// Set while released objects must go to the OS rather than to a cache
@@ -269,6 +284,12 @@ pub(crate) struct Back {
 }
 
 impl Home {
+    /// The pool's slot in every thread cache; `None`: no thread cache.
+    #[inline(always)]
+    pub(crate) fn slot(&self) -> Option<Slot> {
+        (self.stack != Slot::NONE).then_some(self.stack)
+    }
+
     /// Sends a chain that left a cache back to the pool, in a transit begun
     /// before it was detached (`detach` runs inside it and returns the
     /// chain and its length).

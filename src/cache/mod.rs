@@ -46,7 +46,7 @@ pub(crate) use foreign::{
     decay_all, drain, find_idle, release_slot, set_budget, snapshot, try_decay_all, Backoff, Missed,
 };
 pub(crate) use fork::{fork_child, fork_parent, fork_prepare};
-pub(crate) use local::{claim_slot, Back, Home, TICK_EVERY};
+pub(crate) use local::{claim_slot, Back, Home, Slot, TICK_EVERY};
 #[cfg(all(test, not(loom)))]
 pub(crate) use owner::test_hook;
 pub(crate) use owner::{put_slow, rearm, refill};

@@ -39,7 +39,7 @@ fn fenced_stack<R>(tc: &ThreadCache, slot: Slot, f: impl FnOnce(*mut Local) -> R
 #[cold]
 #[inline(never)]
 pub(crate) fn refill(home: &Home) -> *mut u8 {
-    let Some(slot) = home.slot else { return null_mut() };
+    let Some(slot) = home.slot() else { return null_mut() };
     let tc = current::get();
     if current::is_none(tc) {
         return (home.back.fetch)(home, 1).0.cast();
@@ -118,7 +118,7 @@ fn refill_in(local: &mut Local, slot: Slot, home: &Home) -> *mut crate::link::Li
 #[cold]
 #[inline(never)]
 pub(crate) fn put_slow(home: &Home, ptr: *mut u8) -> bool {
-    let Some(slot) = home.slot else { return false };
+    let Some(slot) = home.slot() else { return false };
     let mut tc = current::get();
     if current::is_none(tc) {
         if life::exited() {
