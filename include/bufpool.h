@@ -33,6 +33,23 @@
 #define BUFPOOL_VERSION "0.1.0"
 
 /**
+ * BUFPOOL_NOPLT: on every function below. With GCC (x86 and the targets
+ * that have the attribute), a call from the program goes straight through
+ * its GOT entry, bound when the library is loaded, instead of a PLT stub
+ * that jumps through it (what -fno-plt does for the whole program): one
+ * indirect jump fewer per call into libbufpool.so. A static link makes the
+ * call direct. Empty for compilers without the attribute (clang).
+ */
+#if defined(__has_attribute)
+#if __has_attribute(noplt)
+#define BUFPOOL_NOPLT __attribute__((noplt))
+#endif
+#endif
+#ifndef BUFPOOL_NOPLT
+#define BUFPOOL_NOPLT
+#endif
+
+/**
  * BUF_NULL: a buffer that is not allocated, { 0, NULL, 0, 0 }, as an
  * expression (`buf = BUF_NULL;`). For a static initializer use
  * BUF_NULL_INIT. An all-zero struct buffer is BUF_NULL too.
@@ -217,7 +234,7 @@ extern struct pool_head *pool_head_buffer;
  * and limit are in place all the same; the reserve fills as buffers come
  * back.
  */
-int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsigned int limit);
+BUFPOOL_NOPLT int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsigned int limit);
 
 /**
  * Allocates `*buf` if, after it, `margin` more buffers can still be had
@@ -234,21 +251,21 @@ int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsigned int limit);
  * `no-global` debug modes no idle buffer can be kept, so a margin without
  * a limit reserves nothing (buffers come from the OS when asked for).
  */
-struct buffer *b_alloc_margin(struct buffer *buf, int margin);
+BUFPOOL_NOPLT struct buffer *b_alloc_margin(struct buffer *buf, int margin);
 
 /**
  * `b_alloc_margin(buf, 0)`: fails only when callers really hold `limit`
  * buffers (idle ones in any thread's cache are handed out), or when the OS
  * has no memory.
  */
-struct buffer *b_alloc(struct buffer *buf);
+BUFPOOL_NOPLT struct buffer *b_alloc(struct buffer *buf);
 
 /**
  * Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
  * that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
  * nothing: call `offer_buffers` after it to wake waiters.
  */
-void b_free(struct buffer *buf);
+BUFPOOL_NOPLT void b_free(struct buffer *buf);
 
 /**
  * Allocates `*buf` for class `crit` (an `enum dynbuf_crit`, optionally
@@ -261,14 +278,14 @@ void b_free(struct buffer *buf);
  * debug mode. An unknown class or flag, or NULL `buf`: NULL.
  * `buf->size != 0`: `buf`, untouched.
  */
-struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
+BUFPOOL_NOPLT struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
 
 /**
  * Sets up a waiter: not queued, woken by `wakeup_cb(target)`. A zeroed
  * `struct buffer_wait` (static, calloc) is a valid unqueued waiter too.
  * Must not be called on a queued waiter. NULL `bw`: no-op.
  */
-void buffer_wait_init(struct buffer_wait *bw, void *target, int (*wakeup_cb)(void*));
+BUFPOOL_NOPLT void buffer_wait_init(struct buffer_wait *bw, void *target, int (*wakeup_cb)(void*));
 
 /**
  * Appends `bw` to the wait queue of class `crit` (0 to `DB_PERMANENT`).
@@ -282,12 +299,12 @@ void buffer_wait_init(struct buffer_wait *bw, void *target, int (*wakeup_cb)(voi
  * for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
  * freeing it.
  */
-int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
+BUFPOOL_NOPLT int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
 
 /**
  * `b_queue_crit(DB_CHANNEL, bw)`.
  */
-int b_queue(struct buffer_wait *bw);
+BUFPOOL_NOPLT int b_queue(struct buffer_wait *bw);
 
 /**
  * Takes `bw` out of the wait queue (not queued: no-op). If its callback is
@@ -300,12 +317,12 @@ int b_queue(struct buffer_wait *bw);
  * callback, a waiter whose callback may be running on another thread that
  * dequeues yours: each would wait for the other. NULL: no-op.
  */
-void b_dequeue(struct buffer_wait *bw);
+BUFPOOL_NOPLT void b_dequeue(struct buffer_wait *bw);
 
 /**
  * 1 if `bw` is queued (its callback running or not), else 0 (NULL too).
  */
-int b_is_queued(const struct buffer_wait *bw);
+BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
 
 /**
  * Wakes waiters, most critical class first and FIFO within a class, while
@@ -321,7 +338,7 @@ int b_is_queued(const struct buffer_wait *bw);
  * continues the call that runs that callback: neither calls again a
  * waiter the other called (each keeps its own budget and `from`).
  */
-void offer_buffers(void *from, unsigned int threshold);
+BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
 
 /**
  * Creates a pool of objects of `size` bytes named `name` (copied, at most
@@ -334,14 +351,14 @@ void offer_buffers(void *from, unsigned int threshold);
  * aborts for lack of memory: each returns its documented failure; a thread
  * that cannot get memory for its cache works without one).
  */
-struct pool_head *create_pool(const char *name, unsigned int size, unsigned int flags);
+BUFPOOL_NOPLT struct pool_head *create_pool(const char *name, unsigned int size, unsigned int flags);
 
 /**
  * Like `create_pool`, with every object aligned on `align` bytes: a power
  * of two up to 1 MiB, or 0 for malloc's own alignment (16 bytes). Returns
  * NULL for any other `align`.
  */
-struct pool_head *create_aligned_pool(const char *name, unsigned int size, unsigned int align, unsigned int flags);
+BUFPOOL_NOPLT struct pool_head *create_aligned_pool(const char *name, unsigned int size, unsigned int align, unsigned int flags);
 
 /**
  * Destroys a pool. Returns NULL once done: the pool is freed, or, for a
@@ -359,13 +376,13 @@ struct pool_head *create_aligned_pool(const char *name, unsigned int size, unsig
  * threads are stopped inside a call on another pool. NULL, or a pointer
  * that is not a live pool, is ignored and gives NULL.
  */
-void *pool_destroy(struct pool_head *pool);
+BUFPOOL_NOPLT void *pool_destroy(struct pool_head *pool);
 
 /**
  * Destroys every pool whose objects are all back, whatever its number of
  * users (for the end of a process). Pools still in use stay valid.
  */
-void pool_destroy_all(void);
+BUFPOOL_NOPLT void pool_destroy_all(void);
 
 /**
  * Takes an object from the pool: this thread's cache first, then the
@@ -373,12 +390,12 @@ void pool_destroy_all(void);
  * every object held by callers, when the OS has no memory, or when `pool`
  * is NULL. The contents are undefined.
  */
-void *pool_alloc(struct pool_head *pool);
+BUFPOOL_NOPLT void *pool_alloc(struct pool_head *pool);
 
 /**
  * Like `pool_alloc`, with the object's `size` bytes set to zero.
  */
-void *pool_zalloc(struct pool_head *pool);
+BUFPOOL_NOPLT void *pool_zalloc(struct pool_head *pool);
 
 /**
  * Gives an object back to its pool. `ptr` NULL is a no-op, and so is a
@@ -387,25 +404,25 @@ void *pool_zalloc(struct pool_head *pool);
  * twice, and the pool hands the same object out to two callers. Run with
  * `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
  */
-void pool_free(struct pool_head *pool, void *ptr);
+BUFPOOL_NOPLT void pool_free(struct pool_head *pool, void *ptr);
 
 /**
  * Takes a new object from the OS, bypassing both caches. At the pool's
  * limit it hands out an idle object instead, if there is one. NULL on
  * failure or for a NULL pool.
  */
-void *pool_alloc_nocache(struct pool_head *pool);
+BUFPOOL_NOPLT void *pool_alloc_nocache(struct pool_head *pool);
 
 /**
  * Frees an object of the pool straight to the OS. NULL `ptr` or `pool`: no-op.
  */
-void pool_free_nocache(struct pool_head *pool, void *ptr);
+BUFPOOL_NOPLT void pool_free_nocache(struct pool_head *pool, void *ptr);
 
 /**
  * Frees every idle object of the pool's shared cache to the OS (objects
  * idle in thread caches stay there). NULL: no-op.
  */
-void pool_flush(struct pool_head *pool);
+BUFPOOL_NOPLT void pool_flush(struct pool_head *pool);
 
 /**
  * For every pool: moves the idle objects of every thread's cache (the
@@ -417,7 +434,7 @@ void pool_flush(struct pool_head *pool);
  * objects on the machine this was measured on). `pool_ctx` is ignored
  * (HAProxy's signature).
  */
-void pool_gc(struct pool_head *pool_ctx);
+BUFPOOL_NOPLT void pool_gc(struct pool_head *pool_ctx);
 
 /**
  * Caps the number of objects of the pool, held and idle alike; 0 means
@@ -433,12 +450,12 @@ void pool_gc(struct pool_head *pool_ctx);
  * this pool in flight on other threads to end (a thread stopped inside
  * one delays this call, and no other thread).
  */
-void pool_set_limit(struct pool_head *pool, unsigned int max_objects);
+BUFPOOL_NOPLT void pool_set_limit(struct pool_head *pool, unsigned int max_objects);
 
 /**
  * Sets how many idle objects the pool keeps before releasing to the OS.
  */
-void pool_set_minavail(struct pool_head *pool, unsigned int min_idle);
+BUFPOOL_NOPLT void pool_set_minavail(struct pool_head *pool, unsigned int min_idle);
 
 /**
  * Sets the per-thread cache budget in bytes, all pools together (512 KiB by
@@ -452,12 +469,12 @@ void pool_set_minavail(struct pool_head *pool, unsigned int min_idle);
  * other thread). After the process lost `membarrier(2)`, the cache of a
  * thread that has not called the library since conforms at its next call.
  */
-void pool_set_cache_size(size_t bytes);
+BUFPOOL_NOPLT void pool_set_cache_size(size_t bytes);
 
 /**
  * Objects taken from the OS and alive (held, or idle in any cache). 0 for NULL.
  */
-unsigned long pool_allocated(const struct pool_head *pool);
+BUFPOOL_NOPLT unsigned long pool_allocated(const struct pool_head *pool);
 
 /**
  * Objects held by callers (idle objects in thread caches are not). Exact
@@ -472,7 +489,7 @@ unsigned long pool_allocated(const struct pool_head *pool);
  * caches is held that long by whoever holds it): not for a hot loop.
  * 0 for NULL.
  */
-unsigned long pool_used(const struct pool_head *pool);
+BUFPOOL_NOPLT unsigned long pool_used(const struct pool_head *pool);
 
 /**
  * What the pool needed recently: the average, over recent release periods,
@@ -482,7 +499,7 @@ unsigned long pool_used(const struct pool_head *pool);
  * release work (the free-path tick, `pool_maintain`, the maintenance
  * thread). 0 for NULL.
  */
-unsigned long pool_needed_avg(const struct pool_head *pool);
+BUFPOOL_NOPLT unsigned long pool_needed_avg(const struct pool_head *pool);
 
 /**
  * Allocations of the pool that returned NULL: at the limit, for lack of
@@ -492,14 +509,14 @@ unsigned long pool_needed_avg(const struct pool_head *pool);
  * refused because a waiter is queued (`b_alloc_crit`), and those refused
  * while callers hold more buffers than a lowered limit. 0 for NULL.
  */
-unsigned long pool_failed(const struct pool_head *pool);
+BUFPOOL_NOPLT unsigned long pool_failed(const struct pool_head *pool);
 
 /**
  * Objects of the pool given back to the OS so far (by the release
  * period, `pool_flush`, `pool_gc`, a lowered limit, `pool_free_nocache`,
  * or at once with a release period of 0). 0 for NULL.
  */
-unsigned long pool_released(const struct pool_head *pool);
+BUFPOOL_NOPLT unsigned long pool_released(const struct pool_head *pool);
 
 /**
  * Sets the release period, in ms, for every pool (400 by default, or
@@ -519,7 +536,7 @@ unsigned long pool_released(const struct pool_head *pool);
  * leaves the process's resident memory at once; smaller ones go back to
  * malloc, whose free memory `pool_gc` and the maintenance thread trim.
  */
-void pool_set_release_period(unsigned int ms);
+BUFPOOL_NOPLT void pool_set_release_period(unsigned int ms);
 
 /**
  * Runs one slice of the release work that is due (at most about half a
@@ -527,7 +544,7 @@ void pool_set_release_period(unsigned int ms);
  * for a program that goes idle, call it from the event loop's timer. 0:
  * more work is owed right away.
  */
-unsigned int pool_maintain(void);
+BUFPOOL_NOPLT unsigned int pool_maintain(void);
 
 /**
  * Starts (`on` non-zero) or stops the library's maintenance thread, which
@@ -541,17 +558,17 @@ unsigned int pool_maintain(void);
  * `pool_free` tick or `pool_maintain`. Returns 0, or -1 when the thread
  * could not be started.
  */
-int pool_maintenance_thread(int on);
+BUFPOOL_NOPLT int pool_maintenance_thread(int on);
 
 /**
  * Bytes allocated by all pools (objects times object size).
  */
-unsigned long long pool_total_allocated(void);
+BUFPOOL_NOPLT unsigned long long pool_total_allocated(void);
 
 /**
  * Bytes held by callers in all pools.
  */
-unsigned long long pool_total_used(void);
+BUFPOOL_NOPLT unsigned long long pool_total_used(void);
 
 /**
  * Writes the state of every pool to `fd`, one line a pool, in the style of
@@ -567,7 +584,7 @@ unsigned long long pool_total_used(void);
  * handler, hand the request to a thread. Its lines go straight to the fd:
  * `fflush` a `FILE *` on the same fd first.
  */
-void dump_pools_to_fd(int fd);
+BUFPOOL_NOPLT void dump_pools_to_fd(int fd);
 
 /**
  * Applies debug options at run time, like `BUFPOOL_DEBUG` (read once, at
@@ -594,7 +611,7 @@ void dump_pools_to_fd(int fd);
  * Returns 0, or -1 on an unknown or malformed word (then nothing
  * changes, and the word is reported on stderr). NULL returns -1.
  */
-int pool_set_debugging(const char *opts);
+BUFPOOL_NOPLT int pool_set_debugging(const char *opts);
 
 /**
  * The version of the library actually loaded, as "MAJOR.MINOR.PATCH" (a
@@ -604,7 +621,7 @@ int pool_set_debugging(const char *opts);
  * `strcmp(bufpool_version(), BUFPOOL_VERSION) == 0`. Libraries of the same
  * `BUFPOOL_VERSION_MAJOR` share the soname `libbufpool.so.MAJOR`.
  */
-const char *bufpool_version(void);
+BUFPOOL_NOPLT const char *bufpool_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"
