@@ -64,7 +64,12 @@ all: lib header
 # `-static` link pulls in getaddrinfo and getpwuid_r with it (README: Static
 # linking). The native libraries the .a needs, as rustc prints them, are
 # kept for bufpool.pc's Libs.private.
-CARGO_LIB := $(CARGO) rustc --release --lib --crate-type cdylib,staticlib -- --print native-static-libs
+# Every function 64-byte aligned (-align-all-functions=6, 14 KiB more text):
+# where pool_alloc and pool_free start within a cache line moved them by up
+# to 5% from one build to the next (tools/ab), the fast paths' 72 and 89
+# bytes now take two lines each, always the same way.
+CARGO_LIB := $(CARGO) rustc --release --lib --crate-type cdylib,staticlib -- --print native-static-libs \
+	-C llvm-args=-align-all-functions=6
 $(TARGET)/libbufpool.so $(TARGET)/libbufpool.a $(TARGET)/bufpool.h: FORCE
 	@mkdir -p build
 	@echo "$(CARGO) rustc --release --lib --crate-type cdylib,staticlib"
