@@ -5,7 +5,8 @@
 #        LIB_FROM=OTHER (no build: the library of AB_DIR/OTHER)
 # Builds the library of REV (default: the work tree as it is) with the same
 # command as `make lib` (cargo rustc --release --lib --crate-type
-# cdylib,staticlib, RUSTC_ARGS appended for the bufpool crate only), into
+# cdylib,staticlib, the -C llvm-args of the tree's Makefile, RUSTC_ARGS
+# appended, for the bufpool crate only), into
 # AB_DIR/NAME/lib, then bench/bench.c of *this* tree against it:
 # AB_DIR/NAME/bench-so (rpath to AB_DIR/NAME/lib) and AB_DIR/NAME/bench-a.
 set -eu
@@ -30,7 +31,9 @@ if [ -n "${LIB_FROM:-}" ]; then
     fi
 else
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ab/target}"
-    ( cd "$src" && cargo rustc --release --lib --crate-type cdylib,staticlib -q -- "$@" )
+    # The rustc flags the tree's Makefile gives the C libraries (-C llvm-args=...).
+    mk=$(grep -o -- '-C llvm-args=[^ ]*' "$src/Makefile" | tr '\n' ' ' || true)
+    ( cd "$src" && cargo rustc --release --lib --crate-type cdylib,staticlib -q -- $mk "$@" )
     cp -f "$CARGO_TARGET_DIR/release/libbufpool.so" "$out/lib/libbufpool.so.0"
     cp -f "$CARGO_TARGET_DIR/release/libbufpool.a" "$out/lib/libbufpool.a"
 fi
