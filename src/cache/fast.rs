@@ -37,10 +37,15 @@ pub(crate) fn put(home: &Home, ptr: *mut u8) -> u8 {
     let cached = inside.with(|l| {
         // SAFETY: inside our cache, on this slot's stack.
         let head = unsafe { &mut *head_ptr(l, slot) };
-        if head.room == 0 {
+        // Takes a unit of room and tests for none in one decrement (`sub;
+        // jb`): the stack is ours until we leave, so a borrow is undone
+        // before anyone can see it.
+        let (room, none) = head.room.overflowing_sub(1);
+        head.room = room;
+        if none {
+            head.room = 0;
             return false;
         }
-        head.room -= 1;
         // SAFETY: the caller gives the object up; the stack is ours now.
         unsafe { push_head(head, ptr.cast()) };
         true
