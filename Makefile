@@ -52,7 +52,7 @@ DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
 .PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
 	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
-	test-demo-verdict bench demo install uninstall clean examples relay-demo test-relay
+	test-demo-verdict test-dlopen bench demo install uninstall clean examples relay-demo test-relay
 
 all: lib header
 
@@ -198,7 +198,7 @@ test-musl: lib musl-tools
 	else $(NO_MUSL_MSG); fi
 
 test: lint check-header check-symbols check-license test-rust test-debug test-loom test-c test-fallback test-musl \
-	test-tsan test-output test-cargo-build test-install test-preload test-demo-verdict test-relay
+	test-tsan test-output test-cargo-build test-dlopen test-install test-preload test-demo-verdict test-relay
 	@echo "make test: all passed"
 
 # Both licence texts, and the header's SPDX line saying what Cargo.toml says.
@@ -226,6 +226,13 @@ test-cargo-build: lib
 	@$(CC) -std=c11 $(CWARN) -I$(TARGET) c_tests/install/app.c -L$(TARGET) -lbufpool -o $(BINDIR)/app_cargo
 	@out=$$(LD_LIBRARY_PATH=$(TARGET) $(BINDIR)/app_cargo) || { echo "FAIL: a program linked against a plain cargo build does not run"; exit 1; }; \
 	echo "cargo build: -L$(TARGET) -lbufpool and LD_LIBRARY_PATH=$(TARGET) run ($$out)"
+
+# A program not linked against bufpool loads it with dlopen() after start
+# (its initial-exec TLS word comes from glibc's spare static TLS).
+test-dlopen: lib
+	@mkdir -p $(BINDIR)
+	@$(CC) $(CFLAGS_ALL) c_tests/dlopen/app.c -o $(BINDIR)/dlopen_app -ldl
+	@$(BINDIR)/dlopen_app $(abspath $(SOFULL))
 
 # make install into temporary prefixes, programs built through pkg-config.
 test-install: all
