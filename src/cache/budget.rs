@@ -376,7 +376,7 @@ mod tests {
         static BACK: Back = Back { begin: |_| {}, take, fetch: |_, _| (std::ptr::null_mut(), 0), at_limit: |_| false };
         let _g = crate::test_support::serial();
         let home: &'static mut Home = Box::leak(Box::new(Home {
-            slot: None,
+            stack: super::super::local::Slot::NONE,
             size: 64,
             capped: Default::default(),
             stacks: AtomicUsize::new(0),
