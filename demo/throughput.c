@@ -17,10 +17,20 @@
  * REPEAT times in a row of the four algorithms; a cell shows its best run,
  * as the machine is shared and 2-core.
  *
+ * Beside the four, "C ref" runs the same loop on a plain C version of the
+ * self-locked list that the xchg algorithm implements (written in this
+ * file, inlined into the loop): one exchange to take the head, a store to
+ * put it back, an atomic count of the objects in use, and malloc/free when
+ * the list is empty or the idle objects outnumber a quarter of those in use
+ * (plus one). It is what a proxy author would write by hand, and the bar
+ * the xchg column is held to ("xchg/ref").
+ *
  * Usage: throughput [seconds per cell run]  (default 0.2).
  * With BUFPOOL_DEMO_SUMMARY=FILE it also appends each cell to FILE, for
  * demo/verdict.sh. */
 #include "race.h"
+
+#include <sched.h>
 
 #if defined(__GLIBC__)
 #define DEMO_LIBC "glibc"
@@ -29,6 +39,8 @@
 #endif
 
 #define INFLIGHT 4
+/* tp_cell's `flag` for the C reference (no pool flag has all these bits). */
+#define REF_FLAG 0xffffffffu
 #define REPEAT 3
 
 static const unsigned int sizes[] = { 16 * 1024, 48 * 1024, 256 * 1024, 2 * 1024 * 1024 };
@@ -81,6 +93,108 @@ static void *tp_main(void *arg)
     return NULL;
 }
 
+/* ---- the C reference: a self-locked list, by hand ------------------- */
+
+/* The head's value while a thread holds it (never an object's address). */
+#define REF_HELD ((void *)1)
+
+struct ref_pool {
+    _Alignas(64) void *_Atomic head; /* idle objects, linked through their first word */
+    _Alignas(64) _Atomic long used;  /* objects handed out */
+    _Atomic long allocated;          /* objects from malloc, not yet freed */
+    size_t size;
+};
+
+/* Takes the head: swaps in REF_HELD, and waits while another thread holds it. */
+static inline void *ref_lock(struct ref_pool *p)
+{
+    for (;;) {
+        /* acquire: the idle objects' links were written before the release below */
+        void *h = atomic_exchange_explicit(&p->head, REF_HELD, memory_order_acquire);
+
+        if (h != REF_HELD)
+            return h;
+        while (atomic_load_explicit(&p->head, memory_order_relaxed) == REF_HELD)
+            sched_yield();
+    }
+}
+
+static inline void *ref_alloc(struct ref_pool *p)
+{
+    void *h = ref_lock(p);
+
+    /* release: hands the list (and its links) to the next taker */
+    atomic_store_explicit(&p->head, h ? *(void **)h : NULL, memory_order_release);
+    if (!h) {
+        h = malloc(p->size);
+        if (!h)
+            return NULL;
+        atomic_fetch_add_explicit(&p->allocated, 1, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&p->used, 1, memory_order_relaxed);
+    return h;
+}
+
+static inline void ref_free(struct ref_pool *p, void *obj)
+{
+    long used = atomic_fetch_sub_explicit(&p->used, 1, memory_order_relaxed) - 1;
+
+    if (atomic_load_explicit(&p->allocated, memory_order_relaxed) - used > used / 4 + 1) {
+        atomic_fetch_sub_explicit(&p->allocated, 1, memory_order_relaxed);
+        free(obj);
+        return;
+    }
+    *(void **)obj = ref_lock(p);
+    atomic_store_explicit(&p->head, obj, memory_order_release);
+}
+
+struct ref_worker {
+    struct ref_pool *pool;
+    pthread_barrier_t *start;
+    double seconds;
+    unsigned long ops;
+    int failed;
+};
+
+/* tp_main's loop, on the reference. */
+static void *ref_main(void *arg)
+{
+    struct ref_worker *w = arg;
+    void *held[INFLIGHT];
+    unsigned long ops = 0;
+    double deadline;
+    int i, k = 0;
+
+    for (i = 0; i < INFLIGHT; i++) {
+        held[i] = ref_alloc(w->pool);
+        if (!held[i]) {
+            w->failed = 1;
+            return NULL;
+        }
+    }
+    pthread_barrier_wait(w->start);
+    deadline = race_now() + w->seconds;
+    for (;;) {
+        for (i = 0; i < 32; i++) {
+            ref_free(w->pool, held[k]);
+            held[k] = ref_alloc(w->pool);
+            if (!held[k]) {
+                w->failed = 1;
+                return NULL;
+            }
+            memset(held[k], (int)ops, 64);
+            k = (k + 1) % INFLIGHT;
+            ops++;
+        }
+        if (race_now() > deadline)
+            break;
+    }
+    for (i = 0; i < INFLIGHT; i++)
+        ref_free(w->pool, held[i]);
+    w->ops = ops;
+    return NULL;
+}
+
 /* Child: runs one cell and writes its Mops/s to `fd`. */
 static void tp_child(unsigned int size, unsigned int flag, int threads, double seconds, int fd)
 {
@@ -96,10 +210,30 @@ static void tp_child(unsigned int size, unsigned int flag, int threads, double s
     if (!mallopt(M_MMAP_THRESHOLD, 128 * 1024))
         _exit(3);
 #endif
+    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+    if (flag == REF_FLAG) {
+        static struct ref_pool ref;
+        static struct ref_worker rw[RACE_MAX_THREADS];
+
+        ref.size = size;
+        for (i = 0; i < threads; i++) {
+            rw[i] = (struct ref_worker){ &ref, &start, seconds, 0, 0 };
+            if (pthread_create(&tid[i], NULL, ref_main, &rw[i]) != 0)
+                _exit(3);
+        }
+        pthread_barrier_wait(&start);
+        t0 = race_now();
+        for (i = 0; i < threads; i++) {
+            pthread_join(tid[i], NULL);
+            if (rw[i].failed)
+                _exit(4);
+            ops += rw[i].ops;
+        }
+        goto done;
+    }
     pool = create_pool("tp", size, flag | POOL_F_NO_LOCAL_CACHE);
     if (!pool)
         _exit(3);
-    pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
     for (i = 0; i < threads; i++) {
         w[i] = (struct tp_worker){ pool, &start, seconds, 0, 0 };
         if (pthread_create(&tid[i], NULL, tp_main, &w[i]) != 0)
@@ -113,6 +247,7 @@ static void tp_child(unsigned int size, unsigned int flag, int threads, double s
             _exit(4);
         ops += w[i].ops;
     }
+done:
     mops = ops / (race_now() - t0) / 1e6;
     if (write(fd, &mops, sizeof(mops)) != (ssize_t)sizeof(mops))
         _exit(5);
@@ -161,17 +296,19 @@ int main(int argc, char **argv)
     printf("  size thr ");
     for (a = 0; a < RACE_NALGOS; a++)
         printf("%8s", race_algos[a].name);
-    printf("   xchg/locked xchg/none dwcas/xchg\n");
+    printf("%8s   xchg/locked xchg/none dwcas/xchg xchg/ref\n", "C ref");
     for (s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
         for (t = 0; t < (int)(sizeof(thread_counts) / sizeof(thread_counts[0])); t++) {
-            double m[RACE_NALGOS] = { 0 };
-            int r, crashed[RACE_NALGOS] = { 0 };
+            /* the four algorithms, then the C reference */
+            double m[RACE_NALGOS + 1] = { 0 };
+            int r, crashed[RACE_NALGOS + 1] = { 0 };
 
             printf("  %4s %3d ", size_names[s], thread_counts[t]);
             fflush(stdout);
             for (r = 0; r < REPEAT; r++) {
-                for (a = 0; a < RACE_NALGOS; a++) {
-                    double v = tp_cell(sizes[s], race_algos[a].flag, thread_counts[t], seconds);
+                for (a = 0; a <= RACE_NALGOS; a++) {
+                    unsigned int flag = a < RACE_NALGOS ? race_algos[a].flag : REF_FLAG;
+                    double v = tp_cell(sizes[s], flag, thread_counts[t], seconds);
 
                     if (v < 0)
                         crashed[a] = 1;
@@ -179,7 +316,7 @@ int main(int argc, char **argv)
                         m[a] = v;
                 }
             }
-            for (a = 0; a < RACE_NALGOS; a++) {
+            for (a = 0; a <= RACE_NALGOS; a++) {
                 if (crashed[a])
                     m[a] = -1;
                 if (m[a] < 0)
@@ -198,10 +335,14 @@ int main(int argc, char **argv)
                 printf(" %9s", "-");
             if (m[0] > 0 && m[2] > 0)
                 printf(" %9.2fx", m[2] / m[0]);
+            else
+                printf(" %10s", "-");
+            if (m[0] > 0 && m[RACE_NALGOS] > 0)
+                printf(" %7.2fx", m[0] / m[RACE_NALGOS]);
             printf("\n");
-            if (sum) { /* tp LIBC SIZE THREADS XCHG LOCKED DWCAS NONE (Mops/s, -1: crashed) */
+            if (sum) { /* tp LIBC SIZE THREADS XCHG LOCKED DWCAS NONE REF (Mops/s, -1: crashed) */
                 fprintf(sum, "tp %s %s %d", DEMO_LIBC, size_names[s], thread_counts[t]);
-                for (a = 0; a < RACE_NALGOS; a++)
+                for (a = 0; a <= RACE_NALGOS; a++)
                     fprintf(sum, " %.3f", m[a]);
                 fprintf(sum, "\n");
                 fflush(sum);

@@ -374,11 +374,21 @@ impl Pool {
 
     /// `n` objects leave the shared layer: `out` rises, and the release
     /// policy notes the period's peak need and its fewest idle objects.
+    ///
+    /// The peak and the low are read first and written only when they
+    /// move: in a steady load they seldom do, and the no-cache path then
+    /// pays one read-modify-write here instead of three. (A read that
+    /// misses a window's reset only counts this value in the window before.)
     fn count_out(&self, n: usize) {
         let out = self.c.out.fetch_add(n, Relaxed) + n;
-        self.c.peak.fetch_max(out, Relaxed);
+        // Relaxed, all: statistics for the release policy, no ordering with objects.
+        if out > self.c.peak.load(Relaxed) {
+            self.c.peak.fetch_max(out, Relaxed);
+        }
         let idle = self.c.allocated.load(Relaxed).saturating_sub(out);
-        self.c.idle_low.fetch_min(idle, Relaxed);
+        if idle < self.c.idle_low.load(Relaxed) {
+            self.c.idle_low.fetch_min(idle, Relaxed);
+        }
     }
 
     /// Returns whether this thread's maintenance tick is due: every
@@ -390,7 +400,8 @@ impl Pool {
     #[cold]
     #[inline(never)]
     unsafe fn free_slow(&self, ptr: *mut u8) -> bool {
-        if !cache::put_slow(&self.home, ptr) {
+        // A pool without a thread cache goes straight to the shared layer.
+        if self.home.slot().is_none() || !cache::put_slow(&self.home, ptr) {
             // SAFETY: the caller holds `ptr`, an object of this pool counted out.
             unsafe { self.release(ptr.cast()) };
         }
@@ -555,15 +566,19 @@ impl Pool {
             // SAFETY: the caller's guarantee; in tag/uaf modes any pointer is checked first.
             unsafe { d.check_free(item.cast()) };
         }
+        // `out` falls first: the counters' line comes over once, owned, and
+        // the reads of `allocated` below hit it (read first, then written,
+        // it would cross twice between threads that free at once). Until
+        // the push the object counts as idle without being in the list.
+        let was = self.c.out.fetch_sub(1, Relaxed);
+        debug_assert!(was > 0, "out counts the object released");
         let over = self.over_limit();
         // SAFETY: the caller owns `item`, an object of this pool.
-        let kept = !over && (keep || !self.release_now()) && unsafe { self.shared.push(item) };
+        let kept = !over && (keep || !self.release_now(1)) && unsafe { self.shared.push(item) };
         if !kept {
             // SAFETY: the object is ours and in no list.
             unsafe { self.to_os(item.cast(), false) };
         }
-        let was = self.c.out.fetch_sub(1, Relaxed);
-        debug_assert!(was > 0, "out counts the object released");
         self.uncap_if_within();
         kept
     }
@@ -617,8 +632,12 @@ impl Pool {
     /// Released objects go to the OS at once: the release period is 0 and
     /// the shared cache already keeps `minavail` idle objects (a store that
     /// keeps everything, a debug pool's, never releases this way).
-    fn release_now(&self) -> bool {
-        release_period() == 0 && !self.shared.keeps_all() && self.shared_idle() >= self.minavail.load(Relaxed)
+    /// `pending`: objects already counted back (out of `out`) but not yet
+    /// in the shared cache.
+    fn release_now(&self, pending: usize) -> bool {
+        release_period() == 0
+            && !self.shared.keeps_all()
+            && self.shared_idle().saturating_sub(pending) >= self.minavail.load(Relaxed)
     }
 
     /// `release` for a null-terminated chain of `n` objects: in one push
@@ -632,7 +651,7 @@ impl Pool {
         if n == 0 {
             return;
         }
-        if self.dbg.is_none() && !self.over_limit() && !self.release_now() {
+        if self.dbg.is_none() && !self.over_limit() && !self.release_now(0) {
             let mut last = first;
             for _ in 1..n {
                 // SAFETY: the chain is ours and has `n` objects.

@@ -36,6 +36,34 @@ impl Spin {
     }
 }
 
+/// `pause`s between two looks at a held head (`wait_held`): about 1 us
+/// on this machine's CPUs (16 ns a `pause`).
+pub(crate) const PAUSES_BETWEEN_LOOKS: u32 = 64;
+
+/// Waits a while for another thread to let go of a self-locked head:
+/// `PAUSES_BETWEEN_LOOKS` pauses without touching the head's line, then a
+/// `sched_yield()`. The caller looks again afterwards.
+///
+/// Why not `Spin`: its first waits are a few pauses each, so a waiter
+/// reads the head again and again while it is held; each read takes the
+/// line from the holder, whose release store must then fetch it back, and
+/// two threads that share the head run at a third of a hand-written list's
+/// speed (docs/BENCH.md). Looking once a microsecond lets the holder run
+/// several operations with the line in its cache; the yield lets a holder
+/// that was descheduled run.
+#[inline]
+pub(crate) fn wait_held() {
+    #[cfg(not(loom))]
+    {
+        for _ in 0..PAUSES_BETWEEN_LOOKS {
+            core::hint::spin_loop();
+        }
+        std::thread::yield_now();
+    }
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
 /// A cell whose accesses loom can see; a plain `UnsafeCell` otherwise.
 /// `repr(transparent)` in the real build: it lays over an object's first word.
 #[cfg(not(loom))]

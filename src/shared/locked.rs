@@ -1,13 +1,14 @@
 //! A lock around the list (`POOL_F_SHARED_LOCKED`): the plain reference.
 //!
-//! One spin lock word guards a singly linked list. Waiters back off with a
-//! few `pause`s, then `sched_yield()` ([`Spin`]), so that 16 threads on 2
-//! cores do not burn whole time slices while the holder is descheduled.
+//! One spin lock word guards a singly linked list. Waiters look at it about
+//! once a microsecond and yield in between ([`wait_held`], as the self-locked
+//! head does), so that 16 threads on 2 cores do not burn whole time slices
+//! while the holder is descheduled, and the holder keeps the lock's line.
 //! Every operation takes the lock, so a popper reads the first object's
 //! link while no other thread can pop that object, let alone free it.
 
 use super::{next_of, set_next, Link};
-use crate::sync::{release_flag, AtomicBool, Ordering, RawCell, Spin};
+use crate::sync::{release_flag, wait_held, AtomicBool, Ordering, RawCell};
 use crossbeam_utils::CachePadded;
 
 pub(crate) struct LockedList {
@@ -35,7 +36,6 @@ impl LockedList {
 
     #[inline]
     fn lock(&self) {
-        let mut spin = Spin::new();
         loop {
             // Acquire: pairs with the Release of `unlock`, so the head and the
             // links written by the last holder are visible to us.
@@ -44,7 +44,7 @@ impl LockedList {
             }
             // Wait on a plain read: no bus write while the lock is held.
             while self.inner.lock.load(Ordering::Relaxed) {
-                spin.wait();
+                wait_held();
             }
         }
     }

@@ -12,7 +12,7 @@
 //! expected value, so it cannot succeed while the list is locked.
 
 use super::{next_of, set_next, Link};
-use crate::sync::{release_store, AtomicPtr, Ordering, Spin};
+use crate::sync::{release_store, wait_held, AtomicPtr, Ordering, Spin};
 use crossbeam_utils::CachePadded;
 
 /// The lock marker. Objects are at least 8-byte aligned, so 1 is never one.
@@ -60,32 +60,29 @@ impl XchgList {
 
     /// Takes the list: returns its first object with the head left holding
     /// BUSY, so that the caller alone owns the objects until it stores the
-    /// head back with `release_store`; null (the head untouched) when the
-    /// list is empty.
+    /// head back with `release_store`; null (the head given back at once)
+    /// when the list is empty.
     fn hold(&self) -> *mut Link {
-        let mut spin = Spin::new();
         loop {
-            // Relaxed peek: an empty or busy list costs no bus write.
-            let seen = self.head.load(Ordering::Relaxed);
-            if seen.is_null() {
-                return seen;
-            }
-            if seen == BUSY {
-                spin.wait();
-                continue;
-            }
             // Acquire: pairs with the Release that published the list's links.
+            // The exchange comes first, without a peek: a load before it
+            // would fetch the line shared and then again to own it, two
+            // transfers where one does under contention.
             let first = self.head.swap(BUSY, Ordering::Acquire);
-            if first == BUSY {
-                spin.wait();
-                continue;
-            }
-            if first.is_null() {
-                release_store(&self.head, first);
+            if first != BUSY {
+                if first.is_null() {
+                    release_store(&self.head, first);
+                } else {
+                    crate::sync::race_window();
+                }
                 return first;
             }
-            crate::sync::race_window();
-            return first;
+            // Held by another thread: look once in a while (`wait_held`)
+            // until it lets go.
+            // Relaxed: only a hint of when to try the exchange again.
+            while self.head.load(Ordering::Relaxed) == BUSY {
+                wait_held();
+            }
         }
     }
 
@@ -117,23 +114,36 @@ impl XchgList {
     /// head with one compare-and-swap. Only `last`'s link is written, by
     /// us, who own the chain until the CAS publishes it: the rule of the
     /// self-locked head (only the holder reads a published link) holds.
+    /// (Holding the head for the push instead, as a popper does, measured
+    /// up to 10% faster with two threads and the same with sixteen: not
+    /// worth a second locking protocol.)
     ///
     /// # Safety
     /// The chain is owned by the caller, in no list, linked from `first` to
     /// `last`.
     pub(crate) unsafe fn push_chain(&self, first: *mut Link, last: *mut Link) {
-        let mut spin = Spin::new();
+        // SAFETY: the caller's guarantee.
+        unsafe { self.push_chain_ordered(first, last, Ordering::Release) }
+    }
+
+    /// `push_chain` with the CAS's ordering as a parameter, so that a loom
+    /// model can show why it must release (`loom_break_push_without_release`).
+    ///
+    /// # Safety
+    /// As `push_chain`.
+    #[inline(always)]
+    unsafe fn push_chain_ordered(&self, first: *mut Link, last: *mut Link, order: Ordering) {
         let mut seen = self.head.load(Ordering::Relaxed);
         loop {
             if seen == BUSY {
-                spin.wait();
+                wait_held();
                 seen = self.head.load(Ordering::Relaxed);
                 continue;
             }
             // SAFETY: the caller owns the chain; it is published only by the CAS.
             unsafe { set_next(last, seen) };
             // Release: publishes the links of the chain to the popper that acquires it.
-            match self.head.compare_exchange_weak(seen, first, Ordering::Release, Ordering::Relaxed) {
+            match self.head.compare_exchange_weak(seen, first, order, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(now) => seen = now,
             }
@@ -334,6 +344,52 @@ mod loom_model {
             drain(&l, &mut got);
             check(got, Nodes(vec![a, b]));
         });
+    }
+
+    /// Two pushes from two threads, then two pops on a third that waited
+    /// for a Relaxed count of them: each pop reads a link that a pusher
+    /// wrote, published only by the pushers' CASes. `order`: the CAS's
+    /// (Release as in `push_chain`; Relaxed: loom sees the race on a link).
+    fn pushes_then_pops(order: Ordering) {
+        model(move || {
+            let l = Arc::new(XchgList::new());
+            let (a, b) = (node(), node());
+            // Counts the pushes done, Relaxed: it tells the popper when to
+            // pop, and orders nothing (the list alone must).
+            let done = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+            let (l1, l2, d1, d2) = (l.clone(), l.clone(), done.clone(), done.clone());
+            let t1 = loom::thread::spawn(move || {
+                // SAFETY: a fresh node, owned by this thread.
+                unsafe { l1.push_chain_ordered(a as *mut Link, a as *mut Link, order) };
+                d1.fetch_add(1, Ordering::Relaxed);
+            });
+            let t2 = loom::thread::spawn(move || {
+                // SAFETY: as above.
+                unsafe { l2.push_chain_ordered(b as *mut Link, b as *mut Link, order) };
+                d2.fetch_add(1, Ordering::Relaxed);
+            });
+            // Popped before the pushers are joined: no join orders them first.
+            while done.load(Ordering::Relaxed) < 2 {
+                loom::thread::yield_now();
+            }
+            let got = vec![l.pop() as usize, l.pop() as usize];
+            t1.join().unwrap();
+            t2.join().unwrap();
+            check(got, Nodes(vec![a, b]));
+        });
+    }
+
+    #[test]
+    fn loom_pushes_then_pops() {
+        pushes_then_pops(Ordering::Release);
+    }
+
+    /// The break: a push whose CAS does not release leaves its link
+    /// unordered before the popper's read of it.
+    #[test]
+    #[should_panic(expected = "Causality violation")]
+    fn loom_break_push_without_release() {
+        pushes_then_pops(Ordering::Relaxed);
     }
 
     #[test]
