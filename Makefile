@@ -52,7 +52,7 @@ DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
 .PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
 	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
-	test-demo-verdict test-dlopen bench demo install uninstall clean examples relay-demo test-relay
+	test-demo-verdict test-dlopen bench bench-readme demo install uninstall clean examples relay-demo test-relay
 
 all: lib header
 
@@ -247,8 +247,14 @@ test-preload: lib
 test-sanitize: lib
 	@CC="$(CC)" CFLAGS_ALL="$(CFLAGS_ALL)" LDSO="$(LDSO)" CARGO="$(CARGO)" tools/test-sanitize.sh
 
+# Results stay under build/bench (tables, bench.png, memory.png): a run
+# leaves the checkout clean. `make bench-readme` then copies that run's
+# pictures to docs/ and its tables into the README (tools/bench-readme.sh).
 bench: lib
 	@$(MAKE) --no-print-directory -f bench/bench.mk
+
+bench-readme:
+	@tools/bench-readme.sh build/bench
 
 # The main job: the musl race of the lock-free shared cache from C on each
 # algorithm, then the

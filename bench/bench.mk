@@ -20,7 +20,7 @@
 # are), RUNS runs of each variant interleaved, counts instructions of W1 and
 # W2 under callgrind, prints the tables and the targets, and renders the plot.
 #
-#   make bench RUNS=5 W1_OPS=5000000 W2_OPS=5000000 W3_MS=300 W4_MS=300 CG_OPS=100000 PNG=docs/bench.png
+#   make bench RUNS=5 W1_OPS=5000000 W2_OPS=5000000 W3_MS=300 W4_MS=300 CG_OPS=100000 PNG=build/bench/bench.png MEMPNG=build/bench/memory.png
 #
 # Then the memory part, bench/memory.sh (about 90 s):
 #   build/bench/spike-VARIANT  bench/spike.c: a spike of SPIKE_MB MiB of 16 KiB
@@ -62,7 +62,8 @@ W2_OPS   ?= 5000000
 W3_MS    ?= 300
 W4_MS    ?= 300
 CG_OPS   ?= 100000
-PNG      ?= docs/bench.png
+PNG      ?= $(BENCHDIR)/bench.png
+MEMPNG   ?= $(BENCHDIR)/memory.png
 SPIKE_MB ?= 1024
 FLUCT_MS ?= 1000
 FLUCT_RUNS ?= 3
@@ -92,14 +93,14 @@ LIMIT_RUN = sh bench/limit.sh $(BENCHDIR) $(LIMIT_PER) $(LIMIT_BATCHES) $(LIMIT_
 # The three parts one after the other, never side by side (make -j).
 run: deps $(SPEED_BINS) $(MEM_BINS) $(BENCHDIR)/limit
 	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
-	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) append
+	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) append $(MEMPNG)
 	@$(LIMIT_RUN)
 
 speed: deps $(SPEED_BINS)
 	@sh bench/run.sh $(BENCHDIR) $(RUNS) $(W1_OPS) $(W2_OPS) $(W3_MS) $(W4_MS) $(CG_OPS) $(PNG)
 
 memory: deps $(MEM_BINS)
-	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) new
+	@sh bench/memory.sh $(BENCHDIR) $(SPIKE_MB) $(FLUCT_MS) $(FLUCT_RUNS) new $(MEMPNG)
 
 limit: deps $(BENCHDIR)/limit
 	@$(LIMIT_RUN)

@@ -21,7 +21,7 @@
 # 3 GiB (or 3 x SPIKE_MB) of memory is available.
 set -eu
 
-dir=$1 spike_mb=$2 fluct_ms=$3 fluct_runs=$4 table_mode=${5:-append}
+dir=$1 spike_mb=$2 fluct_ms=$3 fluct_runs=$4 table_mode=${5:-append} mem_png=${6:-$1/memory.png}
 start=$(date +%s)
 cores=$(nproc)
 stamp=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -96,13 +96,39 @@ mimalloc4 mimalloc malloc 4 default mimalloc"
 : >"$dir/spike.txt"
 echo "$rows" | while read -r id v mode threads period label; do
     case " $variants " in *" $v "*) ;; *) continue ;; esac
-    if ! line=$("$dir/spike-$v" "$mode" "$threads" "$period" "$spike_mb" </dev/null); then
+    # SPIKE_TRACE: the monitor also prints every reading (for the plot).
+    if ! line=$(SPIKE_TRACE=1 "$dir/spike-$v" "$mode" "$threads" "$period" "$spike_mb" </dev/null 2>"$dir/spike-$id.trace"); then
+        cat "$dir/spike-$id.trace" >&2
         echo "bench: spike-$v $mode $threads $period $spike_mb failed" >&2
         exit 1
     fi
     printf '%s\t%s\t%s\t%s\n' "$id" "$(echo "$label" | tr '~' ' ')" "$threads" "$line" >>"$dir/spike.txt"
     awk -F'\t' -f bench/memory.awk -v mode=spike-row -v id="$id" "$dir/spike.txt"
 done
+
+# The plot: RSS over the 5 s after the release, one line a row released by
+# one thread (bench/plot-mem.gp reads DIR/plot-rss.dat: a header line, then
+# "ms MiB..." a reading).
+plot_ids="" plot_names=""
+for id in pool1 dynbuf1 glibc1 jemalloc1 mimalloc1; do
+    [ -s "$dir/spike-$id.trace" ] || continue
+    plot_ids="$plot_ids $id"
+    plot_names="$plot_names $(awk -F'\t' -v id="$id" '$1 == id { split($2, w, ","); gsub(" ", "-", w[1]); print w[1]; exit }' "$dir/spike.txt")"
+done
+# shellcheck disable=SC2086
+awk -v names="$plot_names" -v n="$(echo $plot_ids | wc -w)" '
+    FNR == 1 { f++ }
+    /spike: +[0-9]+ ms +[0-9]+ KiB/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ms") { ms = $i; kib = $(i + 2); break }
+                                      rss[ms, f] = kib / 1024; if (!(ms in seen)) { seen[ms] = 1; order[++k] = ms } }
+    END { printf "ms %s\n", names; for (j = 1; j <= k; j++) { ms = order[j]; printf "%d", ms
+          for (i = 1; i <= n; i++) printf " %s", ((ms, i) in rss) ? sprintf("%.1f", rss[ms, i]) : "-"; printf "\n" } }' \
+    $(for id in $plot_ids; do echo "$dir/spike-$id.trace"; done) >"$dir/plot-rss.dat"
+if command -v gnuplot >/dev/null 2>&1; then
+    gnuplot -e "dat='$dir/plot-rss.dat'; out='$mem_png'; ncol=$(($(echo $plot_ids | wc -w) + 1)); stamp='$(date -u '+%Y-%m-%d')'; mb='$spike_mb'" bench/plot-mem.gp &&
+        echo "plot: $mem_png (RSS after the spike, one line an allocator)"
+else
+    echo "plot: skipped: gnuplot is not installed (apt-get install gnuplot-nox; 'make bench' as root installs it)"
+fi
 
 # ---- 2. the fluctuating 2 MB need ------------------------------------------------
 libcs="glibc"

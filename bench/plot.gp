@@ -1,5 +1,5 @@
 # bench/plot.gp: the peer comparison as grouped bars, one panel a workload.
-#   gnuplot -e "dir='build/bench'; out='docs/bench.png'; ncol=7; colors='#d62728 ...'; cores='2'; stamp='DATE'; runs='5'" bench/plot.gp
+#   gnuplot -e "dir='build/bench'; out='build/bench/bench.png'; ncol=7; colors='#d62728 ...'; cores='2'; stamp='DATE'; runs='5'" bench/plot.gp
 # Reads dir/plot-w1.dat .. plot-w4.dat (bench/report.awk, mode=plot): a
 # header line "size VARIANT...", then one line a size.
 

@@ -566,19 +566,20 @@ impl Pool {
             // SAFETY: the caller's guarantee; in tag/uaf modes any pointer is checked first.
             unsafe { d.check_free(item.cast()) };
         }
-        // `out` falls first: the counters' line comes over once, owned, and
-        // the reads of `allocated` below hit it (read first, then written,
-        // it would cross twice between threads that free at once). Until
-        // the push the object counts as idle without being in the list.
-        let was = self.c.out.fetch_sub(1, Relaxed);
-        debug_assert!(was > 0, "out counts the object released");
+        // `out` falls after the push, not before: an object counted idle
+        // before it is in the list would, with many threads freeing at
+        // once, make `release_now` see more idle objects than the list
+        // holds and keep fewer than `minavail` (the musl race test's
+        // poppers then find the list empty: it stops showing the race).
         let over = self.over_limit();
         // SAFETY: the caller owns `item`, an object of this pool.
-        let kept = !over && (keep || !self.release_now(1)) && unsafe { self.shared.push(item) };
+        let kept = !over && (keep || !self.release_now()) && unsafe { self.shared.push(item) };
         if !kept {
             // SAFETY: the object is ours and in no list.
             unsafe { self.to_os(item.cast(), false) };
         }
+        let was = self.c.out.fetch_sub(1, Relaxed);
+        debug_assert!(was > 0, "out counts the object released");
         self.uncap_if_within();
         kept
     }
@@ -632,12 +633,8 @@ impl Pool {
     /// Released objects go to the OS at once: the release period is 0 and
     /// the shared cache already keeps `minavail` idle objects (a store that
     /// keeps everything, a debug pool's, never releases this way).
-    /// `pending`: objects already counted back (out of `out`) but not yet
-    /// in the shared cache.
-    fn release_now(&self, pending: usize) -> bool {
-        release_period() == 0
-            && !self.shared.keeps_all()
-            && self.shared_idle().saturating_sub(pending) >= self.minavail.load(Relaxed)
+    fn release_now(&self) -> bool {
+        release_period() == 0 && !self.shared.keeps_all() && self.shared_idle() >= self.minavail.load(Relaxed)
     }
 
     /// `release` for a null-terminated chain of `n` objects: in one push
@@ -651,7 +648,7 @@ impl Pool {
         if n == 0 {
             return;
         }
-        if self.dbg.is_none() && !self.over_limit() && !self.release_now(0) {
+        if self.dbg.is_none() && !self.over_limit() && !self.release_now() {
             let mut last = first;
             for _ in 1..n {
                 // SAFETY: the chain is ours and has `n` objects.

@@ -1,0 +1,28 @@
+#!/bin/sh
+# tools/bench-readme.sh DIR   (make bench-readme, after a make bench into DIR)
+#
+# Refreshes the README's benchmark figures from a finished run: copies
+# DIR/bench.png and DIR/memory.png to docs/, and replaces the text between
+# the README's markers "<!-- bench:tables -->" and "<!-- /bench:tables -->"
+# with DIR/table.md (the speed, memory and limit tables of that run, each
+# carrying its date). `make bench` alone never writes outside build/.
+set -eu
+dir=${1:-build/bench}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+for f in table.md bench.png memory.png; do
+    [ -s "$dir/$f" ] || { echo "bench-readme: $dir/$f is missing: run 'make bench' first" >&2; exit 1; }
+done
+grep -q '^<!-- bench:tables -->$' README.md && grep -q '^<!-- /bench:tables -->$' README.md ||
+    { echo "bench-readme: README.md lacks the <!-- bench:tables --> ... <!-- /bench:tables --> markers" >&2; exit 1; }
+cp "$dir/bench.png" docs/bench.png
+cp "$dir/memory.png" docs/memory.png
+tables="$dir/table.md"
+[ ! -s "$dir/limit.md" ] || { cat "$dir/table.md"; echo; cat "$dir/limit.md"; } >"$dir/readme-tables.md"
+[ ! -s "$dir/limit.md" ] || tables="$dir/readme-tables.md"
+awk -v tables="$tables" '
+    $0 == "<!-- bench:tables -->" { print; print ""; while ((getline l < tables) > 0) print l; print ""; skip = 1; next }
+    $0 == "<!-- /bench:tables -->" { skip = 0 }
+    !skip' README.md >README.md.new
+mv README.md.new README.md
+echo "bench-readme: docs/bench.png, docs/memory.png and README.md's tables refreshed from $dir (review with git diff)"
