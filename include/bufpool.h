@@ -587,6 +587,58 @@ BUFPOOL_NOPLT unsigned long long pool_total_used(void);
 BUFPOOL_NOPLT void dump_pools_to_fd(int fd);
 
 /**
+ * `dump_pools_to_fd` with choices, in the words of HAProxy's CLI command
+ * `show pools`: `opts` is a list of words separated by blanks, in any
+ * order, each at most once:
+ * - `byname` (names in byte order), `bysize` (largest objects first) or
+ *   `byusage` (most bytes allocated first): at most one of them; ties go
+ *   by name, then by address. Without one, the order of
+ *   `dump_pools_to_fd` (the registry's).
+ * - `match PREFIX`: only the pools whose name starts with PREFIX (bytes,
+ *   case-sensitive; names keep at most 31 bytes).
+ * - a decimal number N above 0: at most N pools (the first N of the order).
+ * - `detailed`: more fields for each pool: `released` (objects given back
+ *   to the OS, as `pool_released`), `limit` (0: none), `minavail`,
+ *   `align` (as asked; 0: malloc's own), `footprint` (bytes asked of the
+ *   OS per object, debug words included), `flags` (as given to
+ *   `create_pool`).
+ * - `json`: JSON instead of text (below).
+ *
+ * NULL or an empty string is the plain dump (the text of
+ * `dump_pools_to_fd`). The text form is that of `dump_pools_to_fd`, the
+ * detailed fields inserted before the address as `; released R, limit
+ * L, minavail M, align A, footprint F bytes, flags 0xX`; its `Total:` line
+ * counts the pools shown. The JSON form is one array, `[` on the first
+ * line, `]` on the last, and one object per pool on each line between
+ * (every one but the last ending with a comma), with the keys `name`
+ * (escaped: `\"`, `\\`, `\n`, `\t`, `\r`, other control characters as
+ * `\u00XX`; a name that is not UTF-8 has its bytes above 0x7f as
+ * `\u00XX` too), `size`, `allocated`, `allocated_bytes`, `used`,
+ * `used_bytes`, `needed_avg`, `failures`, `users`, `shared` (the
+ * algorithm's name), `mem_f_shared` and `thread_cache` (booleans),
+ * `debug` (an array of the pool's debug modes), the detailed keys with
+ * `detailed`, and `addr` (a string, `"0x..."`). No header line and no
+ * total in JSON.
+ *
+ * Returns 0 once everything is written. Returns -1 with `errno` set to
+ * `EINVAL`, having written nothing, for an unknown word, a second sort
+ * word, `match` without a prefix or given twice, a count of 0 or given
+ * twice; -1 with the `errno` of `write(2)` when a write failed (a bad or
+ * closed fd: the dump stops there). Like `dump_pools_to_fd`: formatted
+ * on the stack without heap allocation, written with `write(2)` as each
+ * line is ready (`EINTR` retried, short writes continued) with no lock
+ * of the library held, so a slow reader stalls no other thread; it takes
+ * the pool registry's lock between writes (never one the allocation
+ * paths take), so it is not async-signal-safe. A sorted dump ranks 64
+ * pools per walk of the registry and walks again for the next ones: a
+ * pool created or destroyed during the dump may be missed, and with more
+ * than 64 pools `byusage` ranks later pools by their usage at a later
+ * walk, so a pool whose usage moves during the dump may show twice or not
+ * at all.
+ */
+BUFPOOL_NOPLT int dump_pools_to_fd_opts(int fd, const char *opts);
+
+/**
  * Applies debug options at run time, like `BUFPOOL_DEBUG` (read once, at
  * the first call that creates state): a comma-separated list of
  * `poison[=BYTE]` (fill objects handed out with BYTE, default 0x50),

@@ -228,6 +228,12 @@ pub(crate) fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     true
 }
 
+/// Sets the calling thread's `errno`, for a C caller to read.
+pub(crate) fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns the calling thread's errno, always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
 /// A line of text formatted on the stack, for output that must not touch
 /// the heap (`dump_pools_to_fd` runs when memory is exhausted too). What
 /// does not fit is cut, and the line ends with "...".

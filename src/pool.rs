@@ -1034,6 +1034,16 @@ impl Pool {
         self.c.failed.load(Relaxed)
     }
 
+    /// The name's bytes as stored (at most `NAME_LEN - 1`, maybe not UTF-8).
+    pub(crate) fn name_bytes(&self) -> &[u8] {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        &self.name[..n]
+    }
+
+    pub(crate) fn minavail(&self) -> usize {
+        self.minavail.load(Relaxed)
+    }
+
     pub(crate) fn name(&self) -> &str {
         let n = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
         std::str::from_utf8(&self.name[..n]).unwrap_or("?")

@@ -188,6 +188,13 @@ pub(crate) fn with_nth<R>(i: usize, f: impl FnOnce(&Pool) -> R) -> Option<R> {
     reg.get(i).map(|p| f(unsafe { p.0.as_ref() }))
 }
 
+/// Runs `f` on the pool at `p` if it is a live pool, under the registry lock.
+pub(crate) fn with_ptr<R>(p: *const Pool, f: impl FnOnce(&Pool) -> R) -> Option<R> {
+    let reg = pools();
+    // SAFETY: registered pools are alive while POOLS is locked.
+    reg.iter().find(|q| std::ptr::eq(q.0.as_ptr(), p)).map(|q| f(unsafe { q.0.as_ref() }))
+}
+
 /// Is `p` a live pool? (For the unit tests.)
 #[cfg(all(test, not(loom)))]
 pub(crate) fn is_live(p: *const Pool) -> bool {

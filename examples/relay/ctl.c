@@ -1,5 +1,5 @@
 /* relay's control side, on the main thread: the UNIX stats socket
- * ("show pools", "show info"), SIGUSR1 (show pools on stderr), SIGTERM and
+ * ("show pools [OPTIONS]", "show info"), SIGUSR1 (show pools on stderr), SIGTERM and
  * SIGINT (stop), the watchdog that reports a stall, and pool_gc() once the
  * relay has been idle for a while. Signals reach it through a pipe. */
 #include "relay.h"
@@ -138,10 +138,14 @@ static void serve_stats(void)
     cmd[strcspn(cmd, "\r\n")] = 0;
     if (!strcmp(cmd, "show pools"))
         dump_pools_to_fd(c);
-    else if (!strcmp(cmd, "show info"))
+    else if (!strncmp(cmd, "show pools ", 11)) {
+        /* "show pools byusage match relay_ 3 detailed", "show pools json" */
+        if (dump_pools_to_fd_opts(c, cmd + 11) < 0 && errno == EINVAL)
+            dprintf(c, "Bad options. Known: byname|bysize|byusage, match PREFIX, a count, detailed, json\n");
+    } else if (!strcmp(cmd, "show info"))
         show_info(c);
     else
-        dprintf(c, "Unknown command. Known: show pools, show info\n");
+        dprintf(c, "Unknown command. Known: show pools [OPTIONS], show info\n");
     close(c);
 }
 

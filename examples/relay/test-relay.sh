@@ -171,6 +171,14 @@ sed 's/^/       /' "$T/pools"
 check "show pools lists the relay's pools and the buffer pool" \
     "grep -q 'Pool relay_conn' '$T/pools' && grep -q 'Pool relay_sess' '$T/pools' && grep -q 'Pool buffer' '$T/pools' && grep -q '^Total' '$T/pools'"
 check "relay_sess: 500 sessions used" "grep -q 'Pool relay_sess.* 500 used' '$T/pools'"
+ctl st show pools byusage match relay_ 1 detailed > "$T/pools-opts"
+sed 's/^/       /' "$T/pools-opts"
+check "show pools byusage match relay_ 1 detailed: one relay_ pool, with its limit" \
+    "[ \$(grep -c '^  - Pool ' '$T/pools-opts') = 1 ] && grep -q '^  - Pool relay_.*; released .*, limit ' '$T/pools-opts' && grep -q '^Total: 1 pools' '$T/pools-opts'"
+ctl st show pools json bysize > "$T/pools.json"
+check "show pools json: an array, relay_sess with 500 used, the buffer pool" \
+    "[ \"\$(head -n 1 '$T/pools.json')\" = '[' ] && [ \"\$(tail -n 1 '$T/pools.json')\" = ']' ] && grep -q '^{\"name\":\"relay_sess\",.*\"used\":500,' '$T/pools.json' && grep -q '^{\"name\":\"buffer\",' '$T/pools.json'"
+check "show pools with a bad option is answered" "ctl st show pools bogus | grep -q 'Bad options'"
 check "idle connections hold no buffer (buffers used: $(info st 'buffers used'))" "[ \"\$(info st 'buffers used')\" = 0 ]"
 check "show info counts them ($(info st sessions) sessions)" "[ \"\$(info st sessions)\" = 500 ]"
 check "an unknown command is answered" "ctl st show nothing | grep -q 'Unknown command'"

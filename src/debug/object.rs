@@ -130,6 +130,14 @@ impl Checks {
         let _ = w.write_str("]");
     }
 
+    /// Calls `f` with the name of each mode the pool has, in the order
+    /// `describe` lists them (for the JSON dump).
+    pub(crate) fn each_mode(&self, mut f: impl FnMut(&str)) {
+        for bit in (0..u32::BITS).map(|i| 1 << i).filter(|&b| self.has(b)) {
+            f(mode_name(bit));
+        }
+    }
+
     /// `fail=PERCENT`: should this allocation fail? Never inside a
     /// `critical()` section.
     pub(crate) fn refuse(&self) -> bool {
