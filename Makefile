@@ -197,9 +197,19 @@ test-musl: lib musl-tools
 	@if $(HAVE_MUSL); then $(MAKE) --no-print-directory $(BINDIR)/test_race.musl && $(BINDIR)/test_race.musl; \
 	else $(NO_MUSL_MSG); fi
 
-test: lint check-header check-symbols check-license test-rust test-debug test-loom test-c test-fallback test-musl \
+# Every target runs, each in its own make, even after one has failed; the
+# last line counts them and names the failed ones (exit 1 if any). The
+# crates are fetched first, so that a fresh clone's downloads do not come
+# in the middle of the first target's output.
+TEST_TARGETS := lint check-header check-symbols check-license test-rust test-debug test-loom test-c test-fallback test-musl \
 	test-tsan test-output test-cargo-build test-dlopen test-install test-preload test-demo-verdict test-relay
-	@echo "make test: all passed"
+test:
+	@$(CARGO) fetch --quiet || echo "make test: cargo fetch failed: the targets that build will download or fail"
+	@pass=0; failed=""; for t in $(TEST_TARGETS); do \
+	  if $(MAKE) --no-print-directory $$t; then pass=$$((pass+1)); else failed="$$failed $$t"; echo "make test: $$t FAILED"; fi; \
+	done; \
+	if [ -z "$$failed" ]; then echo "make test: $(words $(TEST_TARGETS)) targets, $$pass passed"; \
+	else echo "make test: $(words $(TEST_TARGETS)) targets, $$pass passed, $$(($(words $(TEST_TARGETS)) - pass)) failed:$$failed"; exit 1; fi
 
 # Both licence texts, and the header's SPDX line saying what Cargo.toml says.
 check-license: header
