@@ -11,6 +11,7 @@ PKG_CONFIG ?= pkg-config
 LDCONFIG ?= ldconfig
 PREFIX   ?= /usr/local
 libdir   ?= $(PREFIX)/lib
+bindir   ?= $(PREFIX)/bin
 includedir ?= $(PREFIX)/include
 pkgconfigdir ?= $(libdir)/pkgconfig
 # The version has one source, Cargo.toml; build.rs derives the soname and
@@ -85,11 +86,12 @@ lib: $(TARGET)/libbufpool.so
 	@cp -f $(TARGET)/libbufpool.a $(ARCHIVE)
 	@sed -n 's/^note: native-static-libs: //p' build/cargo-lib.log | tail -n 1 > $(LIBDIR)/native-static-libs
 
-# The installed copies: debug info stripped.
+# The installed copies: debug info stripped; bufpool-preload-check told the libdir.
 dist: lib
 	@mkdir -p $(DIST)
 	@$(STRIP) --strip-unneeded -o $(DIST)/libbufpool.so.$(VERSION) $(SOFULL)
 	@$(STRIP) --strip-debug -o $(DIST)/libbufpool.a $(ARCHIVE)
+	@sed "s|^installed_libdir=$$|installed_libdir='$(libdir)'|" tools/preload-check.sh > $(DIST)/bufpool-preload-check
 	@echo "$(DIST): libbufpool.so.$(VERSION) $$(du -k $(DIST)/libbufpool.so.$(VERSION) | cut -f1) KiB, libbufpool.a $$(du -k $(DIST)/libbufpool.a | cut -f1) KiB (debug info stripped)"
 
 header: lib
@@ -313,24 +315,27 @@ build/bufpool.pc: bufpool.pc.in lib FORCE
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(libdir)|' -e 's|@INCLUDEDIR@|$(includedir)|' \
 	    -e 's|@VERSION@|$(VERSION)|' -e "s|@LIBS_PRIVATE@|$${libs:--lpthread -ldl -lm}|" bufpool.pc.in > $@
 
-# Stripped libraries, the header, bufpool.pc; then ldconfig when it is due
+# Stripped libraries, the header, bufpool.pc, bufpool-preload-check
+# (tools/preload-check.sh); then ldconfig when it is due
 # (root, a directory of the dynamic linker, no DESTDIR), else one note on
 # how programs will find the library (tools/install-ldconfig.sh).
 install: all dist build/bufpool.pc
-	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir)
+	install -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(pkgconfigdir) $(DESTDIR)$(bindir)
 	install -m 755 $(DIST)/libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/
 	ln -sf libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/libbufpool.so.$(SOMAJOR)
 	ln -sf libbufpool.so.$(SOMAJOR) $(DESTDIR)$(libdir)/libbufpool.so
 	install -m 644 $(DIST)/libbufpool.a $(DESTDIR)$(libdir)/
 	install -m 644 $(HEADER) $(DESTDIR)$(includedir)/
 	install -m 644 build/bufpool.pc $(DESTDIR)$(pkgconfigdir)/
+	install -m 755 $(DIST)/bufpool-preload-check $(DESTDIR)$(bindir)/
 	@DESTDIR="$(DESTDIR)" LDCONFIG="$(LDCONFIG)" tools/install-ldconfig.sh install $(libdir) libbufpool.so.$(SOMAJOR)
 
 # Removes what install put there (same PREFIX, libdir, DESTDIR).
 uninstall:
 	rm -f $(DESTDIR)$(libdir)/libbufpool.so.$(VERSION) $(DESTDIR)$(libdir)/libbufpool.so.$(SOMAJOR) \
 	      $(DESTDIR)$(libdir)/libbufpool.so $(DESTDIR)$(libdir)/libbufpool.a \
-	      $(DESTDIR)$(includedir)/bufpool.h $(DESTDIR)$(pkgconfigdir)/bufpool.pc
+	      $(DESTDIR)$(includedir)/bufpool.h $(DESTDIR)$(pkgconfigdir)/bufpool.pc \
+	      $(DESTDIR)$(bindir)/bufpool-preload-check
 	@DESTDIR="$(DESTDIR)" LDCONFIG="$(LDCONFIG)" tools/install-ldconfig.sh uninstall $(libdir) libbufpool.so.$(SOMAJOR)
 
 # examples/relay: an HTTP/1.1 reverse proxy on bufpool (README: "A proxy on

@@ -15,7 +15,12 @@
 #  7. the version check: the program compares bufpool_version() with the
 #     header's BUFPOOL_VERSION; built against a header saying 9.9.9 it must
 #     refuse to run (exit 2);
-#  8. make uninstall leaves no bufpool file behind.
+#  8. bufpool-preload-check, installed in $bindir, run from / with no
+#     pkg-config path: finds the installed library, says a program built
+#     against it is swapped (exit 0); tools/preload-check.sh of the clone,
+#     run from /, finds build/lib; a copy away from both exits 3 with one
+#     line;
+#  9. make uninstall leaves no bufpool file behind.
 # Run from the repository root (make test-install sets VERSION and SOMAJOR).
 set -u
 CC=${CC:-gcc}
@@ -23,7 +28,8 @@ MAKE=${MAKE:-make}
 PKG_CONFIG=${PKG_CONFIG:-pkg-config}
 : "${VERSION:?run through make test-install}" "${SOMAJOR:?run through make test-install}"
 CW="-std=c11 -Wall -Wextra -Werror -O2"
-t=$(pwd)/build/itest
+repo=$(pwd)
+t=$repo/build/itest
 rm -rf "$t"; mkdir -p "$t"
 fail=0
 ok() { echo "  ok: $*"; }
@@ -87,6 +93,20 @@ else bad "app_shared does not need libbufpool.so.$SOMAJOR"; fi
 # shellcheck disable=SC2046
 $CC $CW c_tests/install/app.c $($PKG_CONFIG --cflags --libs bufpool) -Wl,-rpath,"$($PKG_CONFIG --variable=libdir bufpool)" -o "$t/app_rpath" &&
     o=$(env -u LD_LIBRARY_PATH "$t/app_rpath") && ok "-Wl,-rpath,\$(pkg-config --variable=libdir bufpool): runs with no environment" || bad "rpath run: $o"
+
+echo "bufpool-preload-check:"
+none=$t/no-pc
+mkdir -p "$none" "$t/lone"
+o=$(cd / && env -u BUFPOOL_SO PKG_CONFIG_PATH= PKG_CONFIG_LIBDIR="$none" "$p/bin/bufpool-preload-check" "$t/app_shared" 2>&1); rc=$?
+[ $rc = 0 ] && case $o in "swapped: "*pool_free*) true;; *) false;; esac &&
+    ok "the installed one, run from / with no pkg-config path, reads $p/lib: app_shared swapped (exit 0)" || bad "installed bufpool-preload-check: exit $rc: $o"
+o=$(cd / && env -u BUFPOOL_SO PKG_CONFIG_LIBDIR="$none" "$repo/tools/preload-check.sh" "$t/app_shared" 2>&1); rc=$?
+[ $rc = 0 ] && case $o in "swapped: "*pool_free*) true;; *) false;; esac &&
+    ok "tools/preload-check.sh run from / reads the clone's build/lib (exit 0)" || bad "tools/preload-check.sh from /: exit $rc: $o"
+cp tools/preload-check.sh "$t/lone/"
+o=$(cd / && env -u BUFPOOL_SO PKG_CONFIG_PATH= PKG_CONFIG_LIBDIR="$none" "$t/lone/preload-check.sh" "$t/app_shared" 2>&1 >/dev/null); rc=$?
+[ $rc = 3 ] && [ "$(echo "$o" | wc -l)" = 1 ] && case $o in *"libbufpool.so not found"*) true;; *) false;; esac &&
+    ok "a copy with no library to read exits 3: $o" || bad "no library: exit $rc: $o"
 
 echo "static, through pkg-config:"
 # shellcheck disable=SC2046
