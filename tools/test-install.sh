@@ -4,7 +4,10 @@
 #  1. ldconfig runs when installing as root into a directory of the dynamic
 #     linker, not into any other, never under DESTDIR (a stand-in ldconfig
 #     records its calls and names the prefix as a linker directory or not);
-#  2. the installed .so and .a carry no debug info; build/lib keeps it;
+#  2. the installed .so and .a carry no debug info; build/lib keeps it; the
+#     .so keeps its symbol table (nm names pool_alloc) and names its debug
+#     file in .gnu_debuglink, installed in $libdir/.debug, where gdb finds
+#     it (file and line of pool_alloc, when gdb is installed);
 #  3. pkg-config --modversion is Cargo.toml's version; the soname file exists;
 #  4. shared: `pkg-config --cflags --libs`, run with LD_LIBRARY_PATH (the
 #     installed library is the one loaded) and with -Wl,-rpath;
@@ -78,6 +81,16 @@ so=$p/lib/libbufpool.so.$VERSION
 if [ "$(dbg "$so")" = 0 ] && [ "$(dbg "$p/lib/libbufpool.a")" = 0 ] && [ "$(dbg "build/lib/libbufpool.so.$VERSION")" != 0 ] && [ "$(dbg build/lib/libbufpool.a)" != 0 ]; then
     ok "installed without debug info: .so $(du -k "$so" | cut -f1) KiB (build/lib: $(du -kL "build/lib/libbufpool.so.$VERSION" | cut -f1)), .a $(du -k "$p/lib/libbufpool.a" | cut -f1) KiB (build/lib: $(du -k build/lib/libbufpool.a | cut -f1))"
 else bad "debug info: installed .so $(dbg "$so") .a $(dbg "$p/lib/libbufpool.a") sections, build/lib .so $(dbg "build/lib/libbufpool.so.$VERSION")"; fi
+nm "$so" 2>&1 | grep -q ' T pool_alloc$' && ok "the installed .so keeps its symbol table: nm names pool_alloc" || bad "no symbol table in $so: $(nm "$so" 2>&1 | head -n 1)"
+link=$(objcopy --dump-section .gnu_debuglink="$t/debuglink" "$so" /dev/null 2>&1 && tr '\0' '\n' < "$t/debuglink" | head -n 1)
+dfile=$p/lib/.debug/libbufpool.so.$VERSION.debug
+if [ "$link" = "libbufpool.so.$VERSION.debug" ] && [ "$(dbg "$dfile")" != 0 ]; then
+    ok ".gnu_debuglink names $link, installed with its debug info in $p/lib/.debug ($(du -k "$dfile" | cut -f1) KiB)"
+    if command -v gdb >/dev/null 2>&1; then
+        line=$(gdb -nx -batch -ex 'info line pool_alloc' "$so" 2>&1 | tail -n 1)
+        case $line in "Line "[0-9]*" of "*) ok "gdb finds it: $(echo "$line" | cut -c1-90)...";; *) bad "gdb: no line for pool_alloc: $line";; esac
+    else echo "  skipped gdb's look-up: gdb not installed"; fi
+else bad "debug link: .gnu_debuglink '$link', $dfile: $(dbg "$dfile") .debug_info sections"; fi
 
 export PKG_CONFIG_PATH="$p/lib/pkgconfig"
 mv=$($PKG_CONFIG --modversion bufpool)
@@ -135,7 +148,7 @@ $CC $CW -I"$t/badhdr" c_tests/install/app.c -L"$p/lib" -Wl,-rpath,"$p/lib" -lbuf
 echo "uninstall:"
 FAKE_LOG=$t/un.log $MAKE --no-print-directory -s uninstall PREFIX="$p" LDCONFIG="$t/ldconfig" > /dev/null 2>&1 || bad "make uninstall"
 left=$(find "$p" -name '*bufpool*')
-[ -z "$left" ] && ok "make uninstall: no bufpool file left in $p" || bad "left after uninstall: $left"
+[ -z "$left" ] && [ ! -d "$p/lib/.debug" ] && ok "make uninstall: no bufpool file left in $p" || bad "left after uninstall: $left"
 
 [ $fail = 0 ] && echo "test-install: all passed"
 exit $fail
