@@ -40,6 +40,7 @@ bad() { echo "  FAIL: $*"; fail=1; }
 
 if ! command -v "$PKG_CONFIG" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test-install: installing pkg-config (programs are built through it)"
         apt-get install -y -q pkg-config >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q pkg-config >/dev/null 2>&1; }
     fi
     command -v "$PKG_CONFIG" >/dev/null 2>&1 || { echo "test-install: skipped, $PKG_CONFIG not found (apt-get install pkg-config)"; exit 0; }
