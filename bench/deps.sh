@@ -9,18 +9,20 @@
 
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-missing=""
-for p in libjemalloc-dev libmimalloc-dev libgoogle-perftools-dev; do
-    have_pkg "$p" || missing="$missing $p"
-done
-command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
-command -v gnuplot >/dev/null 2>&1 || missing="$missing gnuplot-nox"
-command -v "${MUSLCC:-musl-gcc}" >/dev/null 2>&1 || missing="$missing musl-tools"
-command -v strace >/dev/null 2>&1 || missing="$missing strace"
+missing="" why=""
+need() { missing="$missing $1"; why="$why
+bench: installing $1 for $2"; }
+have_pkg libjemalloc-dev || need libjemalloc-dev "the jemalloc peer"
+have_pkg libmimalloc-dev || need libmimalloc-dev "the mimalloc peer"
+have_pkg libgoogle-perftools-dev || need libgoogle-perftools-dev "the tcmalloc peer"
+command -v valgrind >/dev/null 2>&1 || need valgrind "callgrind's instruction counts"
+command -v gnuplot >/dev/null 2>&1 || need gnuplot-nox "the plot"
+command -v "${MUSLCC:-musl-gcc}" >/dev/null 2>&1 || need musl-tools "the memory part's static musl run"
+command -v strace >/dev/null 2>&1 || need strace "the limit part's system calls"
 
 [ -n "$missing" ] || exit 0
 [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || exit 0
-echo "bench: installing$missing"
+echo "${why#?}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q $missing >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1; } ||

@@ -222,6 +222,7 @@ pub(crate) fn describe(w: &mut impl std::fmt::Write) {
 /// In a child after `fork()`: registration is made again (the child is a
 /// new process for membarrier). False when it is refused there: the caller
 /// then makes the child's caches fence their owners.
+#[cfg(not(loom))]
 pub(crate) fn fork_child() -> bool {
     if mode() == Mode::Fenced {
         return true;

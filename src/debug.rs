@@ -330,11 +330,13 @@ pub(crate) fn in_critical() -> bool {
 
 /// Before `fork()`: takes the registry of tag/uaf objects (after every
 /// pool's store, see `pool::fork_prepare`).
+#[cfg(not(loom))]
 pub(crate) fn fork_lock() {
     object::fork_lock();
 }
 
 /// After `fork()`, parent or child: lets the registry go.
+#[cfg(not(loom))]
 pub(crate) fn fork_unlock() {
     // SAFETY: taken by `fork_lock` on this thread.
     unsafe { object::fork_unlock() };

@@ -14,10 +14,6 @@
 //! - [`fork`]: the `pthread_atfork` handlers.
 //! - [`ffi`]: the exported C functions, checks and conversions only.
 
-// The loom build compiles the whole crate to model a few protocols; what
-// only the C face reaches is dead there.
-#![cfg_attr(loom, allow(dead_code, unused_imports))]
-
 pub(crate) mod barrier;
 pub mod cache;
 pub mod debug;

@@ -314,20 +314,24 @@ fn exit_thread(mut g: std::sync::MutexGuard<'static, Control>) -> *mut libc::c_v
 }
 
 /// The state's locks, held across `fork()` by the forking thread.
+#[cfg(not(loom))]
 static FORK_HELD: crate::sync::ForkSlot<(std::sync::MutexGuard<'static, ()>, std::sync::MutexGuard<'static, Control>)> =
     crate::sync::ForkSlot::new();
 
 /// Before `fork()`: a stop or start in progress finishes first (STARTSTOP,
 /// the outermost lock), and the thread's state is not in the middle of a
 /// change (CONTROL, the innermost): the child must find both free.
+#[cfg(not(loom))]
 pub(crate) fn fork_prepare_outer() {
     let one = STARTSTOP.lock().unwrap_or_else(|e| e.into_inner());
     FORK_OUTER.put(one);
 }
 
+#[cfg(not(loom))]
 static FORK_OUTER: crate::sync::ForkSlot<std::sync::MutexGuard<'static, ()>> = crate::sync::ForkSlot::new();
 
 /// See `fork_prepare_outer`: after every other lock of the library.
+#[cfg(not(loom))]
 pub(crate) fn fork_prepare_inner() {
     let c = control();
     if let Some(one) = FORK_OUTER.take() {
@@ -336,12 +340,14 @@ pub(crate) fn fork_prepare_inner() {
 }
 
 /// After `fork()`, in the parent: lets both go.
+#[cfg(not(loom))]
 pub(crate) fn fork_parent() {
     drop(FORK_HELD.take());
 }
 
 /// After `fork()`, in the child: the thread and any slice in progress
 /// belong to the parent; both locks are let go (this thread took them).
+#[cfg(not(loom))]
 pub(crate) fn fork_child() {
     if let Some((one, mut c)) = FORK_HELD.take() {
         c.running = false;

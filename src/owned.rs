@@ -160,6 +160,7 @@ impl<'a> Settled<'a> {
     }
 
     /// Did the barrier make every owner's earlier stores visible?
+    #[cfg(not(loom))]
     pub(crate) fn is_process(&self) -> bool {
         self.process
     }
@@ -404,12 +405,14 @@ pub(crate) mod loom_ipi {
     }
 
     /// The owner thread ends (it went through the scheduler for good).
+    #[cfg(test)]
     pub(crate) fn owner_done() {
         loom::sync::atomic::fence(Ordering::SeqCst);
         OWNER_DONE.store(1, Ordering::Release);
     }
 
     /// The foreign side's `membarrier()`: false when it is denied.
+    #[cfg(test)]
     pub(crate) fn membarrier() -> bool {
         if DENIED.load(Ordering::Relaxed) != 0 {
             return false;

@@ -304,12 +304,14 @@ impl Pages {
     }
 
     /// Before `fork()`: takes the lock.
+    #[cfg(not(loom))]
     pub(crate) fn fork_lock(&self) {
         self.runs.lock_forever();
     }
 
     /// # Safety
     /// `fork_lock` took the lock on this thread.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn fork_unlock(&self) {
         // SAFETY: the caller's guarantee: this thread holds it by `fork_lock`.
         unsafe { self.runs.unlock_forever() };

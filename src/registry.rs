@@ -12,10 +12,14 @@ use crate::flags::{
     POOL_F_SHARED_XCHG,
 };
 use crate::os::{free_box, try_box};
-use crate::pool::{Memory, Pool, NAME_LEN};
+#[cfg(not(loom))]
+use crate::pool::Memory;
+use crate::pool::{Pool, NAME_LEN};
 use crate::shared::{debug_store::DebugStore, Shared};
 use std::ptr::{null_mut, NonNull};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
+#[cfg(not(loom))]
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Mutex, MutexGuard};
 
 /// Largest object size a pool accepts (2 GiB).
@@ -220,10 +224,12 @@ pub(crate) fn gc_all() {
 
 // ---- fork ----------------------------------------------------------------
 
+#[cfg(not(loom))]
 static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, Vec<PoolPtr>>> = crate::sync::ForkSlot::new();
 
 /// Before `fork()`: takes the registry, then every thread cache, then
 /// every pool's shared cache (or debug store), then the debug registry.
+#[cfg(not(loom))]
 pub(crate) fn fork_prepare() {
     let reg = pools();
     cache::fork_prepare();
@@ -240,6 +246,7 @@ pub(crate) fn fork_prepare() {
 }
 
 /// Lets go of the shared caches and the debug registry taken by `fork_prepare`.
+#[cfg(not(loom))]
 fn fork_unlock_stores(reg: &[PoolPtr]) {
     debug::fork_unlock();
     for p in reg.iter() {
@@ -255,6 +262,7 @@ fn fork_unlock_stores(reg: &[PoolPtr]) {
 }
 
 /// After `fork()`, in the parent: everything taken by `fork_prepare`, let go.
+#[cfg(not(loom))]
 pub(crate) fn fork_parent() {
     let Some(reg) = FORK_HELD.take() else { return };
     fork_unlock_stores(&reg);
@@ -265,6 +273,7 @@ pub(crate) fn fork_parent() {
 /// After `fork()`, in the child (one thread): the same, and the state the
 /// parent's other threads left behind is put right: their transits will
 /// never end, and their thread caches are emptied into the shared caches.
+#[cfg(not(loom))]
 pub(crate) fn fork_child() {
     let Some(reg) = FORK_HELD.take() else { return };
     fork_unlock_stores(&reg);

@@ -38,6 +38,7 @@ impl Spin {
 
 /// `pause`s between two looks at a held head (`wait_held`): about 1 us
 /// on this machine's CPUs (16 ns a `pause`).
+#[cfg(not(loom))]
 pub(crate) const PAUSES_BETWEEN_LOOKS: u32 = 64;
 
 /// Waits a while for another thread to let go of a self-locked head:
@@ -126,14 +127,17 @@ pub(crate) fn release_u32(w: &AtomicU32) {
 /// A place where the thread that calls `fork()` keeps the guards of the
 /// locks it took in the prepare handler, until the parent or child handler
 /// (on the same thread) lets them go.
+#[cfg(not(loom))]
 pub(crate) struct ForkSlot<G>(core::cell::UnsafeCell<Option<G>>);
 
 // SAFETY: only the thread running the fork handlers touches the slot, and
 // only while it holds the lock the slot keeps the guard of: `put` is called
 // with that lock held, `take` by the same thread before anyone else can
 // take the lock. Two forking threads are serialised by that very lock.
+#[cfg(not(loom))]
 unsafe impl<G> Sync for ForkSlot<G> {}
 
+#[cfg(not(loom))]
 impl<G> ForkSlot<G> {
     pub(crate) const fn new() -> Self {
         ForkSlot(core::cell::UnsafeCell::new(None))
@@ -245,6 +249,7 @@ impl<T> SpinLock<T> {
     }
 
     /// Takes the lock and keeps it past this call (across `fork()`).
+    #[cfg(not(loom))]
     pub(crate) fn lock_forever(&self) {
         std::mem::forget(self.lock());
     }
@@ -253,6 +258,7 @@ impl<T> SpinLock<T> {
     ///
     /// # Safety
     /// This thread took it with `lock_forever` and holds no guard of it.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn unlock_forever(&self) {
         // Release: as in `drop(SpinGuard)`.
         self.held.store(false, std::sync::atomic::Ordering::Release);

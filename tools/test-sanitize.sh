@@ -10,7 +10,8 @@
 #  3. the Rust tests with -Zsanitizer=address (nightly; skipped, with one
 #     line, when no nightly toolchain is installed);
 #  4. valgrind memcheck on the harnesses that end with pool_destroy_all()
-#     (except $CRASH_SKIP ones): no definite or indirect leak, no error.
+#     (except $CRASH_SKIP ones): no definite or indirect leak, no error
+#     (valgrind is installed with apt-get when missing and we are root).
 # Under ASan, SIGSEGV stays a signal (handle_segv=0), so harnesses that
 # check how a child died see the same thing as without ASan.
 # Run from the repository root, after `make lib`.
@@ -66,6 +67,7 @@ TSAN_LDSO=$LDSO
 TSAN_SHIM=""
 TSAN_RUN=1
 if [ $have_nightly = 1 ] && ! have_src; then
+    note "tsan: adding the rust-src component to nightly (rustup), to rebuild std instrumented"
     timeout 300 rustup component add rust-src --toolchain nightly > "$OUT/rust-src.log" 2>&1 || true
 fi
 if [ $have_nightly = 1 ] && have_src; then
@@ -100,6 +102,11 @@ else
 fi
 
 # 4: valgrind memcheck, leaks included, on harnesses ending with pool_destroy_all.
+# Installed when missing, if we are root with apt-get.
+if ! command -v valgrind > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    note "valgrind: installing valgrind for memcheck"
+    apt-get install -y -q valgrind > /dev/null 2>&1 || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q valgrind > /dev/null 2>&1; }
+fi
 if command -v valgrind > /dev/null; then
     n=0
     mkdir -p "$OUT/vg"
@@ -117,7 +124,7 @@ if command -v valgrind > /dev/null; then
     done
     note "valgrind: $n harnesses clean (no error, no definite or indirect leak)"
 else
-    bad "valgrind not installed"
+    bad "valgrind not installed (apt-get install valgrind; make test-sanitize as root installs it)"
 fi
 
 [ $fail -eq 0 ] && note "make test-sanitize: all passed"

@@ -57,6 +57,7 @@ impl Registry {
     }
 
     /// Keeps the caches for which `f` says true.
+    #[cfg(not(loom))]
     pub(super) fn retain(&mut self, mut f: impl FnMut(&ForeignSide, &ThreadCache, NonNull<ThreadCache>) -> bool) {
         let side = &self.side;
         // SAFETY: a registered cache stays alive while the registry is locked.
@@ -115,6 +116,7 @@ pub(super) struct Batch<'a> {
 impl Batch<'_> {
     /// Was the barrier the process-wide one (every owner's earlier stores
     /// are visible)?
+    #[cfg(not(loom))]
     pub(super) fn is_process(&self) -> bool {
         self.settled.is_process()
     }

@@ -33,6 +33,7 @@ mod budget;
 mod current;
 mod fast;
 mod foreign;
+#[cfg(not(loom))]
 mod fork;
 mod life;
 mod list;
@@ -45,6 +46,7 @@ pub(crate) use foreign::idle;
 pub(crate) use foreign::{
     decay_all, drain, find_idle, release_slot, set_budget, snapshot, try_decay_all, Backoff, Missed,
 };
+#[cfg(not(loom))]
 pub(crate) use fork::{fork_child, fork_parent, fork_prepare};
 pub(crate) use local::{claim_slot, Back, Home, Slot, TICK_EVERY};
 #[cfg(all(test, not(loom)))]

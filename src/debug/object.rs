@@ -331,12 +331,14 @@ impl Checks {
 }
 
 /// Takes the registry across `fork()`.
+#[cfg(not(loom))]
 pub(crate) fn fork_lock() {
     REGISTRY.lock_forever();
 }
 
 /// # Safety
 /// `fork_lock` took it on this thread.
+#[cfg(not(loom))]
 pub(crate) unsafe fn fork_unlock() {
     // SAFETY: the caller's guarantee: this thread took it in `fork_lock`.
     unsafe { REGISTRY.unlock_forever() };

@@ -43,12 +43,14 @@ impl DebugStore {
     }
 
     /// Before `fork()`: takes the lock.
+    #[cfg(not(loom))]
     pub(crate) fn fork_lock(&self) {
         self.idle.lock_forever();
     }
 
     /// # Safety
     /// `fork_lock` took the lock on this thread.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn fork_unlock(&self) {
         // SAFETY: the caller's guarantee: this thread holds the lock by `fork_lock`.
         unsafe { self.idle.unlock_forever() };

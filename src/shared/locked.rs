@@ -56,12 +56,14 @@ impl LockedList {
     }
 
     /// Takes the lock and keeps it until `fork_unlock`.
+    #[cfg(not(loom))]
     pub(crate) fn fork_lock(&self) {
         self.lock();
     }
 
     /// # Safety
     /// `fork_lock` took the lock on this thread.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn fork_unlock(&self) {
         self.unlock();
     }
@@ -143,7 +145,7 @@ impl LockedList {
     }
 
     /// Detaches the whole list and returns its first object.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn take_all(&self) -> *mut Link {
         self.lock();
         // SAFETY: we hold the lock.

@@ -161,7 +161,7 @@ impl Shared {
     /// Detaches the whole list and returns its first object (null-terminated
     /// chain); the debug store has no chain. (For the tests: the pool gives
     /// idle objects back in batches with `pop_batch`.)
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn take_all(&self) -> *mut Link {
         match self {
             Shared::Xchg(l) => l.take_all(),
@@ -178,6 +178,7 @@ impl Shared {
     /// the process is copied (a child would find it locked forever). The
     /// lock-free DWCAS list has no lock to take, and needs none: a thread
     /// inside it leaves it consistent at every step.
+    #[cfg(not(loom))]
     pub(crate) fn fork_lock(&self) {
         match self {
             Shared::Xchg(l) => l.fork_lock(),
@@ -193,6 +194,7 @@ impl Shared {
     ///
     /// # Safety
     /// `fork_lock` took it on this thread.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn fork_unlock(&self) {
         match self {
             // SAFETY: this thread took the list in `fork_lock` (the caller's guarantee).

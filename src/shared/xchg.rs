@@ -12,7 +12,10 @@
 //! expected value, so it cannot succeed while the list is locked.
 
 use super::{next_of, set_next, Link};
-use crate::sync::{release_store, wait_held, AtomicPtr, Ordering, Spin};
+// Spin: for fork_lock and take_all only.
+#[cfg(any(test, not(loom)))]
+use crate::sync::Spin;
+use crate::sync::{release_store, wait_held, AtomicPtr, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// The lock marker. Objects are at least 8-byte aligned, so 1 is never one.
@@ -21,6 +24,7 @@ pub(crate) const BUSY: *mut Link = core::ptr::without_provenance_mut(1);
 pub(crate) struct XchgList {
     head: CachePadded<AtomicPtr<Link>>,
     /// The head saved by `fork_lock` while the list is held across `fork()`.
+    #[cfg(not(loom))]
     fork_saved: AtomicPtr<Link>,
 }
 
@@ -28,12 +32,14 @@ impl XchgList {
     pub(crate) fn new() -> Self {
         XchgList {
             head: CachePadded::new(AtomicPtr::new(core::ptr::null_mut())),
+            #[cfg(not(loom))]
             fork_saved: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
     /// Takes the list as a popper does (the head becomes `BUSY`) and keeps
     /// it until `fork_unlock`.
+    #[cfg(not(loom))]
     pub(crate) fn fork_lock(&self) {
         let mut spin = Spin::new();
         loop {
@@ -50,6 +56,7 @@ impl XchgList {
 
     /// # Safety
     /// `fork_lock` took the list on this thread.
+    #[cfg(not(loom))]
     pub(crate) unsafe fn fork_unlock(&self) {
         debug_assert_eq!(self.head.load(Ordering::Relaxed), BUSY, "held since fork_lock");
         // Relaxed: written by this thread in `fork_lock`.
