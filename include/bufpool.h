@@ -374,9 +374,35 @@ BUFPOOL_NOPLT struct pool_head *create_aligned_pool(const char *name, unsigned i
  * racing the use of the memory is. Idle objects
  * of the pool in other threads' caches are freed with it, even when those
  * threads are stopped inside a call on another pool. NULL, or a pointer
- * that is not a live pool, is ignored and gives NULL.
+ * that is not a live pool, is ignored and gives NULL (nothing is read
+ * through it). A destroyed pool's handle too: under an object debug mode
+ * (the pool had one, or one is on now) that aborts with `bufpool:
+ * pool_destroy of destroyed pool <ptr> to pool '<name>' (...)`.
+ * NULL does not tell "freed" from "one user fewer" for a merged pool: use
+ * `pool_destroy_ex` to know which.
  */
 BUFPOOL_NOPLT void *pool_destroy(struct pool_head *pool);
+
+/**
+ * `pool_destroy`, telling its outcomes apart: returns 0 when the pool was
+ * freed (its handle is now stale), the number of users left (1 or more)
+ * when a merged pool (`MEM_F_SHARED`) only lost one user and lives on for
+ * the others, -1 when it is in use and was left untouched (as
+ * `pool_destroy` returning the pool), and -2 for NULL or a pointer that
+ * is not a live pool (a destroyed pool's handle: aborts under an object
+ * debug mode, as `pool_destroy`). A module that owns one user of a merged
+ * pool calls it once; a positive return means other modules still use it.
+ */
+BUFPOOL_NOPLT int pool_destroy_ex(struct pool_head *pool);
+
+/**
+ * The users of a live pool: 1, plus one for each `create_pool` that was
+ * merged into it (`MEM_F_SHARED`), minus the `pool_destroy` calls that
+ * only took one user away. 0 for NULL, for a pointer that is not a pool,
+ * and for a destroyed pool's handle (aborts under an object debug mode).
+ * It takes the pool registry's lock: not for a hot loop.
+ */
+BUFPOOL_NOPLT unsigned int pool_users(const struct pool_head *pool);
 
 /**
  * Destroys every pool whose objects are all back, whatever its number of
@@ -389,6 +415,20 @@ BUFPOOL_NOPLT void pool_destroy_all(void);
  * shared cache, then the OS. Returns NULL when the pool is at its limit with
  * every object held by callers, when the OS has no memory, or when `pool`
  * is NULL. The contents are undefined.
+ *
+ * Handles. A destroyed pool's handle (after `pool_destroy` freed it or
+ * `pool_destroy_all`) gives NULL and counts nothing, in every function
+ * taking a pool: a pool's head is never given back to the OS but kept as
+ * a tombstone, whose fast path always misses and whose slow path refuses.
+ * Under an object debug mode (the pool had one, or one is on now) such a
+ * call aborts instead, with `bufpool: <call> of destroyed pool <ptr> to
+ * pool '<name>' (...)`. Not caught: a handle whose head was reused by a
+ * new pool (the oldest tombstone is reused once 256 pools were destroyed
+ * after it, never under an object debug mode), which then acts on the new
+ * pool; a pointer that never was a pool (the fast path reads through it:
+ * undefined, no mode catches it; `pool_destroy`, `pool_destroy_ex` and
+ * `pool_users` alone check the pointer first); a call racing the
+ * destruction on another thread (undefined).
  */
 BUFPOOL_NOPLT void *pool_alloc(struct pool_head *pool);
 
@@ -403,6 +443,14 @@ BUFPOOL_NOPLT void *pool_zalloc(struct pool_head *pool);
  * Without a debug mode nothing is checked: an object freed twice is idle
  * twice, and the pool hands the same object out to two callers. Run with
  * `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
+ * Undefined without a debug mode, caught by `tag` (and `uaf`) for pools
+ * created under it: an object of another pool (of another size too: a
+ * 64-byte object freed into a 16 KiB pool is later handed out as 16 KiB
+ * and corrupts the heap; `tag` reports `wrong-pool free` when the owner is
+ * a `tag` pool, `foreign free` otherwise), a pointer from `malloc` or the
+ * stack (handed out again as an object; `tag`: `foreign free`), a pointer
+ * inside an object. Freed into a destroyed pool's handle: nothing
+ * happens, `ptr` is not touched (see `pool_alloc`, Handles).
  */
 BUFPOOL_NOPLT void pool_free(struct pool_head *pool, void *ptr);
 
