@@ -250,6 +250,14 @@ BUFPOOL_NOPLT int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsign
  * for `dynbuf_init`'s reserve) is refused at once: NULL. In the `uaf` and
  * `no-global` debug modes no idle buffer can be kept, so a margin without
  * a limit reserves nothing (buffers come from the OS when asked for).
+ *
+ * An uninitialised `struct buffer`: set it to `BUF_NULL` first. One whose
+ * `size` is neither 0 nor the buffer size (after `dynbuf_init`) is no
+ * buffer of the pool: NULL, `*buf` untouched (the buffer functions never
+ * take it for allocated); under an object debug mode (the buffer pool was
+ * created under one, or one is on now) it aborts with `bufpool: b_alloc of
+ * uninitialised buffer <ptr> to pool 'buffer' (...)`. Garbage whose size
+ * happens to be the buffer size is not caught here (see `b_free`).
  */
 BUFPOOL_NOPLT struct buffer *b_alloc_margin(struct buffer *buf, int margin);
 
@@ -263,7 +271,15 @@ BUFPOOL_NOPLT struct buffer *b_alloc(struct buffer *buf);
 /**
  * Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
  * that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
- * nothing: call `offer_buffers` after it to wake waiters.
+ * nothing: call `offer_buffers` after it to wake waiters. A `struct
+ * buffer` whose `size` is not the buffer size (uninitialised, or
+ * overwritten) is not freed, and is set to `BUF_NULL`; under an object
+ * debug mode it aborts with `bufpool: b_free of uninitialised buffer
+ * <ptr> to pool 'buffer' (...)`. An `area` that is not a buffer of the
+ * pool with the right size (garbage, `malloc`, another pool's object, a
+ * buffer freed before) is undefined without a debug mode; `tag` and `uaf`
+ * (a buffer pool created under them) abort on it (`foreign free`,
+ * `wrong-pool free`, `double free`) before reading a byte through it.
  */
 BUFPOOL_NOPLT void b_free(struct buffer *buf);
 
@@ -276,7 +292,8 @@ BUFPOOL_NOPLT void b_free(struct buffer *buf);
  * sees other threads' queueing with a small lag. The two most critical
  * classes (`DB_MUX_TX`, `DB_PERMANENT`) are spared by the `fail=PERCENT`
  * debug mode. An unknown class or flag, or NULL `buf`: NULL.
- * `buf->size != 0`: `buf`, untouched.
+ * `buf->size != 0`: `buf`, untouched; a size that is not the buffer size:
+ * NULL, or an abort under a debug mode, as `b_alloc_margin`.
  */
 BUFPOOL_NOPLT struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
 
@@ -297,7 +314,11 @@ BUFPOOL_NOPLT void buffer_wait_init(struct buffer_wait *bw, void *target, int (*
  * `wakeup_cb` or an unknown class. To miss no wake-up while another thread
  * frees buffers, retry the allocation after queueing (with `DB_F_NOQUEUE`
  * for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
- * freeing it.
+ * freeing it. A waiter never set up (neither `buffer_wait_init` nor zeroed)
+ * whose private part says "queued" without the queue's check word is taken
+ * as not queued (and out of the queue if it is in it), then queued; under
+ * an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
+ * `b_dequeue` and `b_is_queued` do the same check.
  */
 BUFPOOL_NOPLT int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
 
@@ -337,6 +358,18 @@ BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
  * visited at most once per call; a call made from inside a callback
  * continues the call that runs that callback: neither calls again a
  * waiter the other called (each keeps its own budget and `from`).
+ *
+ * A queued waiter whose memory was reused before `b_dequeue` (a waiter on
+ * the stack whose function returned, a freed one, one overwritten) is
+ * undefined, but is caught when its private part changed: each queued
+ * waiter carries a word derived from its address, set by the queueing and
+ * cleared by the dequeue, checked before its links or callback are used.
+ * Such a waiter is dropped from the queue without being called (nor
+ * written to), the others are woken as usual; under an object debug mode
+ * (the buffer pool was created under one, or one is on now) it aborts with
+ * `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' (...)`.
+ * Not caught: reused memory that still holds the waiter's bytes (its
+ * callback then runs with its old target).
  */
 BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
 
