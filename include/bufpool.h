@@ -368,8 +368,10 @@ BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
  * written to), the others are woken as usual; under an object debug mode
  * (the buffer pool was created under one, or one is on now) it aborts with
  * `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' (...)`.
- * Not caught: reused memory that still holds the waiter's bytes (its
- * callback then runs with its old target).
+ * With two broken waiters in one class, the waiters queued between them
+ * cannot be reached: they are never woken again (their `b_dequeue` is
+ * still safe). Not caught: reused memory that still holds the waiter's
+ * bytes (its callback then runs with its old target).
  */
 BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
 

@@ -89,6 +89,10 @@ unsafe fn intact(w: *mut BufferWait, class: usize) -> bool {
 #[cold]
 fn broken_waiter(w: *mut BufferWait, what: &str) {
     let pool = crate::dynbuf::buffer_pool();
+    #[cfg(all(test, not(loom)))]
+    if tests::QUIET.with(|q| q.get()) {
+        return; // a unit test of the non-debug result, beside tests that turn modes on
+    }
     if pool.map_or(crate::debug::object_modes().0 != 0, |p| p.debugged()) {
         crate::debug::die(format!(
             "{what} of stale waiter {w:p} to pool '{}' (its private part is not what the queue wrote: freed, out \
@@ -353,45 +357,26 @@ impl WaitQueue {
     }
 
     /// Takes the broken waiter `bad`, which follows `prev` (null: it is the
-    /// head) in `class`, out of the list without reading its words: its
+    /// head) in `class`, out of the list without reading its links: its
     /// successor is found from the tail, walking back through intact
-    /// waiters. When another broken waiter stands in that walk, the class
-    /// is cut after `prev`, and the intact waiters seen from the tail are
-    /// left not queued (the waiters between the two broken ones cannot be
-    /// reached: undefined). `bad` itself is never written.
+    /// waiters. When another broken waiter stands in that walk, both go, and
+    /// the waiters between the two are lost: never woken again, and their
+    /// `b_dequeue` touches no broken neighbour (`unlink`). `bad` itself is
+    /// never written.
     ///
     /// # Safety
     /// The mutex is held (`st`); `prev` is null or an intact waiter of `class`
     /// whose `next` is `bad`.
     unsafe fn evict(&self, st: &mut State, class: usize, prev: *mut BufferWait, bad: *mut BufferWait) {
+        // The earliest intact waiter seen from the tail: the successor.
         let mut succ = null_mut();
         let mut cur = st.tail[class];
-        let mut found = cur == bad;
-        while !found && !cur.is_null() {
-            // SAFETY: reached from the tail through intact queued waiters, live.
-            if !unsafe { intact(cur, class) } {
-                break;
-            }
+        // SAFETY: reached from the tail through intact queued waiters (each
+        // tested before its `prev` is followed), which are live.
+        while !cur.is_null() && cur != bad && unsafe { intact(cur, class) } {
+            succ = cur;
             // SAFETY: as above.
-            let p = unsafe { link(cur) }.prev;
-            if p == bad {
-                succ = cur;
-                found = true;
-            } else {
-                cur = p;
-            }
-        }
-        if !found {
-            // Cut: from the tail back to the other broken one, nobody is queued.
-            let mut c = st.tail[class];
-            while !c.is_null() && c != cur {
-                // SAFETY: intact queued waiters (checked in the walk above), live.
-                let l = unsafe { link(c) };
-                let p = l.prev;
-                *l = WaitLink { next: null_mut(), prev: null_mut(), seen: 0, queued: 0, magic: 0 };
-                c = p;
-            }
-            succ = null_mut();
+            cur = unsafe { link(cur) }.prev;
         }
         if prev.is_null() {
             st.head[class] = succ;
@@ -402,7 +387,7 @@ impl WaitQueue {
         if succ.is_null() {
             st.tail[class] = prev;
         } else {
-            // SAFETY: intact (found in the walk), live.
+            // SAFETY: intact (tested in the walk), live.
             unsafe { link(succ) }.prev = prev;
         }
         self.set_map(st);
@@ -451,18 +436,35 @@ impl WaitQueue {
         }
         let class = l.queued - 1;
         let (prev, next) = (l.prev, l.next);
+        // A neighbour is written only while it still links back to `w`: a
+        // waiter lost behind broken ones (`evict`) may have broken
+        // neighbours, which are never written.
+        // SAFETY: queued neighbours are live, or the readable memory of a
+        // broken waiter (only read, by `intact`).
+        let linked = |n: *mut BufferWait| unsafe { intact(n, class) };
         if prev.is_null() {
-            st.head[class] = next;
-        } else {
-            // SAFETY: queued neighbours are live.
-            unsafe { link(prev) }.next = next;
+            if st.head[class] == w {
+                st.head[class] = next;
+            }
+        } else if linked(prev) {
+            // SAFETY: an intact queued neighbour, live.
+            let pl = unsafe { link(prev) };
+            if pl.next == w {
+                pl.next = next;
+            }
         }
         if next.is_null() {
-            st.tail[class] = prev;
-        } else {
-            // SAFETY: queued neighbours are live.
-            unsafe { link(next) }.prev = prev;
+            if st.tail[class] == w {
+                st.tail[class] = prev;
+            }
+        } else if linked(next) {
+            // SAFETY: an intact queued neighbour, live.
+            let nl = unsafe { link(next) };
+            if nl.prev == w {
+                nl.prev = prev;
+            }
         }
+        debug_assert!(st.head[class] != w && st.tail[class] != w, "an unlinked waiter is neither head nor tail");
         l.next = null_mut();
         l.prev = null_mut();
         l.queued = 0;
@@ -681,6 +683,81 @@ mod tests {
 
     fn log() -> Vec<usize> {
         LOG.with(|l| std::mem::take(&mut *l.borrow_mut()))
+    }
+
+    thread_local! {
+        /// Set: a broken waiter never aborts on this thread (`broken_waiter`).
+        pub(super) static QUIET: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
+
+    /// Overwrites a queued waiter's private part, as a reused stack would.
+    fn clobber(w: &mut BufferWait) {
+        w.private_ = [0xa5a5_a5a5_a5a5_a5a5_u64 as usize; PRIVATE_WORDS];
+    }
+
+    #[test]
+    fn broken_waiters_are_dropped_never_called() {
+        QUIET.with(|q| q.set(true));
+        let q = WaitQueue::new();
+        let mut w = waiters(5);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters, dequeued below.
+            assert!(unsafe { q.queue(2, x) });
+        }
+        // One broken: the others are woken in order.
+        clobber(&mut w[2]);
+        log();
+        assert_eq!(q.offer(null_mut(), 0, || 100), 4);
+        assert_eq!(log(), vec![0, 1, 3, 4]);
+        let st = q.lock();
+        assert!(st.head[2].is_null() && st.tail[2].is_null());
+        drop(st);
+        // Two broken, one between them: that one is lost (never woken), its
+        // dequeue writes to neither broken neighbour; the others are woken.
+        let mut w = waiters(5);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters, dequeued below.
+            assert!(unsafe { q.queue(1, x) });
+        }
+        // Only their check words overwritten: their links still name w[2].
+        w[1].private_[4] = 0xa5a5_a5a5_a5a5_a5a5_u64 as usize;
+        w[3].private_[4] = 0xa5a5_a5a5_a5a5_a5a5_u64 as usize;
+        assert_eq!(q.offer(null_mut(), 0, || 100), 2);
+        assert_eq!(log(), vec![0, 4]);
+        let before = (w[1].private_, w[3].private_);
+        // SAFETY: live waiters.
+        unsafe { q.dequeue(&mut w[2]) };
+        assert!((w[1].private_, w[3].private_) == before, "a broken neighbour is never written");
+        // SAFETY: a live waiter.
+        assert!(!unsafe { q.is_queued(&w[2]) });
+        let st = q.lock();
+        assert!(st.head[1].is_null() && st.tail[1].is_null());
+        drop(st);
+        // Broken head and tail: the ones between are lost.
+        let mut w = waiters(3);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters.
+            assert!(unsafe { q.queue(3, x) });
+        }
+        clobber(&mut w[0]);
+        clobber(&mut w[2]);
+        assert_eq!(q.offer(null_mut(), 0, || 100), 0);
+        // SAFETY: a live waiter.
+        unsafe { q.dequeue(&mut w[1]) };
+        let st = q.lock();
+        assert!(st.head[3].is_null() && st.tail[3].is_null());
+        drop(st);
+        // A waiter never set up is queued as a new one.
+        let mut w = waiters(1);
+        clobber(&mut w[0]);
+        // SAFETY: a live waiter (garbage private part), dequeued below.
+        unsafe {
+            assert!(q.queue(0, &mut w[0]));
+            assert!(q.is_queued(&w[0]));
+        }
+        assert_eq!(q.offer(null_mut(), 0, || 100), 1);
+        assert_eq!(log(), vec![0]);
+        QUIET.with(|q| q.set(false));
     }
 
     #[test]

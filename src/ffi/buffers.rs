@@ -259,8 +259,10 @@ pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
 /// written to), the others are woken as usual; under an object debug mode
 /// (the buffer pool was created under one, or one is on now) it aborts with
 /// `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' (...)`.
-/// Not caught: reused memory that still holds the waiter's bytes (its
-/// callback then runs with its old target).
+/// With two broken waiters in one class, the waiters queued between them
+/// cannot be reached: they are never woken again (their `b_dequeue` is
+/// still safe). Not caught: reused memory that still holds the waiter's
+/// bytes (its callback then runs with its old target).
 #[no_mangle]
 pub extern "C" fn offer_buffers(from: *mut c_void, threshold: c_uint) {
     waitq::global().offer(from, threshold as isize, dynbuf::offer_budget);
