@@ -1043,7 +1043,8 @@ static const struct row ROWS[] = {
     ABORTS("`tag`: `b_free` of a buffer of the right size whose area is no buffer", "abort: `bufpool: foreign free of "
            "<ptr> to pool 'buffer'`; without a debug mode undefined", "tag", "foreign free of", r_buf_bad_area_tag),
     OK("a queued waiter whose memory is reused (a stack waiter out of scope; here filled with 0xA5), then "
-       "`offer_buffers`", "the waiter is dropped from the queue, never called; the others are woken in order",
+       "`offer_buffers`", "the waiter is dropped from the queue, never called; the others are woken in order (with "
+       "two broken in one class, those between them are never woken)",
        r_wait_stale),
     ABORTS("`tag`: the same", "abort: `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' ...`", "tag",
            "offer_buffers of stale waiter", r_wait_stale_tag),
