@@ -530,6 +530,168 @@ static void r_plain_double_free(void)
     CHECK(a == o && b == o); /* two callers now hold the same object */
 }
 
+/* ---- the rows: stale pool handles (issue 18) ------------------------------ */
+
+/* Every call on `p`, a destroyed pool's handle: nothing happens, and `junk`
+ * (freed into it) is not touched. */
+static void stale_calls(struct pool_head *p)
+{
+    long junk[8] = {0};
+    CHECK(pool_alloc(p) == NULL);
+    CHECK(pool_zalloc(p) == NULL);
+    CHECK(pool_alloc_nocache(p) == NULL);
+    pool_free(p, junk);
+    pool_free_nocache(p, junk);
+    pool_flush(p);
+    pool_set_limit(p, 5);
+    pool_set_minavail(p, 5);
+    CHECK_EQ(pool_allocated(p), 0);
+    CHECK_EQ(pool_used(p), 0);
+    CHECK_EQ(pool_needed_avg(p), 0);
+    CHECK_EQ(pool_failed(p), 0);
+    CHECK_EQ(pool_released(p), 0);
+    CHECK_EQ(pool_users(p), 0);
+    CHECK(pool_destroy(p) == NULL);
+    CHECK_EQ(pool_destroy_ex(p), -2);
+    CHECK(junk[0] == 0 && junk[1] == 0 && junk[7] == 0);
+}
+
+/* A pool with objects idle in this thread's cache, as the tester had it. */
+static struct pool_head *warm_pool(const char *name)
+{
+    struct pool_head *p = create_pool(name, 64, 0);
+    void *o[8];
+    int i;
+    CHECK(p != NULL);
+    for (i = 0; i < 8; i++)
+        o[i] = pool_alloc(p);
+    for (i = 0; i < 8; i++)
+        pool_free(p, o[i]);
+    CHECK_EQ(pool_allocated(p), 8);
+    return p;
+}
+
+static void r_stale_destroy_all(void)
+{
+    struct pool_head *p = warm_pool("gone"), *q;
+    void *o;
+    pool_destroy_all();
+    q = create_pool("new", 64, 0); /* a new pool meanwhile: untouched by the stale calls */
+    CHECK(q != NULL && q != p);
+    o = pool_alloc(q);
+    stale_calls(p);
+    CHECK_EQ(pool_used(q), 1);
+    CHECK_EQ(pool_allocated(q), 1);
+    pool_free(q, o);
+    CHECK(pool_destroy(q) == NULL);
+}
+
+static void r_stale_destroy(void)
+{
+    struct pool_head *p = warm_pool("gone1");
+    CHECK_EQ(pool_destroy_ex(p), 0);
+    stale_calls(p);
+}
+
+static void r_stale_tag_alloc(void)
+{
+    struct pool_head *p = warm_pool("st");
+    pool_destroy_all();
+    (void)pool_alloc(p);
+}
+
+static void r_stale_tag_free(void)
+{
+    struct pool_head *p = create_pool("stf", 64, 0);
+    void *o = pool_alloc(p);
+    pool_free(p, o);
+    CHECK(pool_destroy(p) == NULL);
+    pool_free(p, o);
+}
+
+static void r_stale_uaf_counter(void)
+{
+    struct pool_head *p = create_pool("su", 64, 0);
+    CHECK(pool_destroy(p) == NULL);
+    (void)pool_allocated(p);
+}
+
+/* 256 more pools destroyed after `p`: the next new pool may take its head. */
+static struct pool_head *churn(struct pool_head *p)
+{
+    struct pool_head *q;
+    int i;
+    for (i = 0; i < 256; i++) {
+        q = create_pool("churn", 64, 0);
+        CHECK(q != NULL && q != p);
+        CHECK(pool_destroy(q) == NULL);
+    }
+    return create_pool("heir", 64, 0);
+}
+
+static void r_stale_reused(void)
+{
+    struct pool_head *p = create_pool("old", 64, 0), *q;
+    CHECK(pool_destroy(p) == NULL);
+    q = churn(p);
+    CHECK(q == p); /* the oldest tombstone, reused: the stale handle names "heir" */
+    CHECK_EQ(pool_users(p), 1);
+    CHECK(pool_destroy(q) == NULL);
+}
+
+static void r_stale_tag_not_reused(void)
+{
+    struct pool_head *p = create_pool("old", 64, 0), *q;
+    CHECK(pool_destroy(p) == NULL);
+    q = churn(p);
+    CHECK(q != NULL && q != p);
+    (void)pool_alloc(p);
+}
+
+static void r_destroy_ex_merged(void)
+{
+    struct pool_head *a = create_pool("m", 64, MEM_F_SHARED), *b = create_pool("m", 64, MEM_F_SHARED);
+    void *o;
+    CHECK(a != NULL && a == b);
+    CHECK_EQ(pool_users(a), 2);
+    o = pool_alloc(a);
+    CHECK_EQ(pool_destroy_ex(a), -1); /* in use: untouched */
+    CHECK_EQ(pool_users(a), 2);
+    pool_free(a, o);
+    CHECK_EQ(pool_destroy_ex(a), 1);  /* one user fewer: the other module's pool lives */
+    CHECK_EQ(pool_users(b), 1);
+    CHECK_EQ(pool_destroy_ex(NULL), -2);
+    CHECK_EQ(pool_users(NULL), 0);
+}
+
+static void r_destroy_once_too_often(void)
+{
+    struct pool_head *a = create_pool("m2", 64, MEM_F_SHARED), *b = create_pool("m2", 64, MEM_F_SHARED);
+    CHECK(a == b);
+    CHECK(pool_destroy(a) == NULL);   /* module A: one user fewer */
+    CHECK_EQ(pool_destroy_ex(a), 0);  /* module A again, once too often: 0 says it freed the pool */
+    CHECK(pool_alloc(b) == NULL);     /* module B's handle is stale now: NULL, not a crash */
+    CHECK_EQ(pool_users(b), 0);
+}
+
+static void r_plain_foreign_heap(void)
+{
+    struct pool_head *p = create_pool("mh", 64, 0);
+    void *m = malloc(64), *a;
+    CHECK(p != NULL && m != NULL);
+    pool_free(p, m);
+    a = pool_alloc(p);
+    CHECK(a == m); /* handed out as an object of the pool */
+    free(a);
+}
+
+static void r_tag_small_into_big(void)
+{
+    struct pool_head *small = create_pool("small", 64, 0), *big = create_pool("big", 16384, 0);
+    void *o = pool_alloc(small);
+    pool_free(big, o);
+}
+
 /* ---- the rows: buffers and the wait queue ---------------------------------- */
 static int cb_count;
 static int count_cb(void *t)
@@ -644,6 +806,101 @@ static void r_buf_fail_spares_critical(void)
     b_free(&c);
 }
 
+static void r_buf_uninit(void)
+{
+    struct buffer b;
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    memset(&b, 0xA5, sizeof(b)); /* an uninitialised struct buffer */
+    CHECK(b_alloc(&b) == NULL);
+    CHECK(b.size == (size_t)0xA5A5A5A5A5A5A5A5ull); /* untouched */
+    CHECK(b_alloc_crit(&b, DB_CHANNEL) == NULL);
+    b_free(&b);
+    CHECK(b.size == 0 && b.area == NULL);
+    CHECK_EQ(pool_used(pool_head_buffer), 0);
+    CHECK(b_alloc(&b) == &b && b.size == 16384);
+    b_free(&b);
+}
+
+static void r_buf_uninit_free_tag(void)
+{
+    struct buffer b;
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    memset(&b, 0xA5, sizeof(b));
+    b_free(&b);
+}
+
+static void r_buf_uninit_alloc_tag(void)
+{
+    struct buffer b;
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    memset(&b, 0xA5, sizeof(b));
+    (void)b_alloc(&b);
+}
+
+static void r_buf_bad_area_tag(void)
+{
+    static char junk[16384];
+    struct buffer b = {16384, junk, 0, 0};
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    b_free(&b);
+}
+
+static int stale_called;
+static int stale_cb(void *t)
+{
+    (void)t;
+    stale_called++;
+    return 1;
+}
+
+/* Three waiters queued; the middle one's memory is then reused, as a
+ * stack waiter's is once its function returned (here: filled with 0xA5). */
+static void broken_middle_waiter(struct buffer_wait bw[3])
+{
+    int i;
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    for (i = 0; i < 3; i++) {
+        buffer_wait_init(&bw[i], NULL, i == 1 ? stale_cb : count_cb);
+        CHECK(b_queue(&bw[i]) == 1);
+    }
+    memset(&bw[1], 0xA5, sizeof(bw[1]));
+}
+
+static void r_wait_stale(void)
+{
+    struct buffer_wait bw[3];
+    broken_middle_waiter(bw);
+    offer_buffers(NULL, 0);
+    CHECK_EQ(cb_count, 2);      /* the others woken, in order */
+    CHECK_EQ(stale_called, 0);  /* the broken one never called */
+    CHECK(!b_is_queued(&bw[0]) && !b_is_queued(&bw[2]));
+    offer_buffers(NULL, 0);
+    CHECK_EQ(cb_count, 2);
+}
+
+static void r_wait_stale_tag(void)
+{
+    struct buffer_wait bw[3];
+    broken_middle_waiter(bw);
+    offer_buffers(NULL, 0);
+}
+
+static void r_wait_uninit(void)
+{
+    struct buffer_wait bw;
+    CHECK(dynbuf_init(16384, 4, 0) == 0);
+    memset(&bw, 0xA5, sizeof(bw)); /* never set up */
+    bw.target = NULL;
+    bw.wakeup_cb = count_cb;
+    CHECK(b_is_queued(&bw) == 0);
+    memset(bw.private_, 0xA5, sizeof(bw.private_));
+    CHECK(b_queue(&bw) == 1);
+    CHECK(b_is_queued(&bw) == 1);
+    offer_buffers(NULL, 0);
+    CHECK_EQ(cb_count, 1);
+    CHECK(b_is_queued(&bw) == 0);
+}
+
 /* ---- the table ------------------------------------------------------------ */
 
 struct row {
@@ -749,6 +1006,50 @@ static const struct row ROWS[] = {
            "`DB_PERMANENT` and `dynbuf_init`'s reserve spared", "fail=100", r_buf_fail_spares_critical),
     OK("`pool_free` twice, without a debug mode", "not detected: the next two `pool_alloc` both return the object, "
        "two callers share it (`BUFPOOL_DEBUG=tag` aborts on the second free instead)", r_plain_double_free),
+    OK("every call on a pool's handle after `pool_destroy_all` (`pool_alloc`, `pool_free`, the counters, the setters, "
+       "`pool_destroy`), objects of it having been idle in the thread cache", "NULL, 0, no-op: the head is kept as a "
+       "tombstone; the object freed into it is not touched; pools created since are not affected", r_stale_destroy_all),
+    OK("every call on a pool's handle after `pool_destroy` freed it", "as above; `pool_destroy_ex` said 0 (freed)",
+       r_stale_destroy),
+    ABORTS("`tag`: `pool_alloc` on a pool's handle after `pool_destroy_all`", "abort: `bufpool: pool_alloc of "
+           "destroyed pool <ptr> to pool 'st' (the handle is stale ...)`", "tag", "pool_alloc of destroyed pool",
+           r_stale_tag_alloc),
+    ABORTS("`tag`: `pool_free` into a pool's handle after `pool_destroy`", "abort: `bufpool: pool_free of destroyed "
+           "pool <ptr> to pool 'stf' ...`", "tag", "pool_free of destroyed pool", r_stale_tag_free),
+    ABORTS("`uaf`: `pool_allocated` on a pool's handle after `pool_destroy`", "abort: `bufpool: pool_allocated of "
+           "destroyed pool <ptr> to pool 'su' ...`", "uaf", "pool_allocated of destroyed pool", r_stale_uaf_counter),
+    OK("a pool's handle after 256 more pools were destroyed, and a new one created", "not detected: the oldest "
+       "tombstone is reused, the stale handle names the new pool (`tag` or any object mode: heads are never reused)",
+       r_stale_reused),
+    ABORTS("`tag`: the same, 256 pools later", "abort: `bufpool: pool_alloc of destroyed pool <ptr> to pool 'old' ...`",
+           "tag", "pool_alloc of destroyed pool", r_stale_tag_not_reused),
+    OK("`pool_destroy_ex` and `pool_users` of a merged pool (`MEM_F_SHARED`, two users)", "users 2; -1 while an "
+       "object is held; then 1 (one user left, the pool lives); -2 and 0 for NULL", r_destroy_ex_merged),
+    OK("`pool_destroy` once too often on a merged pool", "`pool_destroy_ex` returns 0 (freed), where `pool_destroy` "
+       "gives NULL for both outcomes; the other module's handle is then stale: NULL, 0", r_destroy_once_too_often),
+    OK("`pool_free` of a `malloc`ed pointer, without a debug mode", "not detected: the next `pool_alloc` hands it out "
+       "(undefined; `BUFPOOL_DEBUG=tag` aborts: `foreign free`)", r_plain_foreign_heap),
+    ABORTS("`tag`: a 64-byte object freed into a 16 KiB pool", "abort: `bufpool: wrong-pool free of <ptr> to pool "
+           "'big' (it belongs to pool 'small')`; without a debug mode undefined (handed out as 16 KiB: heap corruption)",
+           "tag", "wrong-pool free of", r_tag_small_into_big),
+    OK("an uninitialised `struct buffer` (bytes 0xA5): `b_alloc`, `b_alloc_crit`, `b_free`", "NULL, the buffer "
+       "untouched; NULL; `b_free` frees nothing and sets `BUF_NULL` (a size other than the buffer size is no buffer)",
+       r_buf_uninit),
+    ABORTS("`tag`: `b_free` of an uninitialised `struct buffer`", "abort: `bufpool: b_free of uninitialised buffer "
+           "<ptr> to pool 'buffer' (its size ... is not the buffer size 16384 ...)`", "tag",
+           "b_free of uninitialised buffer", r_buf_uninit_free_tag),
+    ABORTS("`tag`: `b_alloc` of an uninitialised `struct buffer`", "abort: `bufpool: b_alloc of uninitialised buffer "
+           "<ptr> to pool 'buffer' ...`", "tag", "b_alloc of uninitialised buffer", r_buf_uninit_alloc_tag),
+    ABORTS("`tag`: `b_free` of a buffer of the right size whose area is no buffer", "abort: `bufpool: foreign free of "
+           "<ptr> to pool 'buffer'`; without a debug mode undefined", "tag", "foreign free of", r_buf_bad_area_tag),
+    OK("a queued waiter whose memory is reused (a stack waiter out of scope; here filled with 0xA5), then "
+       "`offer_buffers`", "the waiter is dropped from the queue, never called; the others are woken in order (with "
+       "two broken in one class, those between them are never woken)",
+       r_wait_stale),
+    ABORTS("`tag`: the same", "abort: `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' ...`", "tag",
+           "offer_buffers of stale waiter", r_wait_stale_tag),
+    OK("a `struct buffer_wait` never set up (private part 0xA5): `b_is_queued`, `b_queue`", "0; then queued (1), "
+       "woken once", r_wait_uninit),
 };
 
 #define NROWS ((int)(sizeof(ROWS) / sizeof(ROWS[0])))

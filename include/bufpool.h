@@ -250,6 +250,14 @@ BUFPOOL_NOPLT int dynbuf_init(size_t bufsize, unsigned int reserved_bufs, unsign
  * for `dynbuf_init`'s reserve) is refused at once: NULL. In the `uaf` and
  * `no-global` debug modes no idle buffer can be kept, so a margin without
  * a limit reserves nothing (buffers come from the OS when asked for).
+ *
+ * An uninitialised `struct buffer`: set it to `BUF_NULL` first. One whose
+ * `size` is neither 0 nor the buffer size (after `dynbuf_init`) is no
+ * buffer of the pool: NULL, `*buf` untouched (the buffer functions never
+ * take it for allocated); under an object debug mode (the buffer pool was
+ * created under one, or one is on now) it aborts with `bufpool: b_alloc of
+ * uninitialised buffer <ptr> to pool 'buffer' (...)`. Garbage whose size
+ * happens to be the buffer size is not caught here (see `b_free`).
  */
 BUFPOOL_NOPLT struct buffer *b_alloc_margin(struct buffer *buf, int margin);
 
@@ -263,7 +271,15 @@ BUFPOOL_NOPLT struct buffer *b_alloc(struct buffer *buf);
 /**
  * Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
  * that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
- * nothing: call `offer_buffers` after it to wake waiters.
+ * nothing: call `offer_buffers` after it to wake waiters. A `struct
+ * buffer` whose `size` is not the buffer size (uninitialised, or
+ * overwritten) is not freed, and is set to `BUF_NULL`; under an object
+ * debug mode it aborts with `bufpool: b_free of uninitialised buffer
+ * <ptr> to pool 'buffer' (...)`. An `area` that is not a buffer of the
+ * pool with the right size (garbage, `malloc`, another pool's object, a
+ * buffer freed before) is undefined without a debug mode; `tag` and `uaf`
+ * (a buffer pool created under them) abort on it (`foreign free`,
+ * `wrong-pool free`, `double free`) before reading a byte through it.
  */
 BUFPOOL_NOPLT void b_free(struct buffer *buf);
 
@@ -276,7 +292,8 @@ BUFPOOL_NOPLT void b_free(struct buffer *buf);
  * sees other threads' queueing with a small lag. The two most critical
  * classes (`DB_MUX_TX`, `DB_PERMANENT`) are spared by the `fail=PERCENT`
  * debug mode. An unknown class or flag, or NULL `buf`: NULL.
- * `buf->size != 0`: `buf`, untouched.
+ * `buf->size != 0`: `buf`, untouched; a size that is not the buffer size:
+ * NULL, or an abort under a debug mode, as `b_alloc_margin`.
  */
 BUFPOOL_NOPLT struct buffer *b_alloc_crit(struct buffer *buf, unsigned int crit);
 
@@ -297,7 +314,11 @@ BUFPOOL_NOPLT void buffer_wait_init(struct buffer_wait *bw, void *target, int (*
  * `wakeup_cb` or an unknown class. To miss no wake-up while another thread
  * frees buffers, retry the allocation after queueing (with `DB_F_NOQUEUE`
  * for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
- * freeing it.
+ * freeing it. A waiter never set up (neither `buffer_wait_init` nor zeroed)
+ * whose private part says "queued" without the queue's check word is taken
+ * as not queued (and out of the queue if it is in it), then queued; under
+ * an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
+ * `b_dequeue` and `b_is_queued` do the same check.
  */
 BUFPOOL_NOPLT int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
 
@@ -337,6 +358,20 @@ BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
  * visited at most once per call; a call made from inside a callback
  * continues the call that runs that callback: neither calls again a
  * waiter the other called (each keeps its own budget and `from`).
+ *
+ * A queued waiter whose memory was reused before `b_dequeue` (a waiter on
+ * the stack whose function returned, a freed one, one overwritten) is
+ * undefined, but is caught when its private part changed: each queued
+ * waiter carries a word derived from its address, set by the queueing and
+ * cleared by the dequeue, checked before its links or callback are used.
+ * Such a waiter is dropped from the queue without being called (nor
+ * written to), the others are woken as usual; under an object debug mode
+ * (the buffer pool was created under one, or one is on now) it aborts with
+ * `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' (...)`.
+ * With two broken waiters in one class, the waiters queued between them
+ * cannot be reached: they are never woken again (their `b_dequeue` is
+ * still safe). Not caught: reused memory that still holds the waiter's
+ * bytes (its callback then runs with its old target).
  */
 BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
 
@@ -374,9 +409,35 @@ BUFPOOL_NOPLT struct pool_head *create_aligned_pool(const char *name, unsigned i
  * racing the use of the memory is. Idle objects
  * of the pool in other threads' caches are freed with it, even when those
  * threads are stopped inside a call on another pool. NULL, or a pointer
- * that is not a live pool, is ignored and gives NULL.
+ * that is not a live pool, is ignored and gives NULL (nothing is read
+ * through it). A destroyed pool's handle too: under an object debug mode
+ * (the pool had one, or one is on now) that aborts with `bufpool:
+ * pool_destroy of destroyed pool <ptr> to pool '<name>' (...)`.
+ * NULL does not tell "freed" from "one user fewer" for a merged pool: use
+ * `pool_destroy_ex` to know which.
  */
 BUFPOOL_NOPLT void *pool_destroy(struct pool_head *pool);
+
+/**
+ * `pool_destroy`, telling its outcomes apart: returns 0 when the pool was
+ * freed (its handle is now stale), the number of users left (1 or more)
+ * when a merged pool (`MEM_F_SHARED`) only lost one user and lives on for
+ * the others, -1 when it is in use and was left untouched (as
+ * `pool_destroy` returning the pool), and -2 for NULL or a pointer that
+ * is not a live pool (a destroyed pool's handle: aborts under an object
+ * debug mode, as `pool_destroy`). A module that owns one user of a merged
+ * pool calls it once; a positive return means other modules still use it.
+ */
+BUFPOOL_NOPLT int pool_destroy_ex(struct pool_head *pool);
+
+/**
+ * The users of a live pool: 1, plus one for each `create_pool` that was
+ * merged into it (`MEM_F_SHARED`), minus the `pool_destroy` calls that
+ * only took one user away. 0 for NULL, for a pointer that is not a pool,
+ * and for a destroyed pool's handle (aborts under an object debug mode).
+ * It takes the pool registry's lock: not for a hot loop.
+ */
+BUFPOOL_NOPLT unsigned int pool_users(const struct pool_head *pool);
 
 /**
  * Destroys every pool whose objects are all back, whatever its number of
@@ -389,6 +450,20 @@ BUFPOOL_NOPLT void pool_destroy_all(void);
  * shared cache, then the OS. Returns NULL when the pool is at its limit with
  * every object held by callers, when the OS has no memory, or when `pool`
  * is NULL. The contents are undefined.
+ *
+ * Handles. A destroyed pool's handle (after `pool_destroy` freed it or
+ * `pool_destroy_all`) gives NULL and counts nothing, in every function
+ * taking a pool: a pool's head is never given back to the OS but kept as
+ * a tombstone, whose fast path always misses and whose slow path refuses.
+ * Under an object debug mode (the pool had one, or one is on now) such a
+ * call aborts instead, with `bufpool: <call> of destroyed pool <ptr> to
+ * pool '<name>' (...)`. Not caught: a handle whose head was reused by a
+ * new pool (the oldest tombstone is reused once 256 pools were destroyed
+ * after it, never under an object debug mode), which then acts on the new
+ * pool; a pointer that never was a pool (the fast path reads through it:
+ * undefined, no mode catches it; `pool_destroy`, `pool_destroy_ex` and
+ * `pool_users` alone check the pointer first); a call racing the
+ * destruction on another thread (undefined).
  */
 BUFPOOL_NOPLT void *pool_alloc(struct pool_head *pool);
 
@@ -403,6 +478,14 @@ BUFPOOL_NOPLT void *pool_zalloc(struct pool_head *pool);
  * Without a debug mode nothing is checked: an object freed twice is idle
  * twice, and the pool hands the same object out to two callers. Run with
  * `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
+ * Undefined without a debug mode, caught by `tag` (and `uaf`) for pools
+ * created under it: an object of another pool (of another size too: a
+ * 64-byte object freed into a 16 KiB pool is later handed out as 16 KiB
+ * and corrupts the heap; `tag` reports `wrong-pool free` when the owner is
+ * a `tag` pool, `foreign free` otherwise), a pointer from `malloc` or the
+ * stack (handed out again as an object; `tag`: `foreign free`), a pointer
+ * inside an object. Freed into a destroyed pool's handle: nothing
+ * happens, `ptr` is not touched (see `pool_alloc`, Handles).
  */
 BUFPOOL_NOPLT void pool_free(struct pool_head *pool, void *ptr);
 

@@ -23,7 +23,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Once;
 
-pub(crate) use object::Checks;
+pub(crate) use object::{die, Checks};
 
 /// `no-cache`: pools created from now on get no thread cache.
 static NO_CACHE: AtomicBool = AtomicBool::new(false);

@@ -205,7 +205,7 @@ pub(crate) fn top_up(pool: &Pool, keep: usize) -> Reserve {
 /// untouched.
 pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     if buf.size != 0 {
-        return true;
+        return !is_garbage(buf, "b_alloc");
     }
     let Some(pool) = buffer_pool() else { return false };
     let limit = pool.limit();
@@ -244,7 +244,7 @@ const CRITICAL_CLASS: usize = DynbufCrit::DB_MUX_TX as usize;
 /// the class's reserve tier.
 pub(crate) fn alloc_crit(buf: &mut Buffer, class: usize, noqueue: bool) -> bool {
     if buf.size != 0 {
-        return true;
+        return !is_garbage(buf, "b_alloc_crit");
     }
     if !noqueue && crate::waitq::global().busy_from(class) {
         return false;
@@ -253,12 +253,36 @@ pub(crate) fn alloc_crit(buf: &mut Buffer, class: usize, noqueue: bool) -> bool 
     alloc_margin(buf, class_margin(class))
 }
 
+/// Is `*buf`, whose size is not 0, no buffer of the pool? Every buffer
+/// the pool hands out has the pool's buffer size: another size is an
+/// uninitialised or overwritten `struct buffer`. A misuse that aborts in
+/// the debug modes (`Pool::debugged`) with one line naming `what`; else
+/// the caller's documented result (refused, nothing freed). Before `init`
+/// nothing can be told (no size to compare with): false.
+fn is_garbage(buf: &Buffer, what: &str) -> bool {
+    let Some(pool) = buffer_pool() else { return false };
+    let size = BUFSIZE.load(Ordering::Relaxed);
+    if buf.size == size {
+        return false;
+    }
+    if pool.debugged() {
+        crate::debug::die(format!(
+            "{what} of uninitialised buffer {:p} to pool '{}' (its size {} is not the buffer size {size}; area {:p})",
+            buf as *const Buffer,
+            pool.name(),
+            buf.size,
+            buf.area
+        ));
+    }
+    true
+}
+
 /// Gives `*buf` back to the pool and leaves it `BUF_NULL`. True when this
 /// thread's maintenance tick is due (see `Pool::free`).
 #[must_use]
 pub(crate) fn free(buf: &mut Buffer) -> bool {
     let mut tick = false;
-    if buf.size != 0 && !buf.area.is_null() {
+    if buf.size != 0 && !buf.area.is_null() && !is_garbage(buf, "b_free") {
         if let Some(pool) = buffer_pool() {
             // SAFETY: an allocated buffer's area came from the buffer pool
             // (C contract) and the caller gives it up.

@@ -129,6 +129,15 @@ pub struct Pool {
     windows: SpinLock<Windows>,
     /// The object debug modes it was created with; `None`: none.
     pub(crate) dbg: Option<Checks>,
+    /// The head's life: odd while a pool lives in it, even once destroyed;
+    /// each creation and each destruction in this head adds one (the
+    /// generation is `life / 2`). Heads are never given back to the OS
+    /// (`crate::registry`), so a stale handle reads this word safely.
+    /// Written only under the registry lock; read anywhere.
+    pub(crate) life: AtomicUsize,
+    /// Created with an object debug mode: a use of its handle after its
+    /// destruction aborts (kept in its tombstone).
+    pub(crate) checked: bool,
 }
 
 /// Where a pool's objects' memory comes from.
@@ -261,7 +270,52 @@ impl Pool {
             minavail: AtomicUsize::new(0),
             c: CachePadded::new(Counters::default()),
             windows: SpinLock::new(Windows { lows: [0; WINDOWS], peaks: [0; WINDOWS], seen: 0 }),
+            checked: dbg.is_some(),
             dbg,
+            life: AtomicUsize::new(1),
+        }
+    }
+
+    /// What stays in the head of this pool once it is destroyed: a pool
+    /// with its name, size and flags, no thread cache (`Slot::NONE`, so
+    /// that the fast path of a stale handle misses and takes the slow
+    /// path, which refuses), no shared cache, no memory, every counter 0,
+    /// and a life one past this pool's (even: dead).
+    pub(crate) fn tombstone(&self) -> Pool {
+        let t = Pool::new(self.name, self.size(), 0, 0, self.flags, self.private, Shared::None, None);
+        // Relaxed: written under the registry lock, which the readers that matter hold.
+        t.life.store(self.life.load(Relaxed) + 1, Relaxed);
+        Pool { checked: self.checked, ..t }
+    }
+
+    /// Is a pool alive in this head? False for a stale handle (the pool
+    /// was destroyed). Relaxed: the word is only compared; a handle racing
+    /// its pool's destruction is the caller's bug (`pool_destroy`).
+    #[inline]
+    pub(crate) fn is_live(&self) -> bool {
+        self.life.load(Relaxed) & 1 == 1
+    }
+
+    /// Does a misuse around this pool abort? When it was created with an
+    /// object debug mode, or one is on now.
+    pub(crate) fn debugged(&self) -> bool {
+        self.checked || crate::debug::object_modes().0 != 0
+    }
+
+    /// A call `what` on the handle of a destroyed pool: aborts with one
+    /// line when the pool had an object debug mode or one is on now, else
+    /// returns so that the call does nothing (its documented result).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn stale(&self, what: &str) {
+        debug_assert!(!self.is_live(), "only a destroyed pool's handle is stale");
+        if self.debugged() {
+            crate::debug::die(format!(
+                "{what} of destroyed pool {:p} to pool '{}' (the handle is stale: generation {} was destroyed)",
+                self as *const Pool,
+                self.name(),
+                self.life.load(Relaxed) / 2
+            ));
         }
     }
 
@@ -345,6 +399,11 @@ impl Pool {
     #[cold]
     #[inline(never)]
     fn alloc_slow(&self) -> *mut u8 {
+        // A stale handle's head is a tombstone: its fast path always ends here.
+        if !self.is_live() {
+            self.stale("pool_alloc");
+            return null_mut();
+        }
         if self.home.slot().is_some() {
             debug_assert!(self.dbg.is_none(), "a debug pool has no thread cache");
             // An empty stack refills with a batch from the shared cache;
@@ -400,6 +459,12 @@ impl Pool {
     #[cold]
     #[inline(never)]
     unsafe fn free_slow(&self, ptr: *mut u8) -> bool {
+        // A tombstone refuses every object: it was destroyed with none held,
+        // so `ptr` is not one of its objects; it is not touched.
+        if !self.is_live() {
+            self.stale("pool_free");
+            return false;
+        }
         // A pool without a thread cache goes straight to the shared layer.
         if self.home.slot().is_none() || !cache::put_slow(&self.home, ptr) {
             // SAFETY: the caller holds `ptr`, an object of this pool counted out.

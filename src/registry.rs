@@ -2,6 +2,14 @@
 //! destruction, the walk over every pool that `pool_gc` and the report
 //! make, and the pools' part of the `fork()` handlers.
 //!
+//! Pool heads are never given back to the OS. A destroyed pool's head
+//! becomes a tombstone (`Pool::tombstone`: no cache, no memory, counters 0,
+//! its `life` word even) and stays in the registry, so that a stale handle
+//! reads valid memory and its calls find a dead pool. A tombstone is
+//! reused for a new pool only once `QUARANTINE` others wait before it
+//! (oldest first), and never when either pool has an object debug mode:
+//! there a stale handle is caught however many pools come and go.
+//!
 //! Lock order: `POOLS`, then the thread-cache registry (a pool is drained
 //! from every cache when it is destroyed), then the shared caches.
 
@@ -11,11 +19,12 @@ use crate::flags::{
     MEM_F_EXACT, MEM_F_SHARED, POOL_F_NO_LOCAL_CACHE, POOL_F_SHARED_DWCAS, POOL_F_SHARED_LOCKED, POOL_F_SHARED_NONE,
     POOL_F_SHARED_XCHG,
 };
-use crate::os::{free_box, try_box};
+use crate::os::try_box;
 #[cfg(not(loom))]
 use crate::pool::Memory;
 use crate::pool::{Pool, NAME_LEN};
 use crate::shared::{debug_store::DebugStore, Shared};
+use std::collections::VecDeque;
 use std::ptr::{null_mut, NonNull};
 use std::sync::atomic::Ordering::Relaxed;
 #[cfg(not(loom))]
@@ -39,10 +48,37 @@ struct PoolPtr(NonNull<Pool>);
 // behind their own locks.
 unsafe impl Send for PoolPtr {}
 
-/// Every live pool.
-static POOLS: Mutex<Vec<PoolPtr>> = Mutex::new(Vec::new());
+/// Tombstones that wait before the oldest one is reused for a new pool: a
+/// stale handle of one of the last `QUARANTINE` pools destroyed is always
+/// told from a live pool (a head is a few hundred bytes).
+const QUARANTINE: usize = 256;
 
-fn pools() -> MutexGuard<'static, Vec<PoolPtr>> {
+/// Every pool head the library made.
+struct Heads {
+    /// The live pools.
+    live: Vec<PoolPtr>,
+    /// Tombstones of pools without debug modes, oldest first: reusable.
+    dead: VecDeque<PoolPtr>,
+    /// Tombstones of pools with debug modes: never reused.
+    kept: Vec<PoolPtr>,
+}
+
+impl core::ops::Deref for Heads {
+    type Target = Vec<PoolPtr>;
+    fn deref(&self) -> &Vec<PoolPtr> {
+        &self.live
+    }
+}
+
+impl core::ops::DerefMut for Heads {
+    fn deref_mut(&mut self) -> &mut Vec<PoolPtr> {
+        &mut self.live
+    }
+}
+
+static POOLS: Mutex<Heads> = Mutex::new(Heads { live: Vec::new(), dead: VecDeque::new(), kept: Vec::new() });
+
+fn pools() -> MutexGuard<'static, Heads> {
     POOLS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -93,7 +129,7 @@ fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) ->
             }
         }
     }
-    if reg.try_reserve(1).is_err() {
+    if reg.try_reserve(1).is_err() || reg.dead.try_reserve(1).is_err() || reg.kept.try_reserve(1).is_err() {
         return null_mut();
     }
     let global = !debug::no_global() && algo != POOL_F_SHARED_NONE;
@@ -105,8 +141,26 @@ fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) ->
     };
     let cached = flags & POOL_F_NO_LOCAL_CACHE == 0 && !debug::no_cache() && checks.is_none();
     let alloc_size = (size + checks.as_ref().map_or(0, Checks::extra)).max(MIN_OBJECT);
-    let Some(pool) = try_box(Pool::new(stored, size, alloc_size, align, flags, private, shared, checks)) else {
-        return null_mut();
+    let new = Pool::new(stored, size, alloc_size, align, flags, private, shared, checks);
+    let reuse = new.dbg.is_none() && reg.dead.len() > QUARANTINE;
+    let head = if reuse { reg.dead.pop_front() } else { None };
+    let pool = match head {
+        Some(head) => {
+            // SAFETY: a tombstone of the registry, in no list any more and
+            // reached by no call of the library (stale handles' calls are
+            // the caller's bug racing nothing we do here under the lock).
+            let old = unsafe { head.0.as_ptr().replace(new) };
+            // SAFETY: as above: the head now holds the new pool.
+            let pool = unsafe { head.0.as_ref() };
+            // Relaxed: under the registry lock, like every write of it.
+            pool.life.store(old.life.load(Relaxed) + 1, Relaxed);
+            debug_assert!(!old.is_live() && pool.is_live(), "a tombstone comes back to life");
+            head.0
+        }
+        None => match try_box(new) {
+            Some(p) => p,
+            None => return null_mut(),
+        },
     };
     // A debug pool has no thread cache: every object goes through the slow path.
     if cached {
@@ -124,39 +178,94 @@ fn create_with(name: &[u8], size: u32, align: u32, flags: u32, private: bool) ->
 /// of a pool that is freed, under the registry lock (before another pool
 /// can take the address).
 pub(crate) fn destroy(p: *mut Pool, on_free: impl FnOnce(*const Pool)) -> *mut Pool {
+    match destroy_counted(p, "pool_destroy", on_free) {
+        Destroyed::InUse => p,
+        _ => null_mut(),
+    }
+}
+
+/// `destroy`, telling its outcomes apart. `what` names the call in the
+/// report of a destroyed pool's handle.
+pub(crate) fn destroy_counted(p: *mut Pool, what: &str, on_free: impl FnOnce(*const Pool)) -> Destroyed {
     let mut reg = pools();
     let Some(pos) = reg.iter().position(|q| q.0.as_ptr() == p) else {
-        return null_mut(); // not a live pool: nothing to do
+        stale_head(&reg, p, what);
+        return Destroyed::NotAPool; // not a live pool: nothing to do
     };
     // SAFETY: registered, hence alive while POOLS is locked.
     let pool = unsafe { &*p };
     if pool.used() != 0 {
-        return p;
+        return Destroyed::InUse;
     }
-    if pool.users.load(Relaxed) > 1 {
+    let users = pool.users.load(Relaxed);
+    if users > 1 {
         // Merged: one user fewer (users change only under POOLS).
         pool.users.fetch_sub(1, Relaxed);
-        return null_mut();
+        return Destroyed::Users(users - 1);
     }
     if !pool.free_all_idle() {
-        return p;
+        return Destroyed::InUse;
     }
     let q = reg.swap_remove(pos);
-    free_pool(q.0);
+    free_pool(&mut reg, q.0);
     on_free(p);
-    null_mut()
+    Destroyed::Freed
 }
 
-/// Frees a pool that is out of the registry, has no object in use and
-/// none idle (`Pool::free_all_idle` said so).
-fn free_pool(p: NonNull<Pool>) {
-    // SAFETY: the caller took it out of the registry; we are its last user.
+/// Ends a pool that is out of the live list, has no object in use and
+/// none idle (`Pool::free_all_idle` said so): its resources are freed and
+/// its head becomes a tombstone, kept in `reg`.
+fn free_pool(reg: &mut Heads, p: NonNull<Pool>) {
+    // SAFETY: the caller took it out of the live list; we are its last user.
     let pool = unsafe { p.as_ref() };
     if let Some(slot) = pool.home.slot() {
         cache::release_slot(slot);
     }
-    // SAFETY: made by try_box in `create_with`, now unreachable.
-    unsafe { free_box(p) };
+    let tomb = pool.tombstone();
+    // SAFETY: the head is ours (above); the old pool is dropped, freeing
+    // its shared cache and memory, and the tombstone takes its place.
+    drop(unsafe { p.as_ptr().replace(tomb) });
+    // SAFETY: the head holds the tombstone now.
+    debug_assert!(!unsafe { p.as_ref() }.is_live(), "a destroyed pool's head is dead");
+    // Room was reserved at the pool's creation for its tombstone.
+    // SAFETY: as above.
+    if unsafe { p.as_ref() }.checked {
+        reg.kept.push(PoolPtr(p));
+    } else {
+        reg.dead.push_back(PoolPtr(p));
+    }
+}
+
+/// What `destroy_counted` did.
+pub(crate) enum Destroyed {
+    /// The pool was freed.
+    Freed,
+    /// A merged pool lost one user; this many remain.
+    Users(usize),
+    /// In use: returned untouched.
+    InUse,
+    /// Not a live pool (NULL, a destroyed pool's handle, or no pool).
+    NotAPool,
+}
+
+/// The users of a live pool; 0 for a destroyed one (and a debug mode
+/// reports it) or a pointer that is no pool head.
+pub(crate) fn users(p: *const Pool) -> usize {
+    let reg = pools();
+    if let Some(q) = reg.live.iter().find(|q| std::ptr::eq(q.0.as_ptr(), p)) {
+        // SAFETY: registered, hence alive while POOLS is locked.
+        return unsafe { q.0.as_ref() }.users.load(Relaxed);
+    }
+    stale_head(&reg, p, "pool_users");
+    0
+}
+
+/// Reports the use of a tombstone's handle (`Pool::stale`) if `p` is one.
+fn stale_head(reg: &Heads, p: *const Pool, what: &str) {
+    if let Some(t) = reg.dead.iter().chain(reg.kept.iter()).find(|q| std::ptr::eq(q.0.as_ptr(), p)) {
+        // SAFETY: tombstones are never freed; the lock is held.
+        unsafe { t.0.as_ref() }.stale(what);
+    }
 }
 
 /// Destroys every pool with no object in use, whatever its number of users.
@@ -169,7 +278,7 @@ pub(crate) fn destroy_all(mut on_free: impl FnMut(*const Pool)) {
         let pool = unsafe { reg[i].0.as_ref() };
         if pool.used() == 0 && pool.free_all_idle() {
             let q = reg.swap_remove(i);
-            free_pool(q.0);
+            free_pool(&mut reg, q.0);
             on_free(q.0.as_ptr());
         } else {
             i += 1;
@@ -225,7 +334,7 @@ pub(crate) fn gc_all() {
 // ---- fork ----------------------------------------------------------------
 
 #[cfg(not(loom))]
-static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, Vec<PoolPtr>>> = crate::sync::ForkSlot::new();
+static FORK_HELD: crate::sync::ForkSlot<MutexGuard<'static, Heads>> = crate::sync::ForkSlot::new();
 
 /// Before `fork()`: takes the registry, then every thread cache, then
 /// every pool's shared cache (or debug store), then the debug registry.

@@ -59,6 +59,47 @@ struct WaitLink {
     seen: usize,
     /// Its class + 1 while queued, 0 when not.
     queued: usize,
+    /// `magic(w)` while queued, 0 when not: a queued waiter whose memory
+    /// was reused (a stack waiter out of scope, a freed one) or overwritten
+    /// is found out before its links or callback are used (`intact`).
+    magic: usize,
+}
+
+/// Mixed with a waiter's address into its `magic` word.
+const WAIT_MAGIC: usize = 0x5bd1_e995_27d4_eb2d_u64 as usize;
+
+/// The magic word of a waiter queued at `w`.
+fn magic(w: *const BufferWait) -> usize {
+    (w as usize).rotate_left(23) ^ WAIT_MAGIC
+}
+
+/// Is the queued waiter `w` as the queue left it? Its `magic` word and its
+/// class.
+///
+/// # Safety
+/// `w` is readable (a waiter, or memory that was one) and the mutex is held.
+unsafe fn intact(w: *mut BufferWait, class: usize) -> bool {
+    // SAFETY: the caller's guarantee; only read.
+    let l = unsafe { link(w) };
+    l.magic == magic(w) && l.queued == class + 1
+}
+
+/// A queued waiter that is no longer one (`intact` said so): aborts under
+/// an object debug mode, else returns and the queue drops it.
+#[cold]
+fn broken_waiter(w: *mut BufferWait, what: &str) {
+    let pool = crate::dynbuf::buffer_pool();
+    #[cfg(all(test, not(loom)))]
+    if tests::QUIET.with(|q| q.get()) {
+        return; // a unit test of the non-debug result, beside tests that turn modes on
+    }
+    if pool.map_or(crate::debug::object_modes().0 != 0, |p| p.debugged()) {
+        crate::debug::die(format!(
+            "{what} of stale waiter {w:p} to pool '{}' (its private part is not what the queue wrote: freed, out \
+             of scope or overwritten while queued, or never set up by buffer_wait_init)",
+            pool.map_or("buffer", |p| p.name())
+        ));
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<WaitLink>() <= PRIVATE_WORDS * core::mem::size_of::<usize>());
@@ -221,6 +262,8 @@ impl WaitQueue {
         }
         let mut st = self.lock();
         // SAFETY: live waiter, mutex held.
+        unsafe { self.check(&mut st, w, "b_queue") };
+        // SAFETY: live waiter, mutex held.
         let l = unsafe { link(w) };
         if l.queued != 0 {
             let rec = st.running_of(w);
@@ -242,6 +285,7 @@ impl WaitQueue {
         // SAFETY: the caller's guarantee: `w` is live and the mutex is held.
         let l = unsafe { link(w) };
         l.queued = class + 1;
+        l.magic = magic(w);
         l.next = null_mut();
         l.prev = st.tail[class];
         if l.prev.is_null() {
@@ -257,9 +301,96 @@ impl WaitQueue {
     /// # Safety
     /// `w` is live (initialised or zeroed).
     pub unsafe fn is_queued(&self, w: *const BufferWait) -> bool {
-        let _st = self.lock();
+        let mut st = self.lock();
+        // SAFETY: caller guarantee; mutex held.
+        unsafe { self.check(&mut st, w.cast_mut(), "b_is_queued") };
         // SAFETY: caller guarantee; mutex held; only read.
         unsafe { link(w.cast_mut()) }.queued != 0
+    }
+
+    /// A waiter whose private part says "queued" but whose `magic` word
+    /// does not match (never initialised, or overwritten while queued):
+    /// reported (`broken_waiter`), taken out of the list if it is in it,
+    /// and left not queued. A waiter not queued is left as it is.
+    ///
+    /// # Safety
+    /// `w` is live; `st` is the held mutex.
+    unsafe fn check(&self, st: &mut State, w: *mut BufferWait, what: &str) {
+        // SAFETY: the caller's guarantee.
+        let l = unsafe { link(w) };
+        if l.queued == 0 || (l.queued <= CLASSES && l.magic == magic(w)) {
+            return;
+        }
+        broken_waiter(w, what);
+        for class in 0..CLASSES {
+            // SAFETY: mutex held.
+            if let Some(prev) = unsafe { Self::prev_of(st, class, w) } {
+                // SAFETY: `prev` precedes `w` in `class` (or is null: head); mutex held.
+                unsafe { self.evict(st, class, prev, w) };
+            }
+        }
+        // SAFETY: the caller's guarantee: `w` is live.
+        unsafe { *link(w) = WaitLink { next: null_mut(), prev: null_mut(), seen: 0, queued: 0, magic: 0 } };
+    }
+
+    /// The waiter before `w` in `class` (null when `w` is the head), found
+    /// from the head through intact waiters; None when `w` is not reached.
+    ///
+    /// # Safety
+    /// The mutex is held (`st`).
+    unsafe fn prev_of(st: &State, class: usize, w: *mut BufferWait) -> Option<*mut BufferWait> {
+        let mut prev = null_mut();
+        let mut cur = st.head[class];
+        while !cur.is_null() {
+            if cur == w {
+                return Some(prev);
+            }
+            // SAFETY: reached through intact queued waiters, which are live.
+            if !unsafe { intact(cur, class) } {
+                return None;
+            }
+            prev = cur;
+            // SAFETY: as above.
+            cur = unsafe { link(cur) }.next;
+        }
+        None
+    }
+
+    /// Takes the broken waiter `bad`, which follows `prev` (null: it is the
+    /// head) in `class`, out of the list without reading its links: its
+    /// successor is found from the tail, walking back through intact
+    /// waiters. When another broken waiter stands in that walk, both go, and
+    /// the waiters between the two are lost: never woken again, and their
+    /// `b_dequeue` touches no broken neighbour (`unlink`). `bad` itself is
+    /// never written.
+    ///
+    /// # Safety
+    /// The mutex is held (`st`); `prev` is null or an intact waiter of `class`
+    /// whose `next` is `bad`.
+    unsafe fn evict(&self, st: &mut State, class: usize, prev: *mut BufferWait, bad: *mut BufferWait) {
+        // The earliest intact waiter seen from the tail: the successor.
+        let mut succ = null_mut();
+        let mut cur = st.tail[class];
+        // SAFETY: reached from the tail through intact queued waiters (each
+        // tested before its `prev` is followed), which are live.
+        while !cur.is_null() && cur != bad && unsafe { intact(cur, class) } {
+            succ = cur;
+            // SAFETY: as above.
+            cur = unsafe { link(cur) }.prev;
+        }
+        if prev.is_null() {
+            st.head[class] = succ;
+        } else {
+            // SAFETY: the caller's guarantee: an intact waiter, live.
+            unsafe { link(prev) }.next = succ;
+        }
+        if succ.is_null() {
+            st.tail[class] = prev;
+        } else {
+            // SAFETY: intact (tested in the walk), live.
+            unsafe { link(succ) }.prev = prev;
+        }
+        self.set_map(st);
     }
 
     /// Takes `w` out of its queue; waits while its callback runs on another
@@ -270,6 +401,8 @@ impl WaitQueue {
     pub unsafe fn dequeue(&self, w: *mut BufferWait) {
         let me = crate::sync::thread_token();
         let mut st = self.lock();
+        // SAFETY: `w` is live (the caller's guarantee); mutex held.
+        unsafe { self.check(&mut st, w, "b_dequeue") };
         loop {
             let rec = st.running_of(w);
             if rec.is_null() {
@@ -303,21 +436,39 @@ impl WaitQueue {
         }
         let class = l.queued - 1;
         let (prev, next) = (l.prev, l.next);
+        // A neighbour is written only while it still links back to `w`: a
+        // waiter lost behind broken ones (`evict`) may have broken
+        // neighbours, which are never written.
+        // SAFETY: queued neighbours are live, or the readable memory of a
+        // broken waiter (only read, by `intact`).
+        let linked = |n: *mut BufferWait| unsafe { intact(n, class) };
         if prev.is_null() {
-            st.head[class] = next;
-        } else {
-            // SAFETY: queued neighbours are live.
-            unsafe { link(prev) }.next = next;
+            if st.head[class] == w {
+                st.head[class] = next;
+            }
+        } else if linked(prev) {
+            // SAFETY: an intact queued neighbour, live.
+            let pl = unsafe { link(prev) };
+            if pl.next == w {
+                pl.next = next;
+            }
         }
         if next.is_null() {
-            st.tail[class] = prev;
-        } else {
-            // SAFETY: queued neighbours are live.
-            unsafe { link(next) }.prev = prev;
+            if st.tail[class] == w {
+                st.tail[class] = prev;
+            }
+        } else if linked(next) {
+            // SAFETY: an intact queued neighbour, live.
+            let nl = unsafe { link(next) };
+            if nl.prev == w {
+                nl.prev = prev;
+            }
         }
+        debug_assert!(st.head[class] != w && st.tail[class] != w, "an unlinked waiter is neither head nor tail");
         l.next = null_mut();
         l.prev = null_mut();
         l.queued = 0;
+        l.magic = 0;
         self.set_map(st);
     }
 
@@ -353,7 +504,7 @@ impl WaitQueue {
         for class in (0..CLASSES).rev() {
             let mut cur = st.head[class];
             while budget > threshold {
-                cur = Self::next_due(&st, cur, seq, from);
+                cur = self.next_due(&mut st, class, cur, seq, from);
                 if cur.is_null() {
                     break;
                 }
@@ -389,8 +540,35 @@ impl WaitQueue {
     /// The first waiter from `cur` on that this offer may call: not running
     /// (in another offer, or up the stack of this one), not yet called by
     /// this offer (stamp `seq`), and whose target is not `from`. Null: none.
-    fn next_due(st: &State, mut cur: *mut BufferWait, seq: usize, from: *mut c_void) -> *mut BufferWait {
+    /// A broken waiter met on the way (`intact`) is reported
+    /// (`broken_waiter`) and dropped from the class (`evict`), never called.
+    /// `cur` is null or a waiter of `class` (reached from its head, or the
+    /// successor of an intact one); `st` is the held mutex.
+    fn next_due(
+        &self,
+        st: &mut State,
+        class: usize,
+        mut cur: *mut BufferWait,
+        seq: usize,
+        from: *mut c_void,
+    ) -> *mut BufferWait {
         while !cur.is_null() {
+            // SAFETY: a queued waiter, or the memory of one: readable (the
+            // caller's memory stays mapped for a stack or heap waiter).
+            if !unsafe { intact(cur, class) } {
+                broken_waiter(cur, "offer_buffers");
+                // SAFETY: mutex held.
+                let Some(prev) = (unsafe { Self::prev_of(st, class, cur) }) else { return null_mut() };
+                // SAFETY: `prev` precedes `cur` in `class`; mutex held.
+                unsafe { self.evict(st, class, prev, cur) };
+                cur = if prev.is_null() {
+                    st.head[class]
+                } else {
+                    // SAFETY: intact, live.
+                    unsafe { link(prev) }.next
+                };
+                continue;
+            }
             // SAFETY: queued waiters are live; mutex held (we have `st`).
             let l = unsafe { link(cur) };
             // SAFETY: queued waiters are live; C does not change a queued waiter.
@@ -505,6 +683,81 @@ mod tests {
 
     fn log() -> Vec<usize> {
         LOG.with(|l| std::mem::take(&mut *l.borrow_mut()))
+    }
+
+    thread_local! {
+        /// Set: a broken waiter never aborts on this thread (`broken_waiter`).
+        pub(super) static QUIET: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
+
+    /// Overwrites a queued waiter's private part, as a reused stack would.
+    fn clobber(w: &mut BufferWait) {
+        w.private_ = [0xa5a5_a5a5_a5a5_a5a5_u64 as usize; PRIVATE_WORDS];
+    }
+
+    #[test]
+    fn broken_waiters_are_dropped_never_called() {
+        QUIET.with(|q| q.set(true));
+        let q = WaitQueue::new();
+        let mut w = waiters(5);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters, dequeued below.
+            assert!(unsafe { q.queue(2, x) });
+        }
+        // One broken: the others are woken in order.
+        clobber(&mut w[2]);
+        log();
+        assert_eq!(q.offer(null_mut(), 0, || 100), 4);
+        assert_eq!(log(), vec![0, 1, 3, 4]);
+        let st = q.lock();
+        assert!(st.head[2].is_null() && st.tail[2].is_null());
+        drop(st);
+        // Two broken, one between them: that one is lost (never woken), its
+        // dequeue writes to neither broken neighbour; the others are woken.
+        let mut w = waiters(5);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters, dequeued below.
+            assert!(unsafe { q.queue(1, x) });
+        }
+        // Only their check words overwritten: their links still name w[2].
+        w[1].private_[4] = 0xa5a5_a5a5_a5a5_a5a5_u64 as usize;
+        w[3].private_[4] = 0xa5a5_a5a5_a5a5_a5a5_u64 as usize;
+        assert_eq!(q.offer(null_mut(), 0, || 100), 2);
+        assert_eq!(log(), vec![0, 4]);
+        let before = (w[1].private_, w[3].private_);
+        // SAFETY: live waiters.
+        unsafe { q.dequeue(&mut w[2]) };
+        assert!((w[1].private_, w[3].private_) == before, "a broken neighbour is never written");
+        // SAFETY: a live waiter.
+        assert!(!unsafe { q.is_queued(&w[2]) });
+        let st = q.lock();
+        assert!(st.head[1].is_null() && st.tail[1].is_null());
+        drop(st);
+        // Broken head and tail: the ones between are lost.
+        let mut w = waiters(3);
+        for x in w.iter_mut() {
+            // SAFETY: live waiters.
+            assert!(unsafe { q.queue(3, x) });
+        }
+        clobber(&mut w[0]);
+        clobber(&mut w[2]);
+        assert_eq!(q.offer(null_mut(), 0, || 100), 0);
+        // SAFETY: a live waiter.
+        unsafe { q.dequeue(&mut w[1]) };
+        let st = q.lock();
+        assert!(st.head[3].is_null() && st.tail[3].is_null());
+        drop(st);
+        // A waiter never set up is queued as a new one.
+        let mut w = waiters(1);
+        clobber(&mut w[0]);
+        // SAFETY: a live waiter (garbage private part), dequeued below.
+        unsafe {
+            assert!(q.queue(0, &mut w[0]));
+            assert!(q.is_queued(&w[0]));
+        }
+        assert_eq!(q.offer(null_mut(), 0, || 100), 1);
+        assert_eq!(log(), vec![0]);
+        QUIET.with(|q| q.set(false));
     }
 
     #[test]

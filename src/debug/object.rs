@@ -550,7 +550,7 @@ fn describe(addr: usize) -> String {
 
 /// Reports a misuse on one line of stderr and aborts.
 #[cold]
-fn die(msg: String) -> ! {
+pub(crate) fn die(msg: String) -> ! {
     let line = format!("bufpool: {msg}\n");
     // SAFETY: writing a live buffer to fd 2; a failure changes nothing.
     unsafe {

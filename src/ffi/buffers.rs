@@ -90,6 +90,14 @@ fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
 /// for `dynbuf_init`'s reserve) is refused at once: NULL. In the `uaf` and
 /// `no-global` debug modes no idle buffer can be kept, so a margin without
 /// a limit reserves nothing (buffers come from the OS when asked for).
+///
+/// An uninitialised `struct buffer`: set it to `BUF_NULL` first. One whose
+/// `size` is neither 0 nor the buffer size (after `dynbuf_init`) is no
+/// buffer of the pool: NULL, `*buf` untouched (the buffer functions never
+/// take it for allocated); under an object debug mode (the buffer pool was
+/// created under one, or one is on now) it aborts with `bufpool: b_alloc of
+/// uninitialised buffer <ptr> to pool 'buffer' (...)`. Garbage whose size
+/// happens to be the buffer size is not caught here (see `b_free`).
 #[no_mangle]
 pub extern "C" fn b_alloc_margin(buf: *mut Buffer, margin: c_int) -> *mut Buffer {
     match buf_mut(buf) {
@@ -114,7 +122,15 @@ pub extern "C" fn b_alloc(buf: *mut Buffer) -> *mut Buffer {
 
 /// Gives `*buf` back to the buffer pool and sets it to `BUF_NULL`. A buffer
 /// that is not allocated (size 0), or NULL `buf`, is a no-op. It offers
-/// nothing: call `offer_buffers` after it to wake waiters.
+/// nothing: call `offer_buffers` after it to wake waiters. A `struct
+/// buffer` whose `size` is not the buffer size (uninitialised, or
+/// overwritten) is not freed, and is set to `BUF_NULL`; under an object
+/// debug mode it aborts with `bufpool: b_free of uninitialised buffer
+/// <ptr> to pool 'buffer' (...)`. An `area` that is not a buffer of the
+/// pool with the right size (garbage, `malloc`, another pool's object, a
+/// buffer freed before) is undefined without a debug mode; `tag` and `uaf`
+/// (a buffer pool created under them) abort on it (`foreign free`,
+/// `wrong-pool free`, `double free`) before reading a byte through it.
 #[no_mangle]
 pub extern "C" fn b_free(buf: *mut Buffer) {
     if let Some(b) = buf_mut(buf) {
@@ -132,7 +148,8 @@ pub extern "C" fn b_free(buf: *mut Buffer) {
 /// sees other threads' queueing with a small lag. The two most critical
 /// classes (`DB_MUX_TX`, `DB_PERMANENT`) are spared by the `fail=PERCENT`
 /// debug mode. An unknown class or flag, or NULL `buf`: NULL.
-/// `buf->size != 0`: `buf`, untouched.
+/// `buf->size != 0`: `buf`, untouched; a size that is not the buffer size:
+/// NULL, or an abort under a debug mode, as `b_alloc_margin`.
 #[no_mangle]
 pub extern "C" fn b_alloc_crit(buf: *mut Buffer, crit: c_uint) -> *mut Buffer {
     let class = (crit & !DB_F_NOQUEUE) as usize;
@@ -171,7 +188,11 @@ pub extern "C" fn buffer_wait_init(
 /// `wakeup_cb` or an unknown class. To miss no wake-up while another thread
 /// frees buffers, retry the allocation after queueing (with `DB_F_NOQUEUE`
 /// for `b_alloc_crit`) and `b_dequeue` on success. `b_dequeue` it before
-/// freeing it.
+/// freeing it. A waiter never set up (neither `buffer_wait_init` nor zeroed)
+/// whose private part says "queued" without the queue's check word is taken
+/// as not queued (and out of the queue if it is in it), then queued; under
+/// an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
+/// `b_dequeue` and `b_is_queued` do the same check.
 #[no_mangle]
 pub extern "C" fn b_queue_crit(crit: c_uint, bw: *mut BufferWait) -> c_int {
     crate::fork::ensure_registered();
@@ -228,6 +249,20 @@ pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
 /// visited at most once per call; a call made from inside a callback
 /// continues the call that runs that callback: neither calls again a
 /// waiter the other called (each keeps its own budget and `from`).
+///
+/// A queued waiter whose memory was reused before `b_dequeue` (a waiter on
+/// the stack whose function returned, a freed one, one overwritten) is
+/// undefined, but is caught when its private part changed: each queued
+/// waiter carries a word derived from its address, set by the queueing and
+/// cleared by the dequeue, checked before its links or callback are used.
+/// Such a waiter is dropped from the queue without being called (nor
+/// written to), the others are woken as usual; under an object debug mode
+/// (the buffer pool was created under one, or one is on now) it aborts with
+/// `bufpool: offer_buffers of stale waiter <ptr> to pool 'buffer' (...)`.
+/// With two broken waiters in one class, the waiters queued between them
+/// cannot be reached: they are never woken again (their `b_dequeue` is
+/// still safe). Not caught: reused memory that still holds the waiter's
+/// bytes (its callback then runs with its old target).
 #[no_mangle]
 pub extern "C" fn offer_buffers(from: *mut c_void, threshold: c_uint) {
     waitq::global().offer(from, threshold as isize, dynbuf::offer_budget);

@@ -5,12 +5,28 @@ use crate::{registry, report};
 use core::ffi::{c_char, c_int, c_uint, c_ulong, c_ulonglong, c_void, CStr};
 use std::ptr::null_mut;
 
-/// Converts a pool handle from C; None for NULL.
+/// Converts a pool handle from C; None for NULL. The fast paths of
+/// `pool_alloc` and `pool_free` take it as it is: a destroyed pool's head
+/// is a tombstone whose fast path always misses, and its slow path refuses.
 #[inline(always)]
 fn pool_ref<'a>(p: *const Pool) -> Option<&'a Pool> {
-    // SAFETY: a non-null handle is one create_pool returned and pool_destroy
-    // has not freed: the C contract of every function taking a pool.
+    // SAFETY: a non-null handle is one create_pool returned (C contract).
+    // Heads are never freed (`crate::registry`): a destroyed pool's is a
+    // valid tombstone, so a stale handle reads valid memory.
     unsafe { p.as_ref() }
+}
+
+/// `pool_ref` for the calls off the fast path: None for NULL and for a
+/// destroyed pool's handle, which a debug mode reports (`Pool::stale`).
+#[inline]
+fn live_ref<'a>(p: *const Pool, what: &str) -> Option<&'a Pool> {
+    let pool = pool_ref(p)?;
+    if pool.is_live() {
+        Some(pool)
+    } else {
+        pool.stale(what);
+        None
+    }
 }
 
 /// Creates a pool of objects of `size` bytes named `name` (copied, at most
@@ -56,13 +72,52 @@ pub extern "C" fn create_aligned_pool(name: *const c_char, size: c_uint, align: 
 /// racing the use of the memory is. Idle objects
 /// of the pool in other threads' caches are freed with it, even when those
 /// threads are stopped inside a call on another pool. NULL, or a pointer
-/// that is not a live pool, is ignored and gives NULL.
+/// that is not a live pool, is ignored and gives NULL (nothing is read
+/// through it). A destroyed pool's handle too: under an object debug mode
+/// (the pool had one, or one is on now) that aborts with `bufpool:
+/// pool_destroy of destroyed pool <ptr> to pool '<name>' (...)`.
+/// NULL does not tell "freed" from "one user fewer" for a merged pool: use
+/// `pool_destroy_ex` to know which.
 #[no_mangle]
 pub extern "C" fn pool_destroy(pool: *mut Pool) -> *mut c_void {
     if pool.is_null() {
         return null_mut();
     }
     registry::destroy(pool, super::buffers::forget_buffer_pool).cast()
+}
+
+/// `pool_destroy`, telling its outcomes apart: returns 0 when the pool was
+/// freed (its handle is now stale), the number of users left (1 or more)
+/// when a merged pool (`MEM_F_SHARED`) only lost one user and lives on for
+/// the others, -1 when it is in use and was left untouched (as
+/// `pool_destroy` returning the pool), and -2 for NULL or a pointer that
+/// is not a live pool (a destroyed pool's handle: aborts under an object
+/// debug mode, as `pool_destroy`). A module that owns one user of a merged
+/// pool calls it once; a positive return means other modules still use it.
+#[no_mangle]
+pub extern "C" fn pool_destroy_ex(pool: *mut Pool) -> c_int {
+    if pool.is_null() {
+        return -2;
+    }
+    match registry::destroy_counted(pool, "pool_destroy_ex", super::buffers::forget_buffer_pool) {
+        registry::Destroyed::Freed => 0,
+        registry::Destroyed::Users(n) => n.min(c_int::MAX as usize) as c_int,
+        registry::Destroyed::InUse => -1,
+        registry::Destroyed::NotAPool => -2,
+    }
+}
+
+/// The users of a live pool: 1, plus one for each `create_pool` that was
+/// merged into it (`MEM_F_SHARED`), minus the `pool_destroy` calls that
+/// only took one user away. 0 for NULL, for a pointer that is not a pool,
+/// and for a destroyed pool's handle (aborts under an object debug mode).
+/// It takes the pool registry's lock: not for a hot loop.
+#[no_mangle]
+pub extern "C" fn pool_users(pool: *const Pool) -> c_uint {
+    if pool.is_null() {
+        return 0;
+    }
+    registry::users(pool).min(c_uint::MAX as usize) as c_uint
 }
 
 /// Destroys every pool whose objects are all back, whatever its number of
@@ -76,6 +131,20 @@ pub extern "C" fn pool_destroy_all() {
 /// shared cache, then the OS. Returns NULL when the pool is at its limit with
 /// every object held by callers, when the OS has no memory, or when `pool`
 /// is NULL. The contents are undefined.
+///
+/// Handles. A destroyed pool's handle (after `pool_destroy` freed it or
+/// `pool_destroy_all`) gives NULL and counts nothing, in every function
+/// taking a pool: a pool's head is never given back to the OS but kept as
+/// a tombstone, whose fast path always misses and whose slow path refuses.
+/// Under an object debug mode (the pool had one, or one is on now) such a
+/// call aborts instead, with `bufpool: <call> of destroyed pool <ptr> to
+/// pool '<name>' (...)`. Not caught: a handle whose head was reused by a
+/// new pool (the oldest tombstone is reused once 256 pools were destroyed
+/// after it, never under an object debug mode), which then acts on the new
+/// pool; a pointer that never was a pool (the fast path reads through it:
+/// undefined, no mode catches it; `pool_destroy`, `pool_destroy_ex` and
+/// `pool_users` alone check the pointer first); a call racing the
+/// destruction on another thread (undefined).
 #[no_mangle]
 pub extern "C" fn pool_alloc(pool: *mut Pool) -> *mut c_void {
     match pool_ref(pool) {
@@ -98,6 +167,14 @@ pub extern "C" fn pool_zalloc(pool: *mut Pool) -> *mut c_void {
 /// Without a debug mode nothing is checked: an object freed twice is idle
 /// twice, and the pool hands the same object out to two callers. Run with
 /// `BUFPOOL_DEBUG=tag` to have a double free abort with one line instead.
+/// Undefined without a debug mode, caught by `tag` (and `uaf`) for pools
+/// created under it: an object of another pool (of another size too: a
+/// 64-byte object freed into a 16 KiB pool is later handed out as 16 KiB
+/// and corrupts the heap; `tag` reports `wrong-pool free` when the owner is
+/// a `tag` pool, `foreign free` otherwise), a pointer from `malloc` or the
+/// stack (handed out again as an object; `tag`: `foreign free`), a pointer
+/// inside an object. Freed into a destroyed pool's handle: nothing
+/// happens, `ptr` is not touched (see `pool_alloc`, Handles).
 #[no_mangle]
 pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
     if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
@@ -111,7 +188,7 @@ pub extern "C" fn pool_free(pool: *mut Pool, ptr: *mut c_void) {
 /// failure or for a NULL pool.
 #[no_mangle]
 pub extern "C" fn pool_alloc_nocache(pool: *mut Pool) -> *mut c_void {
-    match pool_ref(pool) {
+    match live_ref(pool, "pool_alloc_nocache") {
         Some(p) => p.alloc_nocache().cast(),
         None => null_mut(),
     }
@@ -120,7 +197,7 @@ pub extern "C" fn pool_alloc_nocache(pool: *mut Pool) -> *mut c_void {
 /// Frees an object of the pool straight to the OS. NULL `ptr` or `pool`: no-op.
 #[no_mangle]
 pub extern "C" fn pool_free_nocache(pool: *mut Pool, ptr: *mut c_void) {
-    if let (Some(p), false) = (pool_ref(pool), ptr.is_null()) {
+    if let (Some(p), false) = (live_ref(pool, "pool_free_nocache"), ptr.is_null()) {
         // SAFETY: `ptr` came from `pool` and the caller gives it up (C contract).
         unsafe { p.free_nocache(ptr.cast()) }
     }
@@ -130,7 +207,7 @@ pub extern "C" fn pool_free_nocache(pool: *mut Pool, ptr: *mut c_void) {
 /// idle in thread caches stay there). NULL: no-op.
 #[no_mangle]
 pub extern "C" fn pool_flush(pool: *mut Pool) {
-    if let Some(p) = pool_ref(pool) {
+    if let Some(p) = live_ref(pool, "pool_flush") {
         p.flush()
     }
 }
@@ -163,7 +240,7 @@ pub extern "C" fn pool_gc(pool_ctx: *mut Pool) {
 /// one delays this call, and no other thread).
 #[no_mangle]
 pub extern "C" fn pool_set_limit(pool: *mut Pool, max_objects: c_uint) {
-    if let Some(p) = pool_ref(pool) {
+    if let Some(p) = live_ref(pool, "pool_set_limit") {
         p.set_limit(max_objects as usize)
     }
 }
@@ -171,7 +248,7 @@ pub extern "C" fn pool_set_limit(pool: *mut Pool, max_objects: c_uint) {
 /// Sets how many idle objects the pool keeps before releasing to the OS.
 #[no_mangle]
 pub extern "C" fn pool_set_minavail(pool: *mut Pool, min_idle: c_uint) {
-    if let Some(p) = pool_ref(pool) {
+    if let Some(p) = live_ref(pool, "pool_set_minavail") {
         p.set_minavail(min_idle as usize)
     }
 }
@@ -194,7 +271,7 @@ pub extern "C" fn pool_set_cache_size(bytes: usize) {
 /// Objects taken from the OS and alive (held, or idle in any cache). 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_allocated(pool: *const Pool) -> c_ulong {
-    pool_ref(pool).map_or(0, |p| p.allocated() as c_ulong)
+    live_ref(pool, "pool_allocated").map_or(0, |p| p.allocated() as c_ulong)
 }
 
 /// Objects held by callers (idle objects in thread caches are not). Exact
@@ -210,7 +287,7 @@ pub extern "C" fn pool_allocated(pool: *const Pool) -> c_ulong {
 /// 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
-    pool_ref(pool).map_or(0, |p| p.used() as c_ulong)
+    live_ref(pool, "pool_used").map_or(0, |p| p.used() as c_ulong)
 }
 
 /// What the pool needed recently: the average, over recent release periods,
@@ -221,7 +298,7 @@ pub extern "C" fn pool_used(pool: *const Pool) -> c_ulong {
 /// thread). 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
-    pool_ref(pool).map_or(0, |p| p.needed_avg() as c_ulong)
+    live_ref(pool, "pool_needed_avg").map_or(0, |p| p.needed_avg() as c_ulong)
 }
 
 /// Allocations of the pool that returned NULL: at the limit, for lack of
@@ -232,7 +309,7 @@ pub extern "C" fn pool_needed_avg(pool: *const Pool) -> c_ulong {
 /// while callers hold more buffers than a lowered limit. 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
-    pool_ref(pool).map_or(0, |p| p.failed() as c_ulong)
+    live_ref(pool, "pool_failed").map_or(0, |p| p.failed() as c_ulong)
 }
 
 /// Objects of the pool given back to the OS so far (by the release
@@ -240,7 +317,7 @@ pub extern "C" fn pool_failed(pool: *const Pool) -> c_ulong {
 /// or at once with a release period of 0). 0 for NULL.
 #[no_mangle]
 pub extern "C" fn pool_released(pool: *const Pool) -> c_ulong {
-    pool_ref(pool).map_or(0, |p| p.released() as c_ulong)
+    live_ref(pool, "pool_released").map_or(0, |p| p.released() as c_ulong)
 }
 
 /// Sets the release period, in ms, for every pool (400 by default, or
