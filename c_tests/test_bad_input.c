@@ -1,12 +1,13 @@
-/* Bad input: every row of the table in README.md ("Bad input"), each run in a
- * fresh process (fork + exec of this program with "--row N", so that
- * BUFPOOL_DEBUG is read anew). The parent checks how the child ended:
+/* Bad input: every row of the table in docs/BAD-INPUT.md (the README's
+ * "Bad input" section points there), each run in a fresh process (fork +
+ * exec of this program with "--row N", so that BUFPOOL_DEBUG is read anew).
+ * The parent checks how the child ended:
  * - rows with an abort message must die of SIGABRT after printing one line
  *   "bufpool: <message>..." naming the pool on stderr;
  * - the other rows must exit 0 (their CHECKs passed) and, where the row
  *   says so, print the expected text on stderr;
  * - no row may end by SIGSEGV or any other signal.
- * It also checks that README.md holds exactly this table:
+ * It also checks that docs/BAD-INPUT.md holds exactly this table:
  * `test_bad_input --markdown` prints it.
  *
  * The rows are the ROWS array: to add one, write its function and add one
@@ -1078,7 +1079,7 @@ static void print_markdown(void)
     }
 }
 
-/* README.md must hold exactly this table (same rows, same count). */
+/* docs/BAD-INPUT.md must hold exactly this table (same rows, same count). */
 static void check_doc(void)
 {
     static char doc[1 << 20];
@@ -1086,7 +1087,7 @@ static void check_doc(void)
     size_t n;
     int i, doc_rows = 0, missing = 0;
     const char *s;
-    FILE *f = fopen("README.md", "r");
+    FILE *f = fopen("docs/BAD-INPUT.md", "r");
     CHECK(f != NULL);
     if (!f) {
         fprintf(stderr, "run from the repository root\n");
@@ -1102,7 +1103,7 @@ static void check_doc(void)
     for (i = 0; i < NROWS; i++) {
         markdown_row(i, line, sizeof(line));
         if (!strstr(doc, line)) {
-            fprintf(stderr, "README.md lacks (regenerate: test_bad_input --markdown): %s\n", line);
+            fprintf(stderr, "docs/BAD-INPUT.md lacks (regenerate: test_bad_input --markdown): %s\n", line);
             missing++;
         }
     }

@@ -20,8 +20,11 @@ cp "$dir/memory.png" docs/memory.png
 tables="$dir/table.md"
 [ ! -s "$dir/limit.md" ] || { cat "$dir/table.md"; echo; cat "$dir/limit.md"; } >"$dir/readme-tables.md"
 [ ! -s "$dir/limit.md" ] || tables="$dir/readme-tables.md"
-awk -v tables="$tables" '
-    $0 == "<!-- bench:tables -->" { print; print ""; while ((getline l < tables) > 0) print l; print ""; skip = 1; next }
+stamp=$(date -u -r "$dir/table.md" '+%Y-%m-%d %H:%M UTC')
+awk -v tables="$tables" -v stamp="$stamp" '
+    $0 == "<!-- bench:tables -->" { print; print ""
+        printf "Measured %s with `make bench` (then `make bench-readme`) on this 2-core shared VM. Speed: thread CPU time medians; in parentheses, the peer relative to bufpool.so (above 1: the peer is faster).\n\n", stamp
+        while ((getline l < tables) > 0) print l; print ""; skip = 1; next }
     $0 == "<!-- /bench:tables -->" { skip = 0 }
     !skip' README.md >README.md.new
 mv README.md.new README.md
