@@ -7,6 +7,10 @@
  *   POST /echo       the request body back (Content-Length; a chunked
  *                    request is echoed chunked, framing and all)
  *   GET /            "hello\n"
+ *   GET /echo-headers  the request's header block back, as the body
+ *   GET /conn-close/N  N bytes, Content-Length, then `connection: close`
+ *                    and the connection closed
+ * `--log PATH`: each request line is appended to PATH as it is read.
  * `backend --body N` prints the N-byte body and exits (what curl must get).
  * Listens on loopback only. */
 #include "http.h"
@@ -47,7 +51,9 @@ struct bconn {
     unsigned char out[OUTSZ];
 };
 
-enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_404 };
+enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404 };
+
+static FILE *req_log;
 
 static int ep;
 
@@ -92,8 +98,12 @@ static void route_of(struct bconn *c, const char *p, size_t h)
         c->route = R_ECHO;
         return;
     }
+    if (!strncmp(path, "/echo-headers ", 14)) {
+        c->route = R_ECHO_HDRS;
+        return;
+    }
     static const struct { const char *prefix; int route; } r[] = {
-        { "/size/", R_SIZE }, { "/chunked/", R_CHUNKED }, { "/close/", R_CLOSE },
+        { "/size/", R_SIZE }, { "/chunked/", R_CHUNKED }, { "/close/", R_CLOSE }, { "/conn-close/", R_CONN_CLOSE },
     };
     for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
         size_t l = strlen(r[i].prefix);
@@ -146,6 +156,17 @@ static void respond(struct bconn *c)
         c->gen = GEN_PLAIN;
         c->gen_total = c->size;
         c->close_after = 1;
+        break;
+    case R_CONN_CLOSE:
+        out_printf(c, "HTTP/1.1 200 OK\r\ncontent-length: %zu\r\nconnection: close%s\r\n\r\n", c->size, "");
+        c->gen = GEN_PLAIN;
+        c->gen_total = c->size;
+        c->close_after = 1;
+        break;
+    case R_ECHO_HDRS:
+        out_printf(c, "HTTP/1.1 200 OK\r\ncontent-length: %zu\r\n%s\r\n", c->echo_len, conn_hdr);
+        c->gen = GEN_ECHO;
+        c->gen_total = c->echo_len;
         break;
     case R_ECHO:
         if (c->req_chunked)
@@ -215,10 +236,23 @@ static int parse(struct bconn *c)
         if (was_hdr) {
             size_t h = http_header_len(c->in, c->in_len);
             route_of(c, c->in, h);
+            if (req_log) {
+                const char *eol = memchr(c->in, '\n', h);
+                fprintf(req_log, "%.*s\n", (int)(eol - c->in), c->in);
+                fflush(req_log);
+            }
             c->close_after = (c->rq.flags & HF_CLOSE) != 0;
             c->req_chunked = c->rq.body == BODY_CHUNKED;
             c->echo_len = 0;
             body = h;                       /* the body starts there */
+            if (c->route == R_ECHO_HDRS) {
+                unsigned char *e = realloc(c->echo, h);
+                if (!e)
+                    return -1;
+                memcpy(e, c->in, h);
+                c->echo = e;
+                c->echo_cap = c->echo_len = h;
+            }
         }
         if (c->route == R_ECHO && take > body) {
             size_t n = take - body;
@@ -324,10 +358,16 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(argv[i], "--port")) {
             a.sin_port = htons((unsigned short)atoi(argv[i + 1]));
+        } else if (!strcmp(argv[i], "--log")) {
+            req_log = fopen(argv[i + 1], "a");
+            if (!req_log) {
+                perror("backend: --log");
+                return 1;
+            }
         } else if (!strcmp(argv[i], "--port-file")) {
             port_file = argv[i + 1];
         } else {
-            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] | --body N\n");
+            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] [--log PATH] | --body N\n");
             return 2;
         }
     }

@@ -43,6 +43,26 @@ static inline void hmsg_reset(struct hmsg *m)
  * not fit in `room` bytes (the buffer is full without an end of headers). */
 int hmsg_scan(struct hmsg *m, const char *p, size_t len, size_t room, int is_resp, int req_flags);
 
+/* hmsg_scan for a message the relay forwards, in the buffer `area` of
+ * `size` bytes holding `*data` bytes from `*head`. Once the headers are
+ * whole, they are checked as hmsg_scan does and rewritten in place (the
+ * bytes after them move, `*head` may become 0, `*data` changes): the
+ * hop-by-hop fields are removed (Connection, the fields it names,
+ * Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade), a request gets
+ * `X-Forwarded-For: ..., <client>` (when `client` is not NULL) and
+ * `Connection: keep-alive`, a response the relay's own Connection
+ * (close when the request's flags have HF_CLOSE or the body is
+ * close-delimited, keep-alive for an HTTP/1.0 client that keeps it).
+ * The caller keeps HTTP_FWD_SLACK bytes of `size` free while the headers
+ * come (-2 when they do not end before that, or the rewrite still does
+ * not fit). Returns as hmsg_scan. */
+#define HTTP_FWD_SLACK 128   /* the most the rewrite adds to a header block */
+int hmsg_scan_fwd(struct hmsg *m, char *area, size_t *head, size_t *data, size_t size, int is_resp, int req_flags,
+                  const char *client);
+
+/* The peer address of socket `fd` as text in `buf` (`n` bytes), or NULL. */
+const char *http_peer(int fd, char *buf, size_t n);
+
 /* Length of the header block at `p` (through its empty line), or 0 when it
  * is not complete in `len` bytes. Accepts bare LF line ends. */
 size_t http_header_len(const char *p, size_t len);

@@ -574,11 +574,14 @@ static int sess_recv(struct session *s, struct conn *c, struct buffer *b, int ma
 {
     if (!sess_alloc(s, b, margin, crit))
         return 0;
-    if (b->head && b->head + b->data == b->size) {
+    /* While headers come, HTTP_FWD_SLACK bytes stay free for their rewrite. */
+    size_t slack = (b == &s->req ? s->rq.state : s->rs.state) == HM_HDR ? HTTP_FWD_SLACK : 0;
+    if (b->head && b->head + b->data + slack >= b->size) {
         memmove(b->area, b->area + b->head, b->data);
         b->head = 0;
     }
     size_t room = b->size - b->head - b->data;
+    room = room > slack ? room - slack : 0;
     if (!room)
         return 0;
     ssize_t n = recv(c->fd, b->area + b->head + b->data, room, 0);
@@ -700,7 +703,9 @@ static void session_run(struct session *s)
         }
         if (s->rq.state != HM_DONE && s->req.data) {
             int was_hdr = s->rq.state == HM_HDR;
-            r = hmsg_scan(&s->rq, s->req.area + s->req.head, s->req.data, s->req.size, 0, 0);
+            char peer[64];                  /* X-Forwarded-For: the client */
+            r = hmsg_scan_fwd(&s->rq, s->req.area, &s->req.head, &s->req.data, s->req.size, 0, 0,
+                              was_hdr ? http_peer(cli->fd, peer, sizeof(peer)) : NULL);
             if (r < 0) {
                 reply_error(s, r == -2 ? 431 : 400);
                 goto abort;
@@ -755,7 +760,7 @@ static void session_run(struct session *s)
             progress |= r;
         }
         if (s->rs.state != HM_DONE && s->res.data) {
-            r = hmsg_scan(&s->rs, s->res.area + s->res.head, s->res.data, s->res.size, 1, s->req_flags);
+            r = hmsg_scan_fwd(&s->rs, s->res.area, &s->res.head, &s->res.data, s->res.size, 1, s->req_flags, NULL);
             if (r < 0)
                 goto srv_fail;
         }

@@ -57,7 +57,7 @@ stop_relay() {
     RC=$?
 }
 
-"$BIN/backend" --port-file "$T/backend.port" &
+"$BIN/backend" --port-file "$T/backend.port" --log "$T/backend.log" &
 PIDS+=($!)
 wait_for 10 test -s "$T/backend.port" || { echo "backend did not start"; exit 1; }
 BPORT=$(cat "$T/backend.port")
@@ -189,6 +189,55 @@ kill -TERM "$LPID"
 wait "$LPID"
 stop_relay st
 check "clean exit with 500 connections open (exit $RC)" "[ $RC = 0 ]" "$T/st.err"
+
+# 6. HTTP/1.1 framing and forwarding (RFC 9112, docs/RELAY.md "HTTP framing"):
+# raw requests on one connection each, the last one closing it.
+echo "6. HTTP framing: smuggling, bad header lines, lengths, hop-by-hop fields, persistence"
+start_relay http
+# raw NAME: stdin to the relay on a new connection, its answer into $T/NAME
+raw() {
+    exec 3<>"/dev/tcp/127.0.0.1/$RPORT"
+    cat >&3
+    timeout 10 cat <&3 > "$T/$1"
+    exec 3<&-
+}
+is400() { [ "$(grep -ac '^HTTP/1.1 ' "$T/$1")" = 1 ] && head -n 1 "$T/$1" | grep -q '^HTTP/1.1 400 '; }
+printf 'POST /smuggle-a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n' | raw smuggle
+check "Transfer-Encoding with Content-Length: 400, closed, the backend saw neither request" \
+    "is400 smuggle && ! grep -q 'smuggle' '$T/backend.log'" "$T/smuggle"
+printf 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc' | raw te-gzip
+check "Transfer-Encoding: gzip (chunked not final): 400" "is400 te-gzip" "$T/te-gzip"
+printf 'POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n' | raw te-order
+check "Transfer-Encoding: chunked, gzip: 400" "is400 te-order" "$T/te-order"
+printf 'GET / HTTP/1.1\r\nHost: t\r\nX-No-Colon\r\n\r\n' | raw nocolon
+check "a header line without a colon: 400" "is400 nocolon" "$T/nocolon"
+printf 'GET / HTTP/1.1\r\nHost : t\r\n\r\n' | raw spcolon
+check "whitespace before the colon: 400" "is400 spcolon" "$T/spcolon"
+printf 'GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n  folded\r\n\r\n' | raw fold
+check "an obs-fold continuation line: 400" "is400 fold" "$T/fold"
+printf 'GET / HTTP/1.1\r\nHost: t\r\nX-A: a\001b\r\n\r\n' | raw ctlchar
+check "a control character in a value: 400" "is400 ctlchar" "$T/ctlchar"
+printf 'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd' | raw cl2
+check "two Content-Length headers that differ: 400" "is400 cl2" "$T/cl2"
+printf 'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 4\r\n\r\nabcd' | raw cllist
+check "Content-Length: 3, 4: 400" "is400 cllist" "$T/cllist"
+printf 'POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc' | raw clsame
+check "two identical Content-Length headers: accepted as one" \
+    "head -n 1 '$T/clsame' | grep -q '^HTTP/1.1 200 ' && [ \"\$(tail -c 3 '$T/clsame')\" = abc ]" "$T/clsame"
+printf 'GET /echo-headers HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Forwarded-For: 10.0.0.1\r\nX-Kept: yes\r\n\r\nGET /size/10 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' | raw hop
+sed -n '/^GET \/echo-headers/,/^\r$/p' "$T/hop" > "$T/hop.seen"
+check "the backend got no hop-by-hop field: not Connection's tokens (X-Secret), Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade" \
+    "grep -qi '^x-kept: yes' '$T/hop.seen' && ! grep -Eqi '^(x-secret|keep-alive|proxy-connection|te|trailer|upgrade):' '$T/hop.seen' && [ \"\$(grep -ci '^connection:' '$T/hop.seen')\" = 1 ] && grep -qi '^connection: keep-alive' '$T/hop.seen'" "$T/hop"
+check "X-Forwarded-For at the backend: the client's address appended" \
+    "grep -q '^X-Forwarded-For: 10.0.0.1, 127.0.0.1' '$T/hop.seen'" "$T/hop"
+printf 'GET /conn-close/100 HTTP/1.1\r\nHost: t\r\n\r\nGET /size/4095 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' | raw srvclose
+check "the server's Connection: close does not reach the client, whose connection stays open for the next request" \
+    "[ \$(grep -ao 'HTTP/1.1 200 ' '$T/srvclose' | wc -l) = 2 ] && [ \$(grep -aci '^connection: close' '$T/srvclose') = 1 ] && [ \$(stat -c %s '$T/srvclose') -gt 4195 ]" "$T/srvclose"
+printf 'GET /close/100 HTTP/1.1\r\nHost: t\r\n\r\n' | raw eofbody
+check "a close-delimited response: Connection: close to the client, then closed" \
+    "grep -aqi '^connection: close' '$T/eofbody' && [ \$(grep -ac '^HTTP/1.1 200 ' '$T/eofbody') = 1 ]" "$T/eofbody"
+stop_relay http
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/http.err"
 
 echo "test-relay: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
