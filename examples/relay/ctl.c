@@ -80,7 +80,9 @@ void ctl_sum(struct wstats *o)
         struct worker *w = &workers[i];
         SUM(accepted); SUM(requests); SUM(responses); SUM(buf_fail); SUM(offer_wakes); SUM(offer_declined);
         SUM(foreign_wakes); SUM(retry_wakes); SUM(idle_offer_wakes); SUM(res_retries); SUM(srv_connects); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
-        SUM(bufwaiters);
+        SUM(bufwaiters); SUM(paused);
+        for (int k = 0; k < TK_N; k++)
+            SUM(timeouts[k]);
     }
 #undef SUM
 }
@@ -112,6 +114,11 @@ static void show_info(int fd)
             V(requests), V(responses), V(srv_connects), V(buf_fail), V(offer_wakes), V(idle_offer_wakes), V(offer_declined),
             V(foreign_wakes), V(res_retries), V(retry_wakes), V(errors),
             V(aborts), V(refused), atomic_load(&stalled), atomic_load(&stalls), atomic_load(&gc_runs));
+    dprintf(fd,
+            "client timeouts: %lu\nidle timeouts: %lu\nconnect timeouts: %lu\nserver timeouts: %lu\n"
+            "queue timeouts: %lu\nlistener pauses: %lu\n",
+            V(timeouts[TK_CLIENT]), V(timeouts[TK_IDLE]), V(timeouts[TK_CONNECT]), V(timeouts[TK_SERVER]),
+            V(timeouts[TK_QUEUE]), V(paused));
 }
 
 /* One command per connection, as socat sends it: a line, then EOF. */
