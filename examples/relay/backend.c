@@ -7,6 +7,7 @@
  *   POST /echo       the request body back (Content-Length; a chunked
  *                    request is echoed chunked, framing and all)
  *   GET /            "hello\n"
+ *   GET /hang        never answered (the connection stays open until closed)
  * `backend --body N` prints the N-byte body and exits (what curl must get).
  * Listens on loopback only. */
 #include "http.h"
@@ -47,7 +48,7 @@ struct bconn {
     unsigned char out[OUTSZ];
 };
 
-enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_404 };
+enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_404, R_HANG };
 
 static int ep;
 
@@ -90,6 +91,10 @@ static void route_of(struct bconn *c, const char *p, size_t h)
     }
     if (!strncmp(path, "/echo ", 6)) {
         c->route = R_ECHO;
+        return;
+    }
+    if (!strncmp(path, "/hang ", 6)) {
+        c->route = R_HANG;
         return;
     }
     static const struct { const char *prefix; int route; } r[] = {
@@ -147,6 +152,8 @@ static void respond(struct bconn *c)
         c->gen_total = c->size;
         c->close_after = 1;
         break;
+    case R_HANG:
+        break;                              /* nothing, ever: see flush */
     case R_ECHO:
         if (c->req_chunked)
             out_printf(c, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-echo: %zu\r\n%s\r\n", c->echo_len,
@@ -247,6 +254,8 @@ static int parse(struct bconn *c)
 /* Writes what it can. 0, or -1: close now. */
 static int flush(struct bconn *c)
 {
+    if (c->route == R_HANG)
+        return 0;
     for (;;) {
         int done = generate(c);
         if (c->out_off < c->out_len) {
@@ -283,7 +292,7 @@ static void on_readable(struct bconn *c)
             break;                          /* full: wait for the response to be sent */
         ssize_t n = recv(c->fd, c->in + c->in_len, INSZ - c->in_len, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-            if (!c->responding)
+            if (!c->responding || c->route == R_HANG)
                 goto close;
             c->close_after = 1;
             c->rd_eof = 1;
