@@ -122,6 +122,8 @@ static void show_info(int fd)
 }
 
 /* One command per connection, as socat sends it: a line, then EOF. */
+static long long stats_pause_until;        /* out of descriptors: the stats socket waits */
+
 static void serve_stats(void)
 {
     char cmd[256];
@@ -129,8 +131,11 @@ static void serve_stats(void)
     struct timeval tv = { .tv_sec = 1 };
     int c = accept(stats_fd, NULL, NULL);
 
-    if (c < 0)
+    if (c < 0) {
+        if (errno == EMFILE || errno == ENFILE)
+            stats_pause_until = now_ms() + 100;   /* level-triggered poll: not again at once */
         return;
+    }
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     while (n < sizeof(cmd) - 1) {
@@ -183,6 +188,7 @@ void ctl_loop(void)
     int gc_pending = 0;
 
     for (;;) {
+        p[1].fd = now_ms() < stats_pause_until ? -1 : stats_fd;
         int n = poll(p, stats_fd >= 0 ? 2 : 1, 100);
         if (n > 0 && (p[0].revents & POLLIN)) {
             unsigned char sig;
