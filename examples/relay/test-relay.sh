@@ -37,6 +37,8 @@ lowfd() { ulimit -n 64 && exec "$@"; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctl() { "$BIN/loadgen" ctl --unix "$T/$1.sock" "${@:2}"; }
 info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
+# info_ge NAME KEY N: show info's KEY is at least N (for wait_for: asked each time)
+info_ge() { local v; v=$(info "$1" "$2"); [ -n "$v" ] && [ "$v" -ge "$3" ]; }
 
 # start_relay NAME [relay options]: a relay in front of the backend; sets
 # RPORT and RPID; its stderr goes to $T/NAME.err. RELAY_WRAP=lowfd runs it
@@ -196,7 +198,8 @@ check "clean exit with 500 connections open (exit $RC)" "[ $RC = 0 ]" "$T/st.err
 
 # 6. Timeouts: slowloris clients, a server that never answers.
 echo "6. timeouts: 40 slowloris clients (1 byte / 200 ms) against 32 buffers; a server that never answers"
-start_relay to --buflimit 32 --reserve 2 --maxconn 4 --timeout-client 1000 --timeout-queue 4000 --timeout-server 500
+start_relay to --buflimit 32 --reserve 2 --maxconn 4 --timeout-client 1000 --timeout-queue 4000 --timeout-server 500 \
+    --timeout-idle 500
 "$BIN/loadgen" slow --port "$RPORT" --conns 40 --interval 200 --ready-file "$T/slow.ready" --timeout 30 > "$T/slow.out" 2>&1 &
 SPID=$!
 PIDS+=("$SPID")
@@ -218,8 +221,25 @@ check "a server that never answers: 504 ($(cat "$T/code"))" "[ \"\$(cat '$T/code
 curl -sS -o "$T/got" "$(URL /size/100000)"
 check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
 check "no buffer held once the slow clients are gone" "[ \"\$(info to 'buffers used')\" = 0 ]"
+"$BIN/loadgen" idle --port "$RPORT" --conns 10 --path /size/100 --timeout 30 > "$T/idle-to.out" 2>&1 &
+LPID=$!
+PIDS+=("$LPID")
+wait_for 20 info_ge to 'idle timeouts' 10
+kill -TERM "$LPID"; wait "$LPID"
+check "10 idle keep-alive connections closed by the relay ($(info to 'idle timeouts') idle timeouts)" \
+    "grep -q '10 idle connections closed by the proxy' '$T/idle-to.out' && [ \"\$(info to sessions)\" = 0 ]" "$T/idle-to.out"
 stop_relay to
 check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/to.err"
+start_relay q --maxconn 1 --timeout-server 3000 --timeout-queue 300
+curl -sS -o /dev/null -w '%{http_code}' "$(URL /hang)" > "$T/code1" &
+CPID=$!
+wait_for 10 info_ge q 'server busy' 1
+curl -sS -o /dev/null -w '%{http_code}' "$(URL /size/100)" > "$T/code2"
+wait "$CPID"
+check "queued behind a stuck request: 503 ($(cat "$T/code2")), the stuck one 504 ($(cat "$T/code1"))" \
+    "[ \"\$(cat '$T/code2')\" = 503 ] && [ \"\$(cat '$T/code1')\" = 504 ] && [ \"\$(info q 'queue timeouts')\" = 1 ]"
+stop_relay q
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/q.err"
 
 # 7. --max-clients pauses the listener: the next client waits, then is served.
 echo "7. --max-clients 2: the third client waits in the backlog, is not refused"
@@ -228,10 +248,10 @@ start_relay mc --max-clients 2 --timeout-client 60000
 SPID=$!
 PIDS+=("$SPID")
 wait_for 20 test -s "$T/mc.ready"
-wait_for 10 test "$(info mc sessions)" = 2
+wait_for 10 info_ge mc sessions 2
 curl -sS -o "$T/got" --max-time 20 "$(URL /size/4096)" &
 CPID=$!
-wait_for 10 test "$(info mc 'listener pauses')" -ge 1
+wait_for 10 info_ge mc 'listener pauses' 1
 check "the listener paused at 2 clients, the third is waiting (curl running)" \
     "[ \"\$(info mc 'listener pauses')\" -ge 1 ] && alive $CPID && [ \"\$(info mc accepted)\" = 2 ]"
 kill -TERM "$SPID"; wait "$SPID"
