@@ -11,6 +11,7 @@
  *   GET /conn-close/N  N bytes, Content-Length, then `connection: close`
  *                    and the connection closed
  * `--log PATH`: each request line is appended to PATH as it is read.
+ *   GET /hang        never answered (the connection stays open until closed)
  * `backend --body N` prints the N-byte body and exits (what curl must get).
  * Listens on loopback only. */
 #include "http.h"
@@ -51,7 +52,7 @@ struct bconn {
     unsigned char out[OUTSZ];
 };
 
-enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404 };
+enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404, R_HANG };
 
 static FILE *req_log;
 
@@ -100,6 +101,10 @@ static void route_of(struct bconn *c, const char *p, size_t h)
     }
     if (!strncmp(path, "/echo-headers ", 14)) {
         c->route = R_ECHO_HDRS;
+        return;
+    }
+    if (!strncmp(path, "/hang ", 6)) {
+        c->route = R_HANG;
         return;
     }
     static const struct { const char *prefix; int route; } r[] = {
@@ -168,6 +173,8 @@ static void respond(struct bconn *c)
         c->gen = GEN_ECHO;
         c->gen_total = c->echo_len;
         break;
+    case R_HANG:
+        break;                              /* nothing, ever: see flush */
     case R_ECHO:
         if (c->req_chunked)
             out_printf(c, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-echo: %zu\r\n%s\r\n", c->echo_len,
@@ -281,6 +288,8 @@ static int parse(struct bconn *c)
 /* Writes what it can. 0, or -1: close now. */
 static int flush(struct bconn *c)
 {
+    if (c->route == R_HANG)
+        return 0;
     for (;;) {
         int done = generate(c);
         if (c->out_off < c->out_len) {
@@ -317,7 +326,7 @@ static void on_readable(struct bconn *c)
             break;                          /* full: wait for the response to be sent */
         ssize_t n = recv(c->fd, c->in + c->in_len, INSZ - c->in_len, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-            if (!c->responding)
+            if (!c->responding || c->route == R_HANG)
                 goto close;
             c->close_after = 1;
             c->rd_eof = 1;

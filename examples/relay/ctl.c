@@ -80,7 +80,9 @@ void ctl_sum(struct wstats *o)
         struct worker *w = &workers[i];
         SUM(accepted); SUM(requests); SUM(responses); SUM(buf_fail); SUM(offer_wakes); SUM(offer_declined);
         SUM(foreign_wakes); SUM(retry_wakes); SUM(idle_offer_wakes); SUM(res_retries); SUM(srv_connects); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
-        SUM(bufwaiters);
+        SUM(bufwaiters); SUM(paused);
+        for (int k = 0; k < TK_N; k++)
+            SUM(timeouts[k]);
     }
 #undef SUM
 }
@@ -112,9 +114,16 @@ static void show_info(int fd)
             V(requests), V(responses), V(srv_connects), V(buf_fail), V(offer_wakes), V(idle_offer_wakes), V(offer_declined),
             V(foreign_wakes), V(res_retries), V(retry_wakes), V(errors),
             V(aborts), V(refused), atomic_load(&stalled), atomic_load(&stalls), atomic_load(&gc_runs));
+    dprintf(fd,
+            "client timeouts: %lu\nidle timeouts: %lu\nconnect timeouts: %lu\nserver timeouts: %lu\n"
+            "queue timeouts: %lu\nlistener pauses: %lu\n",
+            V(timeouts[TK_CLIENT]), V(timeouts[TK_IDLE]), V(timeouts[TK_CONNECT]), V(timeouts[TK_SERVER]),
+            V(timeouts[TK_QUEUE]), V(paused));
 }
 
 /* One command per connection, as socat sends it: a line, then EOF. */
+static long long stats_pause_until;        /* out of descriptors: the stats socket waits */
+
 static void serve_stats(void)
 {
     char cmd[256];
@@ -122,8 +131,11 @@ static void serve_stats(void)
     struct timeval tv = { .tv_sec = 1 };
     int c = accept(stats_fd, NULL, NULL);
 
-    if (c < 0)
+    if (c < 0) {
+        if (errno == EMFILE || errno == ENFILE)
+            stats_pause_until = now_ms() + 100;   /* level-triggered poll: not again at once */
         return;
+    }
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     while (n < sizeof(cmd) - 1) {
@@ -176,6 +188,7 @@ void ctl_loop(void)
     int gc_pending = 0;
 
     for (;;) {
+        p[1].fd = now_ms() < stats_pause_until ? -1 : stats_fd;
         int n = poll(p, stats_fd >= 0 ? 2 : 1, 100);
         if (n > 0 && (p[0].revents & POLLIN)) {
             unsigned char sig;

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -35,7 +36,7 @@
 
 #define HDRSZ 4096
 
-enum mode { M_LOAD, M_IDLE, M_BURST };
+enum mode { M_LOAD, M_IDLE, M_BURST, M_SLOW };
 enum cstate { C_CONNECTING, C_SENDING, C_READING, C_IDLE, C_DONE };
 
 struct lconn {
@@ -49,7 +50,7 @@ struct lconn {
 static struct {
     enum mode mode;
     struct sockaddr_in addr;
-    int conns, requests, parallel, verify;
+    int conns, requests, parallel, verify, interval;
     double timeout;
     const char *path, *ready_file;
     size_t expect;                       /* body size to verify (from /size/N) */
@@ -300,9 +301,93 @@ static int ctl(int argc, char **argv)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: loadgen load|idle|burst --port P [--host A] [--conns N] [--requests R] [--path P]\n"
-                    "               [--verify] [--parallel K] [--ready-file F] [--timeout S]\n"
+    fprintf(stderr, "usage: loadgen load|idle|burst|slow --port P [--host A] [--conns N] [--requests R] [--path P]\n"
+                    "               [--verify] [--parallel K] [--ready-file F] [--timeout S] [--interval MS (slow)]\n"
                     "       loadgen ctl --unix PATH COMMAND...\n");
+}
+
+/* loadgen slow: slowloris. Opens --conns connections and sends each one
+ * byte of a request head that never ends every --interval ms (0: nothing
+ * at all, the connections are only held). Counts the connections the proxy
+ * closed and what it answered; done when all are closed, or at --timeout
+ * (or SIGTERM). Exit 0: all closed by the proxy; 3: some still open. */
+static int slow_main(const char *ready_file, int interval)
+{
+    static const char head[] = "GET / HTTP/1.1\r\nhost: relay-test\r\nx-slow: ";
+    int n = opt.conns, open_n = 0;
+    unsigned long closed = 0, r408 = 0, r503 = 0, rother = 0;
+    struct pollfd *pf = calloc((size_t)n, sizeof(*pf));
+    size_t *sent = calloc((size_t)n, sizeof(*sent));
+    char *answered = calloc((size_t)n, 1);
+
+    if (!pf || !sent || !answered)
+        return 1;
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&opt.addr, sizeof(opt.addr)) < 0) {
+            perror("loadgen slow: connect");
+            return 1;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        pf[i].fd = fd;
+        pf[i].events = POLLIN;
+        open_n++;
+    }
+    if (ready_file) {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (f) {
+            fprintf(f, "%d\n", open_n);
+            fclose(f);
+            rename(tmp, ready_file);
+        }
+    }
+    double deadline = now_s() + opt.timeout, next_send = now_s();
+    while (open_n && !stop_flag && now_s() < deadline) {
+        if (interval > 0 && now_s() >= next_send) {
+            for (int i = 0; i < n; i++) {
+                if (pf[i].fd < 0)
+                    continue;
+                char c = sent[i] < sizeof(head) - 1 ? head[sent[i]] : 'a';
+                if (send(pf[i].fd, &c, 1, MSG_NOSIGNAL) == 1)
+                    sent[i]++;
+            }
+            next_send = now_s() + interval / 1000.0;
+        }
+        int r = poll(pf, (nfds_t)n, interval > 0 ? interval : 100);
+        for (int i = 0; r > 0 && i < n; i++) {
+            if (pf[i].fd < 0 || !pf[i].revents)
+                continue;
+            char buf[512];
+            ssize_t got = recv(pf[i].fd, buf, sizeof(buf) - 1, 0);
+            if (got > 0 && !answered[i]) {
+                buf[got] = 0;
+                answered[i] = 1;
+                if (!strncmp(buf, "HTTP/1.1 408", 12))
+                    r408++;
+                else if (!strncmp(buf, "HTTP/1.1 503", 12))
+                    r503++;
+                else
+                    rother++;
+            }
+            if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                close(pf[i].fd);
+                pf[i].fd = -1;
+                open_n--;
+                closed++;
+            }
+        }
+    }
+    printf("loadgen slow: %d connections, %lu closed by the proxy, %lu answered 408, %lu answered 503, "
+           "%lu answered otherwise, %d still open\n", n, closed, r408, r503, rother, open_n);
+    for (int i = 0; i < n; i++)
+        if (pf[i].fd >= 0)
+            close(pf[i].fd);
+    free(pf);
+    free(sent);
+    free(answered);
+    return open_n ? 3 : 0;
 }
 
 int main(int argc, char **argv)
@@ -322,6 +407,8 @@ int main(int argc, char **argv)
         opt.mode = M_IDLE;
     else if (!strcmp(argv[1], "burst"))
         opt.mode = M_BURST;
+    else if (!strcmp(argv[1], "slow"))
+        opt.mode = M_SLOW;
     else {
         usage();
         return 2;
@@ -349,6 +436,8 @@ int main(int argc, char **argv)
             opt.ready_file = v;
         else if (!strcmp(o, "--timeout"))
             opt.timeout = atof(v);
+        else if (!strcmp(o, "--interval"))
+            opt.interval = atoi(v);
         else {
             usage();
             return 2;
@@ -378,6 +467,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, on_stop);
     signal(SIGINT, on_stop);
+    if (opt.mode == M_SLOW)
+        return slow_main(opt.ready_file, opt.interval);
     struct lconn *cs = calloc((size_t)opt.conns, sizeof(*cs));
     ep = epoll_create1(0);
     if (!cs || ep < 0)

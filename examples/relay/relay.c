@@ -34,6 +34,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct config cfg;
@@ -41,6 +42,9 @@ struct server server = { .lock = PTHREAD_MUTEX_INITIALIZER };
 struct worker *workers;
 struct pool_head *pool_conn, *pool_sess;
 atomic_int stopping;
+atomic_int draining;
+long long drain_deadline;
+static atomic_long nsessions;             /* every worker's, against --max-clients */
 atomic_ulong purge_epoch;
 /* Buffers the relay gave back, all threads: a response waiter retries when it moved. */
 static atomic_ulong buf_frees;
@@ -56,6 +60,9 @@ static _Thread_local unsigned char offer_refused;
 /* ---------------------------------------------------------------- queues */
 
 static void bufwait_forget(struct session *s);
+static void timer_del(struct session *s);
+static void timer_update(struct session *s);
+static void listener_resume(struct worker *w);
 
 static void runq_add(struct worker *w, struct session *s)
 {
@@ -631,7 +638,10 @@ static void reply_error(struct session *s, int code)
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     static const char r502[] = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
     static const char r503[] = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-    const char *m = code == 400 ? r400 : code == 431 ? r431 : code == 502 ? r502 : r503;
+    static const char r408[] = "HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    static const char r504[] = "HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    const char *m = code == 400 ? r400 : code == 431 ? r431 : code == 502 ? r502 : code == 408 ? r408 :
+                    code == 504 ? r504 : r503;
     ssize_t r = send(s->cli->fd, m, strlen(m), MSG_NOSIGNAL);
 
     (void)r;                                /* best effort: the connection closes next */
@@ -666,8 +676,12 @@ static void session_close(struct session *s)
     b_free(&s->res);
     if (s->active)
         ADD(w, active, -1);
+    timer_del(s);
     conn_close(s->cli);
     ALL_DEL(w, s);
+    atomic_fetch_sub_explicit(&nsessions, 1, memory_order_relaxed);
+    if (w->lpaused)
+        listener_resume(w);                 /* a descriptor and a client slot came back */
     if (held) {
         atomic_fetch_add_explicit(&buf_frees, 1, memory_order_relaxed);
         offer(NULL);
@@ -757,6 +771,7 @@ static void session_run(struct session *s)
             r = sess_recv(s, srv, &s->res, 0, DB_MUX_TX);
             if (r < 0)
                 goto srv_fail;
+            s->tprog |= (unsigned char)r;
             progress |= r;
         }
         if (s->rs.state != HM_DONE && s->res.data) {
@@ -799,6 +814,7 @@ static void session_run(struct session *s)
                 continue;
             }
             INC(w, responses);
+            s->served = 1;
             s->active = 0;
             ADD(w, active, -1);
             if (s->close_after || s->rq.state != HM_DONE || s->rq.fwd || s->rs.body == BODY_EOF) {
@@ -810,6 +826,7 @@ static void session_run(struct session *s)
             progress = 1;                   /* a pipelined request may be in */
         }
     } while (progress);
+    timer_update(s);                        /* may close it (draining) */
     return;
 
 srv_fail:
@@ -820,14 +837,199 @@ abort:
     session_close(s);
 }
 
+/* ------------------------------------------------------------ timers */
+
+/* One timer per session, in one of its worker's lists, one list per kind.
+ * A kind has one duration, so a list kept by appending at now + duration is
+ * sorted: setting, moving and cancelling are O(1), and the loop looks at
+ * five heads to choose epoll_wait's timeout. No timer thread. */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int timer_ms(int k)
+{
+    return k == TK_CLIENT ? cfg.t_client : k == TK_IDLE ? cfg.t_idle : k == TK_CONNECT ? cfg.t_connect :
+           k == TK_SERVER ? cfg.t_server : k == TK_QUEUE ? cfg.t_queue : 0;
+}
+
+static void timer_del(struct session *s)
+{
+    struct worker *w = s->w;
+    int k = s->tkind;
+
+    if (k == TK_NONE)
+        return;
+    if (s->tprev)
+        s->tprev->tnext = s->tnext;
+    else
+        w->tq_head[k] = s->tnext;
+    if (s->tnext)
+        s->tnext->tprev = s->tprev;
+    else
+        w->tq_tail[k] = s->tprev;
+    s->tnext = s->tprev = NULL;
+    s->tkind = TK_NONE;
+}
+
+static void timer_set(struct session *s, int k)
+{
+    struct worker *w = s->w;
+
+    timer_del(s);
+    s->tprog = 0;
+    if (k == TK_NONE || timer_ms(k) <= 0)
+        return;
+    s->tkind = (unsigned char)k;
+    s->expire = now_ms() + timer_ms(k);
+    s->tnext = NULL;
+    s->tprev = w->tq_tail[k];
+    if (s->tprev)
+        s->tprev->tnext = s;
+    else
+        w->tq_head[k] = s;
+    w->tq_tail[k] = s;
+}
+
+/* Nothing in flight, nothing half-read: a keep-alive connection between
+ * requests (or a new one that sent nothing yet). */
+static int sess_idle(struct session *s)
+{
+    return !s->active && !s->req.data && s->rq.state == HM_HDR && !s->srv && s->slot == SLOT_NONE;
+}
+
+/* Which timeout applies to `s` now. */
+static int timer_want(struct session *s)
+{
+    if (s->slot == SLOT_WAIT || s->bufwait)
+        return TK_QUEUE;
+    if (s->srv && (s->srv->flags & CF_CONNECTING))
+        return TK_CONNECT;
+    if (s->srv && s->rs.state != HM_DONE)
+        return TK_SERVER;                   /* re-armed whenever the server sends */
+    if (!s->active && s->rq.state == HM_HDR)
+        return s->req.data || !s->served ? TK_CLIENT : TK_IDLE;
+    return TK_NONE;                         /* sending a response: no timeout yet */
+}
+
+/* After a session ran: its timer follows its state. The client timer is not
+ * re-armed while the head trickles in: the whole head must arrive in time. */
+static void timer_update(struct session *s)
+{
+    int k = timer_want(s);
+
+    if (atomic_load_explicit(&draining, memory_order_relaxed) && sess_idle(s)) {
+        session_close(s);                   /* draining: idle connections go */
+        return;
+    }
+    if (k != s->tkind || (k == TK_SERVER && s->tprog))
+        timer_set(s, k);
+}
+
+static void timer_expire(struct session *s)
+{
+    struct worker *w = s->w;
+    int k = s->tkind;
+
+    INC(w, timeouts[k]);
+    timer_del(s);
+    if (k == TK_CLIENT && s->req.data)
+        reply_error(s, 408);                /* a head begun and not finished */
+    else if ((k == TK_CONNECT || k == TK_QUEUE) && s->rs.state == HM_HDR)
+        reply_error(s, 503);
+    else if (k == TK_SERVER && s->rs.state == HM_HDR)
+        reply_error(s, 504);                /* nothing of the response sent yet */
+    session_close(s);                       /* idle, or a response cut: closed silently */
+}
+
+/* ------------------------------------------------------------ the listener */
+
+/* Out of epoll (level-triggered, it would wake us for ever): at
+ * --max-clients, on EMFILE/ENFILE. Tried again after `retry_ms`, or when
+ * one of our sessions closes. */
+static void listener_pause(struct worker *w, int retry_ms)
+{
+    if (!w->lpaused && w->lconn.fd >= 0) {
+        epoll_ctl(w->ep, EPOLL_CTL_DEL, w->lconn.fd, NULL);
+        w->lpaused = 1;
+        INC(w, paused);
+    }
+    w->lretry = now_ms() + retry_ms;
+}
+
+static void listener_resume(struct worker *w)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->lconn };
+
+    if (!w->lpaused || w->lconn.fd < 0 || atomic_load(&draining))
+        return;
+    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, w->lconn.fd, &ev) == 0) {
+        w->lpaused = 0;
+        w->lretry = 0;
+    }
+}
+
+/* Fires what expired; the ms until the next thing to do, or -1. */
+static int timers_run(struct worker *w)
+{
+    long long now = now_ms(), next = -1;
+
+    for (int k = TK_NONE + 1; k < TK_N; k++) {
+        struct session *s;
+        while ((s = w->tq_head[k]) && s->expire <= now)
+            timer_expire(s);
+        if (s && (next < 0 || s->expire - now < next))
+            next = s->expire - now;
+    }
+    if (w->lpaused && w->lretry) {
+        if (w->lretry <= now)
+            listener_resume(w);
+        else if (next < 0 || w->lretry - now < next)
+            next = w->lretry - now;
+    }
+    if (atomic_load(&draining) && (next < 0 || drain_deadline - now < next))
+        next = drain_deadline > now ? drain_deadline - now : 0;
+    return next > 1000000 ? 1000000 : (int)next;
+}
+
+/* SIGTERM: the listener closes, idle connections close; 1 once nothing is
+ * left in flight here or the grace period is over. */
+static int drain_step(struct worker *w)
+{
+    if (w->lconn.fd >= 0) {
+        if (!w->lpaused)
+            epoll_ctl(w->ep, EPOLL_CTL_DEL, w->lconn.fd, NULL);
+        close(w->lconn.fd);
+        w->lconn.fd = -1;
+        w->lpaused = 1;
+        for (struct session *s = w->all, *n; s; s = n) {
+            n = s->anext;
+            if (sess_idle(s) && !s->in_runq)
+                session_close(s);
+        }
+    }
+    return !w->all || now_ms() >= drain_deadline;
+}
+
 /* ------------------------------------------------------------ the loop */
 
 static void accept_clients(struct worker *w)
 {
     for (int i = 0; i < 64; i++) {
+        if (cfg.max_clients && atomic_load_explicit(&nsessions, memory_order_relaxed) >= (long)cfg.max_clients) {
+            listener_pause(w, 100);         /* full: new clients wait in the backlog */
+            return;
+        }
         int fd = accept(w->lconn.fd, NULL, NULL);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                listener_pause(w, 100);     /* out of descriptors: try again later, or on a close */
             return;                         /* EAGAIN, or an error for the next event */
+        }
         int one = 1;
         struct session *s = pool_zalloc(pool_sess);
         if (!s || set_nonblock(fd) < 0 || setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) {
@@ -846,6 +1048,8 @@ static void accept_clients(struct worker *w)
         }
         buffer_wait_init(&s->bw, s, sess_buf_ready);
         ALL_ADD(w, s);
+        atomic_fetch_add_explicit(&nsessions, 1, memory_order_relaxed);
+        timer_set(s, TK_CLIENT);
         INC(w, accepted);
         ADD(w, sessions, 1);
     }
@@ -881,7 +1085,12 @@ static void *worker_main(void *arg)
 
     cur_worker = w;
     while (!atomic_load(&stopping)) {
+        if (atomic_load(&draining) && drain_step(w))
+            break;
         int timeout = w->rq_len ? 0 : w->waiters ? cfg.retry_ms : -1;
+        int tnext = timers_run(w);
+        if (tnext >= 0 && (timeout < 0 || tnext < timeout))
+            timeout = tnext;
         int n = epoll_wait(w->ep, evs, 256, timeout);
 
         if (n < 0 && errno != EINTR)
@@ -1036,7 +1245,8 @@ static void worker_cleanup(struct worker *w)
         w->idle_srv = c->next;
         conn_close(c);
     }
-    close(w->lconn.fd);
+    if (w->lconn.fd >= 0)
+        close(w->lconn.fd);
     close(w->wconn.fd);
     close(w->wake_wr);
     close(w->ep);
@@ -1080,9 +1290,15 @@ static void usage(void)
             "  --watchdog MS        report a stall after MS without a response (1000; 0: off)\n"
             "  --idle-gc MS         pool_gc() after MS without traffic (1000; 0: off)\n"
             "  --retry MS           a worker retries its buffer waiters this often when idle (50)\n"
+            "  --timeout-client MS  the whole request head must arrive within it, else 408 (10000; 0: none)\n"
+            "  --timeout-idle MS    a keep-alive connection between requests, then closed (30000)\n"
+            "  --timeout-connect MS connecting to the server, else 503 (5000)\n"
+            "  --timeout-server MS  the server silent while a response is due, else 504 (30000)\n"
+            "  --timeout-queue MS   waiting for a buffer or a server slot, else 503 (10000)\n"
+            "  --grace MS           SIGTERM/SIGINT: in-flight requests finish within it (5000)\n"
             "  --quiet              no start-up line\n"
             "BUFPOOL_DEBUG in the environment reaches the library (e.g. BUFPOOL_DEBUG=tag,integrity).\n"
-            "SIGUSR1 writes 'show pools' to stderr; SIGTERM/SIGINT stop.\n");
+            "SIGUSR1 writes 'show pools' to stderr; SIGTERM/SIGINT drain, then stop.\n");
 }
 
 static int parse_args(int argc, char **argv)
@@ -1096,6 +1312,12 @@ static int parse_args(int argc, char **argv)
     cfg.watchdog_ms = 1000;
     cfg.idle_gc_ms = 1000;
     cfg.retry_ms = 50;
+    cfg.t_client = 10000;
+    cfg.t_idle = 30000;
+    cfg.t_connect = 5000;
+    cfg.t_server = 30000;
+    cfg.t_queue = 10000;
+    cfg.grace_ms = 5000;
     parse_addr("127.0.0.1:8080", &cfg.listen_addr);
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1146,6 +1368,18 @@ static int parse_args(int argc, char **argv)
             cfg.idle_gc_ms = (int)n;
         } else if (!strcmp(o, "--retry") && n >= 1) {
             cfg.retry_ms = (int)n;
+        } else if (!strcmp(o, "--timeout-client") && n <= 86400000) {
+            cfg.t_client = (int)n;
+        } else if (!strcmp(o, "--timeout-idle") && n <= 86400000) {
+            cfg.t_idle = (int)n;
+        } else if (!strcmp(o, "--timeout-connect") && n <= 86400000) {
+            cfg.t_connect = (int)n;
+        } else if (!strcmp(o, "--timeout-server") && n <= 86400000) {
+            cfg.t_server = (int)n;
+        } else if (!strcmp(o, "--timeout-queue") && n <= 86400000) {
+            cfg.t_queue = (int)n;
+        } else if (!strcmp(o, "--grace") && n <= 86400000) {
+            cfg.grace_ms = (int)n;
         } else {
             goto bad;
         }
@@ -1236,13 +1470,17 @@ int main(int argc, char **argv)
 
     ctl_loop();
 
-    atomic_store(&stopping, 1);
+    /* Drain: workers close their listeners and idle connections, finish
+     * what is in flight, and stop once empty or at the deadline. */
+    drain_deadline = now_ms() + cfg.grace_ms;
+    atomic_store(&draining, 1);
     for (int i = 0; i < cfg.threads; i++) {
         atomic_store(&workers[i].wake_pending, 0);
         wake_pipe(&workers[i]);
     }
     for (int i = 0; i < cfg.threads; i++)
         pthread_join(workers[i].th, NULL);
+    atomic_store(&stopping, 1);
     for (int i = 0; i < cfg.threads; i++)
         worker_cleanup(&workers[i]);
     unsigned long held = pool_used(pool_head_buffer), sess = pool_used(pool_sess), conns = pool_used(pool_conn);

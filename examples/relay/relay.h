@@ -26,7 +26,17 @@ struct config {
     int idle_gc_ms;           /* 0: off */
     int retry_ms;             /* a worker with waiters retries them this often when idle */
     int quiet;
+    /* Timeouts in ms, 0: none (see timer_update in relay.c). */
+    int t_client;             /* the whole request head, from its first byte (or the accept) */
+    int t_idle;               /* a keep-alive connection between requests */
+    int t_connect;            /* connecting to the server */
+    int t_server;             /* the server silent while a response is awaited or read */
+    int t_queue;              /* waiting for a buffer or a server slot */
+    int grace_ms;             /* SIGTERM: in-flight requests finish within it */
 };
+
+/* The one timer of a session: which timeout runs (TK_NONE: none). */
+enum timer_kind { TK_NONE, TK_CLIENT, TK_IDLE, TK_CONNECT, TK_SERVER, TK_QUEUE, TK_N };
 
 /* A socket: a client, a server connection, or a worker's listener or wake
  * pipe (kind). From the "relay_conn" pool. */
@@ -72,12 +82,18 @@ struct session {
     unsigned char gift_adopted;       /* (owner) a gift became req or res: dequeue */
     char *gift;                       /* a buffer's area taken by such a callback */
     unsigned char in_srvq, granted;   /* under the server's lock */
+    unsigned char tkind;              /* its timer (owner): in w->tq[tkind] unless TK_NONE */
+    unsigned char tprog;              /* the server sent bytes since the timer was set */
+    unsigned char served;             /* a response was sent on this connection */
+    struct session *tnext, *tprev;    /* the owner's timer list of that kind */
+    long long expire;                 /* ms, CLOCK_MONOTONIC */
 };
 
 /* Counters a worker writes alone (relaxed stores) and the control thread reads. */
 struct wstats {
     atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, offer_declined, foreign_wakes, retry_wakes,
-        idle_offer_wakes, res_retries, srv_connects, errors, aborts, refused;
+        idle_offer_wakes, res_retries, srv_connects, errors, aborts, refused,
+        timeouts[TK_N], paused;
     atomic_long sessions, active, bufwaiters;
 };
 
@@ -99,6 +115,11 @@ struct worker {
     unsigned long frees_seen;          /* buf_frees when they were last retried */
     unsigned long purge_seen;
     struct wstats st;
+    /* Timers: one FIFO per kind; each kind has one duration, so appending
+     * at now + duration keeps each list sorted and the head is its next. */
+    struct session *tq_head[TK_N], *tq_tail[TK_N];
+    int lpaused;                       /* listener out of epoll: max clients, EMFILE, or drain */
+    long long lretry;                  /* when to try the listener again (ms), 0: on a close only */
 };
 
 /* The backend: maxconn slots, and a FIFO of sessions waiting for one. */
@@ -114,6 +135,8 @@ extern struct server server;
 extern struct worker *workers;
 extern struct pool_head *pool_conn, *pool_sess;
 extern atomic_int stopping;
+extern atomic_int draining;               /* SIGTERM: finish what is in flight, accept nothing */
+extern long long drain_deadline;          /* ms, CLOCK_MONOTONIC: set before draining */
 extern atomic_ulong gc_runs, stalls;
 extern atomic_ulong purge_epoch;          /* raised by ctl: workers close idle server connections */
 extern atomic_int stalled;

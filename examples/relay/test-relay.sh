@@ -32,15 +32,21 @@ wait_for() {
     done
 }
 alive() { kill -0 "$1" 2>/dev/null; }
+lowfd() { ulimit -n 64 && exec "$@"; }
+# cpu PID: utime + stime of a process, in clock ticks
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctl() { "$BIN/loadgen" ctl --unix "$T/$1.sock" "${@:2}"; }
 info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
+# info_ge NAME KEY N: show info's KEY is at least N (for wait_for: asked each time)
+info_ge() { local v; v=$(info "$1" "$2"); [ -n "$v" ] && [ "$v" -ge "$3" ]; }
 
 # start_relay NAME [relay options]: a relay in front of the backend; sets
-# RPORT and RPID; its stderr goes to $T/NAME.err.
+# RPORT and RPID; its stderr goes to $T/NAME.err. RELAY_WRAP=lowfd runs it
+# with a descriptor limit of 64.
 start_relay() {
     local name=$1; shift
     rm -f "$T/$name.port"
-    "$BIN/relay" --listen 127.0.0.1:0 --port-file "$T/$name.port" --server "127.0.0.1:$BPORT" \
+    ${RELAY_WRAP:-} "$BIN/relay" --listen 127.0.0.1:0 --port-file "$T/$name.port" --server "127.0.0.1:$BPORT" \
         --stats "$T/$name.sock" --quiet "$@" 2>"$T/$name.err" &
     RPID=$!
     PIDS+=("$RPID")
@@ -238,6 +244,103 @@ check "a close-delimited response: Connection: close to the client, then closed"
     "grep -aqi '^connection: close' '$T/eofbody' && [ \$(grep -ac '^HTTP/1.1 200 ' '$T/eofbody') = 1 ]" "$T/eofbody"
 stop_relay http
 check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/http.err"
+# 7. Timeouts: slowloris clients, a server that never answers.
+echo "7. timeouts: 40 slowloris clients (1 byte / 200 ms) against 32 buffers; a server that never answers"
+start_relay to --buflimit 32 --reserve 2 --maxconn 4 --timeout-client 1000 --timeout-queue 4000 --timeout-server 500 \
+    --timeout-idle 500
+"$BIN/loadgen" slow --port "$RPORT" --conns 40 --interval 200 --ready-file "$T/slow.ready" --timeout 30 > "$T/slow.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 test -s "$T/slow.ready"
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/fast.out" 2>&1
+lrc=$?
+slow_alive=no; alive "$SPID" && slow_alive=yes
+check "100 fast requests succeeded alongside 40 slow clients (loadgen exit $lrc, slow client still running: $slow_alive)" \
+    "[ $lrc = 0 ] && [ $slow_alive = yes ]" "$T/fast.out"
+wait "$SPID"
+src=$?
+sed 's/^/       /' "$T/slow.out"
+check "every slow connection was closed by the relay (loadgen slow exit $src)" \
+    "[ $src = 0 ] && grep -q 'loadgen slow: 40 connections, 40 closed by the proxy' '$T/slow.out'" "$T/slow.out"
+check "slow heads were answered 408 ($(info to 'client timeouts') client timeouts)" \
+    "grep -q ' [1-9][0-9]* answered 408' '$T/slow.out' && [ \"\$(info to 'client timeouts')\" -ge 1 ]" "$T/slow.out"
+curl -sS -o /dev/null -w '%{http_code}' "$(URL /hang)" > "$T/code"
+check "a server that never answers: 504 ($(cat "$T/code"))" "[ \"\$(cat '$T/code')\" = 504 ] && [ \"\$(info to 'server timeouts')\" = 1 ]"
+curl -sS -o "$T/got" "$(URL /size/100000)"
+check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
+check "no buffer held once the slow clients are gone" "[ \"\$(info to 'buffers used')\" = 0 ]"
+"$BIN/loadgen" idle --port "$RPORT" --conns 10 --path /size/100 --timeout 30 > "$T/idle-to.out" 2>&1 &
+LPID=$!
+PIDS+=("$LPID")
+wait_for 20 info_ge to 'idle timeouts' 10
+kill -TERM "$LPID"; wait "$LPID"
+check "10 idle keep-alive connections closed by the relay ($(info to 'idle timeouts') idle timeouts)" \
+    "grep -q '10 idle connections closed by the proxy' '$T/idle-to.out' && [ \"\$(info to sessions)\" = 0 ]" "$T/idle-to.out"
+stop_relay to
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/to.err"
+start_relay q --maxconn 1 --timeout-server 3000 --timeout-queue 300
+curl -sS -o /dev/null -w '%{http_code}' "$(URL /hang)" > "$T/code1" &
+CPID=$!
+wait_for 10 info_ge q 'server busy' 1
+curl -sS -o /dev/null -w '%{http_code}' "$(URL /size/100)" > "$T/code2"
+wait "$CPID"
+check "queued behind a stuck request: 503 ($(cat "$T/code2")), the stuck one 504 ($(cat "$T/code1"))" \
+    "[ \"\$(cat '$T/code2')\" = 503 ] && [ \"\$(cat '$T/code1')\" = 504 ] && [ \"\$(info q 'queue timeouts')\" = 1 ]"
+stop_relay q
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/q.err"
+
+# 8. --max-clients pauses the listener: the next client waits, then is served.
+echo "8. --max-clients 2: the third client waits in the backlog, is not refused"
+start_relay mc --max-clients 2 --timeout-client 60000
+"$BIN/loadgen" slow --port "$RPORT" --conns 2 --interval 0 --ready-file "$T/mc.ready" --timeout 30 > "$T/mc.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 test -s "$T/mc.ready"
+wait_for 10 info_ge mc sessions 2
+curl -sS -o "$T/got" --max-time 20 "$(URL /size/4096)" &
+CPID=$!
+wait_for 10 info_ge mc 'listener pauses' 1
+check "the listener paused at 2 clients, the third is waiting (curl running)" \
+    "[ \"\$(info mc 'listener pauses')\" -ge 1 ] && alive $CPID && [ \"\$(info mc accepted)\" = 2 ]"
+kill -TERM "$SPID"; wait "$SPID"
+wait "$CPID"
+crc=$?
+check "served once a client left (curl exit $crc), none accepted-then-closed (refused $(info mc refused))" \
+    "[ $crc = 0 ] && cmp -s '$T/got' '$T/want.4096' && [ \"\$(info mc refused)\" = 0 ]"
+stop_relay mc
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/mc.err"
+
+# 9. Out of descriptors: ulimit -n 64, 100 idle connections. No busy loop.
+echo "9. ulimit -n 64, 100 idle connections: the listener pauses on EMFILE"
+RELAY_WRAP=lowfd start_relay fd --timeout-client 60000
+"$BIN/loadgen" slow --port "$RPORT" --conns 100 --interval 0 --ready-file "$T/fd.ready" --timeout 60 > "$T/fdslow.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 test -s "$T/fd.ready"
+c0=$(cpu "$RPID")
+sleep 3                                     # a measurement over 3 s, not a synchronisation
+c1=$(cpu "$RPID")
+ticks=$((c1 - c0))
+check "idle at the descriptor limit: $ticks ticks of CPU in 3 s (< 60; a busy loop uses ~300)" "[ $ticks -lt 60 ]"
+kill -TERM "$SPID"; wait "$SPID"
+wait_for 20 curl -sS -o "$T/got" --max-time 5 "$(URL /size/4096)"
+check "a new connection is served once the others closed" "cmp -s '$T/got' '$T/want.4096'"
+check "the listener was paused ($(info fd 'listener pauses') times)" "[ \"\$(info fd 'listener pauses')\" -ge 1 ]"
+stop_relay fd
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/fd.err"
+
+# 10. SIGTERM drains: a response in flight completes, then exit 0.
+echo "10. SIGTERM during a 32 MiB response read at 8 MB/s: it completes"
+"$BIN/backend" --body 33554432 > "$T/want.32m"
+start_relay dr --grace 30000
+curl -sS --limit-rate 8M -o "$T/got.32m" "$(URL /size/33554432)" &
+CPID=$!
+wait_for 10 test -s "$T/got.32m"
+stop_relay dr
+wait "$CPID"
+crc=$?
+check "the response in flight completed byte for byte (curl exit $crc)" "[ $crc = 0 ] && cmp -s '$T/got.32m' '$T/want.32m'"
+check "the relay exited 0 after draining (exit $RC)" "[ $RC = 0 ]" "$T/dr.err"
 
 echo "test-relay: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
