@@ -47,52 +47,6 @@ static const unsigned int sizes[] = { 16 * 1024, 48 * 1024, 256 * 1024, 2 * 1024
 static const char *const size_names[] = { "16K", "48K", "256K", "2M" };
 static const int thread_counts[] = { 1, 2, 16 };
 
-struct tp_worker {
-    struct pool_head *pool;
-    pthread_barrier_t *start;
-    double seconds;
-    unsigned long ops;
-    int failed;
-};
-
-static void *tp_main(void *arg)
-{
-    struct tp_worker *w = arg;
-    void *held[INFLIGHT];
-    unsigned long ops = 0;
-    double deadline;
-    int i, k = 0;
-
-    for (i = 0; i < INFLIGHT; i++) {
-        held[i] = pool_alloc(w->pool);
-        if (!held[i]) {
-            w->failed = 1;
-            return NULL;
-        }
-    }
-    pthread_barrier_wait(w->start);
-    deadline = race_now() + w->seconds;
-    for (;;) {
-        for (i = 0; i < 32; i++) {
-            pool_free(w->pool, held[k]);
-            held[k] = pool_alloc(w->pool);
-            if (!held[k]) {
-                w->failed = 1;
-                return NULL;
-            }
-            memset(held[k], (int)ops, 64);
-            k = (k + 1) % INFLIGHT;
-            ops++;
-        }
-        if (race_now() > deadline)
-            break;
-    }
-    for (i = 0; i < INFLIGHT; i++)
-        pool_free(w->pool, held[i]);
-    w->ops = ops;
-    return NULL;
-}
-
 /* ---- the C reference: a self-locked list, by hand ------------------- */
 
 /* The head's value while a thread holds it (never an object's address). */
@@ -148,25 +102,41 @@ static inline void ref_free(struct ref_pool *p, void *obj)
     atomic_store_explicit(&p->head, obj, memory_order_release);
 }
 
-struct ref_worker {
-    struct ref_pool *pool;
+/* ---- the loop, on bufpool or on the reference ------------------------ */
+
+struct tp_worker {
+    struct pool_head *pool; /* bufpool's pool, or NULL ... */
+    struct ref_pool *ref;   /* ... for the reference */
     pthread_barrier_t *start;
     double seconds;
     unsigned long ops;
     int failed;
 };
 
-/* tp_main's loop, on the reference. */
-static void *ref_main(void *arg)
+/* `ref` is a constant in each caller: inlined, the other side folds away,
+ * so each loop calls its allocator directly. */
+static inline __attribute__((always_inline)) void *obj_alloc(struct tp_worker *w, int ref)
 {
-    struct ref_worker *w = arg;
+    return ref ? ref_alloc(w->ref) : pool_alloc(w->pool);
+}
+
+static inline __attribute__((always_inline)) void obj_free(struct tp_worker *w, int ref, void *obj)
+{
+    if (ref)
+        ref_free(w->ref, obj);
+    else
+        pool_free(w->pool, obj);
+}
+
+static inline __attribute__((always_inline)) void *tp_loop(struct tp_worker *w, int ref)
+{
     void *held[INFLIGHT];
     unsigned long ops = 0;
     double deadline;
     int i, k = 0;
 
     for (i = 0; i < INFLIGHT; i++) {
-        held[i] = ref_alloc(w->pool);
+        held[i] = obj_alloc(w, ref);
         if (!held[i]) {
             w->failed = 1;
             return NULL;
@@ -176,8 +146,8 @@ static void *ref_main(void *arg)
     deadline = race_now() + w->seconds;
     for (;;) {
         for (i = 0; i < 32; i++) {
-            ref_free(w->pool, held[k]);
-            held[k] = ref_alloc(w->pool);
+            obj_free(w, ref, held[k]);
+            held[k] = obj_alloc(w, ref);
             if (!held[k]) {
                 w->failed = 1;
                 return NULL;
@@ -190,9 +160,19 @@ static void *ref_main(void *arg)
             break;
     }
     for (i = 0; i < INFLIGHT; i++)
-        ref_free(w->pool, held[i]);
+        obj_free(w, ref, held[i]);
     w->ops = ops;
     return NULL;
+}
+
+static void *tp_main(void *arg)
+{
+    return tp_loop(arg, 0);
+}
+
+static void *ref_main(void *arg)
+{
+    return tp_loop(arg, 1);
 }
 
 /* Child: runs one cell and writes its Mops/s to `fd`. */
@@ -201,7 +181,8 @@ static void tp_child(unsigned int size, unsigned int flag, int threads, double s
     pthread_t tid[RACE_MAX_THREADS];
     struct tp_worker w[RACE_MAX_THREADS];
     pthread_barrier_t start;
-    struct pool_head *pool;
+    struct pool_head *pool = NULL;
+    static struct ref_pool ref;
     unsigned long ops = 0;
     double t0, mops;
     int i;
@@ -212,31 +193,15 @@ static void tp_child(unsigned int size, unsigned int flag, int threads, double s
 #endif
     pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
     if (flag == REF_FLAG) {
-        static struct ref_pool ref;
-        static struct ref_worker rw[RACE_MAX_THREADS];
-
         ref.size = size;
-        for (i = 0; i < threads; i++) {
-            rw[i] = (struct ref_worker){ &ref, &start, seconds, 0, 0 };
-            if (pthread_create(&tid[i], NULL, ref_main, &rw[i]) != 0)
-                _exit(3);
-        }
-        pthread_barrier_wait(&start);
-        t0 = race_now();
-        for (i = 0; i < threads; i++) {
-            pthread_join(tid[i], NULL);
-            if (rw[i].failed)
-                _exit(4);
-            ops += rw[i].ops;
-        }
-        goto done;
+    } else {
+        pool = create_pool("tp", size, flag | POOL_F_NO_LOCAL_CACHE);
+        if (!pool)
+            _exit(3);
     }
-    pool = create_pool("tp", size, flag | POOL_F_NO_LOCAL_CACHE);
-    if (!pool)
-        _exit(3);
     for (i = 0; i < threads; i++) {
-        w[i] = (struct tp_worker){ pool, &start, seconds, 0, 0 };
-        if (pthread_create(&tid[i], NULL, tp_main, &w[i]) != 0)
+        w[i] = (struct tp_worker){ pool, &ref, &start, seconds, 0, 0 };
+        if (pthread_create(&tid[i], NULL, flag == REF_FLAG ? ref_main : tp_main, &w[i]) != 0)
             _exit(3);
     }
     pthread_barrier_wait(&start);
@@ -247,7 +212,6 @@ static void tp_child(unsigned int size, unsigned int flag, int threads, double s
             _exit(4);
         ops += w[i].ops;
     }
-done:
     mops = ops / (race_now() - t0) / 1e6;
     if (write(fd, &mops, sizeof(mops)) != (ssize_t)sizeof(mops))
         _exit(5);
