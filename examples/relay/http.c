@@ -35,22 +35,33 @@ static int ci_eq(const char *a, size_t alen, const char *b)
     return 1;
 }
 
+/* The next item of the comma-separated list `v` from `*i` on, without its
+ * surrounding blanks: its offset, its length in `*len` (0 for an empty
+ * item); -1 at the end of the list. `*i` moves past the item. */
+static long next_item(const char *v, size_t vlen, size_t *i, size_t *len)
+{
+    while (*i < vlen && (v[*i] == ' ' || v[*i] == '\t' || v[*i] == ','))
+        (*i)++;
+    if (*i >= vlen)
+        return -1;
+    size_t s = *i;
+    while (*i < vlen && v[*i] != ',')
+        (*i)++;
+    size_t e = *i;
+    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+        e--;
+    *len = e - s;
+    return (long)s;
+}
+
 /* Does the comma-separated list `v` hold the token `tok` (case-insensitive)? */
 static int has_token(const char *v, size_t vlen, const char *tok)
 {
-    size_t i = 0;
-    while (i < vlen) {
-        while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < vlen && v[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e > s && ci_eq(v + s, e - s, tok))
+    size_t i = 0, len;
+    long s;
+    while ((s = next_item(v, vlen, &i, &len)) >= 0)
+        if (len && ci_eq(v + s, len, tok))
             return 1;
-    }
     return 0;
 }
 
@@ -200,22 +211,15 @@ static int parse_headers(struct hmsg *m, struct hinfo *hi, const char *p, size_t
         } else if (ci_eq(line, nlen, "transfer-encoding")) {
             /* The codings of every Transfer-Encoding line, in order:
              * chunked may only be the last one, once. */
-            size_t i = 0;
-            while (i < vlen) {
-                while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-                    i++;
-                size_t s = i;
-                while (i < vlen && v[i] != ',')
-                    i++;
-                size_t t = i;
-                while (t > s && (v[t - 1] == ' ' || v[t - 1] == '\t'))
-                    t--;
-                if (t == s)
+            size_t i = 0, len;
+            long s;
+            while ((s = next_item(v, vlen, &i, &len)) >= 0) {
+                if (!len)
                     continue;
                 if (te_chunked_last)
                     return -1;              /* a coding after chunked */
                 te_seen = 1;
-                te_chunked_last = ci_eq(v + s, t - s, "chunked");
+                te_chunked_last = ci_eq(v + s, len, "chunked");
             }
             if (!vlen)
                 return -1;
