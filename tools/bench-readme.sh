@@ -18,8 +18,10 @@ grep -q '^<!-- bench:tables -->$' README.md && grep -q '^<!-- /bench:tables -->$
 cp "$dir/bench.png" docs/bench.png
 cp "$dir/memory.png" docs/memory.png
 tables="$dir/table.md"
-[ ! -s "$dir/limit.md" ] || { cat "$dir/table.md"; echo; cat "$dir/limit.md"; } >"$dir/readme-tables.md"
-[ ! -s "$dir/limit.md" ] || tables="$dir/readme-tables.md"
+if [ -s "$dir/limit.md" ]; then
+    tables="$dir/readme-tables.md"
+    { cat "$dir/table.md"; echo; cat "$dir/limit.md"; } >"$tables"
+fi
 stamp=$(date -u -r "$dir/table.md" '+%Y-%m-%d %H:%M UTC')
 awk -v tables="$tables" -v stamp="$stamp" '
     $0 == "<!-- bench:tables -->" { print; print ""
