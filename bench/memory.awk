@@ -45,6 +45,8 @@ mode ~ /^spike/ {
     k = $1 SUBSEP $2
     c = ++cnt[k]
     mops[k, c] = $4 + 0; cpu[k, c] = $6 + 0; rel[k, c] = $7 + 0
+    byrun[$1, $2, $3] = $4 + 0
+    if (!(($1, $3) in seenrun)) { seenrun[$1, $3] = 1; nrun[$1]++; runid[$1, nrun[$1]] = $3 }
     if (!($1 in seenlibc)) { seenlibc[$1] = 1; libcs[++nlibc] = $1 }
 }
 
@@ -61,9 +63,19 @@ function runs(arr, k, fmt,   i, s) {
     return s
 }
 function libcname(c) { return c == "glibc" ? "glibc (M_MMAP_THRESHOLD 128 KB), libbufpool.so" : c == "musl" ? "musl 1.2 (static, musl-gcc), libbufpool.a" : c }
-function ratio(c,   d, v) {
-    d = med(mops, c SUBSEP "default"); v = med(mops, c SUBSEP "never")
-    return (d == "" || v == "" || v == 0) ? "" : d / v
+# The median of the paired ratios: run r's default over run r's never (the
+# two ran back to back, in alternating order), so that the machine's drift
+# from run to run cancels out of each ratio.
+function ratio(c,   i, r, n, a) {
+    n = 0
+    for (i = 1; i <= nrun[c]; i++) {
+        r = runid[c, i]
+        if ((c, "default", r) in byrun && (c, "never", r) in byrun && byrun[c, "never", r] > 0)
+            a[++n] = byrun[c, "default", r] / byrun[c, "never", r]
+    }
+    if (n == 0) return ""
+    sortn(a, n)
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 
 END {
@@ -131,7 +143,7 @@ function fluct_runs(   j, c, k, m, modes) {
             printf "  %-6s %-8s Mops/s %s (median %.2f), CPU ns per alloc + free %s, released %s\n", c, modes[m],
                 runs(mops, k, "%.2f"), med(mops, k), runs(cpu, k, "%.0f"), runs(rel, k, "%d")
         }
-        printf "  %-6s default / never: %.3fx\n", c, ratio(c)
+        printf "  %-6s default / never: %.3fx (median of the paired runs' ratios)\n", c, ratio(c)
     }
 }
 
