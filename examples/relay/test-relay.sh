@@ -342,5 +342,32 @@ crc=$?
 check "the response in flight completed byte for byte (curl exit $crc)" "[ $crc = 0 ] && cmp -s '$T/got.32m' '$T/want.32m'"
 check "the relay exited 0 after draining (exit $RC)" "[ $RC = 0 ]" "$T/dr.err"
 
+# 11. Clients that stop reading: the send timer resets them, their buffers go back.
+echo "11. 3 clients that never read a 64 MiB response (--timeout-send 2000), buffer limit 8, maxconn 4"
+start_relay snd --buflimit 8 --reserve 2 --maxconn 4 --timeout-send 2000
+"$BIN/loadgen" stuck --port "$RPORT" --conns 3 --path /size/67108864 --timeout 30 > "$T/stuck.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 info_ge snd 'buffers used' 3
+used=$(info snd 'buffers used'); busy=$(info snd 'server busy')
+check "the stuck clients hold a response buffer and a server slot each ($used buffers used, $busy slots busy)" \
+    "[ '$used' = 3 ] && [ '$busy' = 3 ]"
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd-fast.out" 2>&1
+lrc=$?
+stuck_alive=no; alive "$SPID" && stuck_alive=yes
+check "100 requests of other clients served meanwhile (loadgen exit $lrc, stuck clients still held: $stuck_alive)" \
+    "[ $lrc = 0 ] && [ $stuck_alive = yes ]" "$T/snd-fast.out"
+wait "$SPID"
+src=$?
+sed 's/^/       /' "$T/stuck.out"
+check "every stuck client was reset by the relay (loadgen stuck exit $src)" \
+    "[ $src = 0 ] && grep -q ' 3 reset or closed by the proxy' '$T/stuck.out'" "$T/stuck.out"
+check "3 send timeouts ($(info snd 'send timeouts')), buffers used back to 0, no session, no slot held" \
+    "[ \"\$(info snd 'send timeouts')\" = 3 ] && [ \"\$(info snd 'buffers used')\" = 0 ] && [ \"\$(info snd sessions)\" = 0 ] && [ \"\$(info snd 'server busy')\" = 0 ]"
+curl -sS -o "$T/got" "$(URL /size/100000)"
+check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
+stop_relay snd
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd.err"
+
 echo "test-relay: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
