@@ -13,6 +13,10 @@
  * `--log PATH`: each request line is appended to PATH as it is read.
  *   GET /hang        never answered (the connection stays open until closed)
  * `backend --body N` prints the N-byte body and exits (what curl must get).
+ * `backend --blackhole`: a server that never completes a handshake: it
+ * listens with a backlog of 0, never accepts, and fills its accept queue
+ * with a connection of its own, so that the kernel drops every later SYN
+ * (the client stays in SYN-SENT, retrying: a connect timeout on loopback).
  * Listens on loopback only. */
 #include "http.h"
 #include "pattern.h"
@@ -21,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -353,8 +358,15 @@ int main(int argc, char **argv)
     int one = 1;
 
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--body")) {
+    int blackhole = 0;
+    for (int i = 1; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--blackhole")) {
+            blackhole = 1;
+            i--;
+        } else if (i + 1 == argc) {
+            fprintf(stderr, "backend: %s needs a value\n", argv[i]);
+            return 2;
+        } else if (!strcmp(argv[i], "--body")) {
             size_t n = strtoull(argv[i + 1], NULL, 10);
             unsigned char buf[4096];
             for (size_t off = 0; off < n;) {
@@ -376,7 +388,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--port-file")) {
             port_file = argv[i + 1];
         } else {
-            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] [--log PATH] | --body N\n");
+            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] [--log PATH] [--blackhole] | --body N\n");
             return 2;
         }
     }
@@ -384,10 +396,25 @@ int main(int argc, char **argv)
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     socklen_t alen = sizeof(a);
     if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(lfd, 4096) < 0 ||
+        bind(lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(lfd, blackhole ? 0 : 4096) < 0 ||
         getsockname(lfd, (struct sockaddr *)&a, &alen) < 0) {
         perror("backend: listen");
         return 1;
+    }
+    if (blackhole) {
+        /* One connection of our own fills the accept queue (backlog 0
+         * holds one); it is never accepted, so every later SYN is dropped.
+         * The port file is written once that connection is established. */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct pollfd pf = { .fd = fd, .events = POLLOUT };
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (fd < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ||
+            (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS) || poll(&pf, 1, 10000) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
+            perror("backend: --blackhole: filling the accept queue");
+            return 1;
+        }
     }
     fcntl(lfd, F_SETFL, O_NONBLOCK);
     ep = epoll_create1(0);
@@ -402,6 +429,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (blackhole)
+        for (;;)
+            pause();                        /* until a signal ends us */
     for (;;) {
         struct epoll_event evs[128];
         int n = epoll_wait(ep, evs, 128, -1);

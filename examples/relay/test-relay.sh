@@ -369,5 +369,24 @@ check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
 stop_relay snd
 check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd.err"
 
+# 12. A server that never completes the handshake: the connect timeout, 503.
+# backend --blackhole listens with a backlog of 0 that one connection of its
+# own fills, and never accepts: the kernel drops the relay's SYN. (Not an
+# unroutable address such as 10.255.255.1: without a route it fails at once
+# with ENETUNREACH, and behind an intercepting network something answers it.)
+echo "12. a server whose accept queue is full (SYNs dropped): --timeout-connect 300"
+rm -f "$T/bh.port"
+"$BIN/backend" --blackhole --port-file "$T/bh.port" &
+PIDS+=($!)
+wait_for 10 test -s "$T/bh.port" || { echo "backend --blackhole did not start"; exit 1; }
+BPORT=$(cat "$T/bh.port") start_relay ct --timeout-connect 300 --timeout-server 3000
+curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "$(URL /size/100)" > "$T/code"
+check "no handshake: 503 ($(cat "$T/code")), one connect timeout ($(info ct 'connect timeouts')), no server timeout" \
+    "[ \"\$(cat '$T/code')\" = 503 ] && [ \"\$(info ct 'connect timeouts')\" = 1 ] && [ \"\$(info ct 'server timeouts')\" = 0 ]"
+check "nothing held after it (buffers used $(info ct 'buffers used'), server busy $(info ct 'server busy'), sessions $(info ct sessions))" \
+    "[ \"\$(info ct 'buffers used')\" = 0 ] && [ \"\$(info ct 'server busy')\" = 0 ] && [ \"\$(info ct sessions)\" = 0 ]"
+stop_relay ct
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/ct.err"
+
 echo "test-relay: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
