@@ -10,6 +10,8 @@
  *   GET /echo-headers  the request's header block back, as the body
  *   GET /conn-close/N  N bytes, Content-Length, then `connection: close`
  *                    and the connection closed
+ *   GET /raw/NAME    a canned response, often a malformed one (raw_resp
+ *                    below), the connection kept open
  * `--log PATH`: each request line is appended to PATH as it is read.
  *   GET /hang        never answered (the connection stays open until closed)
  * `backend --body N` prints the N-byte body and exits (what curl must get).
@@ -57,7 +59,28 @@ struct bconn {
     unsigned char out[OUTSZ];
 };
 
-enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404, R_HANG };
+enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404, R_HANG, R_RAW };
+
+/* /raw/NAME: responses a proxy must check (RFC 9112), sent as they are. */
+static const struct {
+    const char *name, *text;
+} raw_resp[] = {
+    /* Both framings; the bytes after the chunked end would be a second,
+     * unasked-for response on this connection. */
+    { "te-cl", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!" },
+    { "cl-differ", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd" },
+    { "cl-list", "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabcd" },
+    { "cl-same", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc" },
+    { "no-colon", "HTTP/1.1 200 OK\r\nX-No-Colon\r\nContent-Length: 2\r\n\r\nok" },
+    { "sp-colon", "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok" },
+    { "fold", "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok" },
+    { "ctl", "HTTP/1.1 200 OK\r\nX-A: a\001b\r\nContent-Length: 2\r\n\r\nok" },
+    { "status", "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok" },
+    { "hop", "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+             "Proxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n"
+             "Content-Length: 2\r\n\r\nok" },
+};
 
 static FILE *req_log;
 
@@ -110,6 +133,16 @@ static void route_of(struct bconn *c, const char *p, size_t h)
     }
     if (!strncmp(path, "/hang ", 6)) {
         c->route = R_HANG;
+        return;
+    }
+    if (!strncmp(path, "/raw/", 5)) {
+        for (size_t i = 0; i < sizeof(raw_resp) / sizeof(raw_resp[0]); i++) {
+            size_t l = strlen(raw_resp[i].name);
+            if (!strncmp(path + 5, raw_resp[i].name, l) && path[5 + l] == ' ') {
+                c->route = R_RAW;
+                c->size = i;
+            }
+        }
         return;
     }
     static const struct { const char *prefix; int route; } r[] = {
@@ -180,6 +213,12 @@ static void respond(struct bconn *c)
         break;
     case R_HANG:
         break;                              /* nothing, ever: see flush */
+    case R_RAW: {
+        size_t l = strlen(raw_resp[c->size].text);
+        memcpy(c->out + c->out_len, raw_resp[c->size].text, l);
+        c->out_len += l;
+        break;
+    }
     case R_ECHO:
         if (c->req_chunked)
             out_printf(c, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-echo: %zu\r\n%s\r\n", c->echo_len,
