@@ -369,6 +369,27 @@ curl -sS -o "$T/got" "$(URL /size/100000)"
 check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
 stop_relay snd
 check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd.err"
+# More stuck readers than buffers: response buffers are taken with margin 0,
+# so they get the reserve too and nothing is left for requests; the send
+# timer is what ends the starvation, well before the queue timeout (10 s).
+echo "   10 stuck clients against 8 buffers, then a client of 5 x 20 requests"
+start_relay snd2 --buflimit 8 --reserve 2 --maxconn 12 --timeout-send 2000
+"$BIN/loadgen" stuck --port "$RPORT" --conns 10 --path /size/67108864 --timeout 30 > "$T/stuck2.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 info_ge snd2 'buffers used' 8
+check "the stuck clients hold every buffer, the reserve included ($(info snd2 'buffers used') of 8 used)" \
+    "[ \"\$(info snd2 'buffers used')\" = 8 ]"
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd2-fast.out" 2>&1
+lrc=$?
+check "all 100 requests served once the send timer freed buffers (loadgen exit $lrc, $(info snd2 'queue timeouts') queue timeouts)" \
+    "[ $lrc = 0 ] && [ \"\$(info snd2 'queue timeouts')\" = 0 ]" "$T/snd2-fast.out"
+wait "$SPID"
+src=$?
+check "the 10 stuck clients reset ($(info snd2 'send timeouts') send timeouts), no buffer held after" \
+    "[ $src = 0 ] && [ \"\$(info snd2 'send timeouts')\" = 10 ] && [ \"\$(info snd2 'buffers used')\" = 0 ]" "$T/stuck2.out"
+stop_relay snd2
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd2.err"
 
 # 12. A server that never completes the handshake: the connect timeout, 503.
 # backend --blackhole listens with a backlog of 0 that one connection of its
