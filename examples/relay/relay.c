@@ -843,7 +843,7 @@ abort:
 /* One timer per session, in one of its worker's lists, one list per kind.
  * A kind has one duration, so a list kept by appending at now + duration is
  * sorted: setting, moving and cancelling are O(1), and the loop looks at
- * five heads to choose epoll_wait's timeout. No timer thread. */
+ * six heads to choose epoll_wait's timeout. No timer thread. */
 
 static long long now_ms(void)
 {
