@@ -10,9 +10,15 @@
  *   GET /echo-headers  the request's header block back, as the body
  *   GET /conn-close/N  N bytes, Content-Length, then `connection: close`
  *                    and the connection closed
+ *   GET /raw/NAME    a canned response, often a malformed one (raw_resp
+ *                    below), the connection kept open
  * `--log PATH`: each request line is appended to PATH as it is read.
  *   GET /hang        never answered (the connection stays open until closed)
  * `backend --body N` prints the N-byte body and exits (what curl must get).
+ * `backend --blackhole`: a server that never completes a handshake: it
+ * listens with a backlog of 0, never accepts, and fills its accept queue
+ * with a connection of its own, so that the kernel drops every later SYN
+ * (the client stays in SYN-SENT, retrying: a connect timeout on loopback).
  * Listens on loopback only. */
 #include "http.h"
 #include "pattern.h"
@@ -21,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,7 +59,28 @@ struct bconn {
     unsigned char out[OUTSZ];
 };
 
-enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404, R_HANG };
+enum route { R_ROOT, R_SIZE, R_CHUNKED, R_CLOSE, R_ECHO, R_ECHO_HDRS, R_CONN_CLOSE, R_404, R_HANG, R_RAW };
+
+/* /raw/NAME: responses a proxy must check (RFC 9112), sent as they are. */
+static const struct {
+    const char *name, *text;
+} raw_resp[] = {
+    /* Both framings; the bytes after the chunked end would be a second,
+     * unasked-for response on this connection. */
+    { "te-cl", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+               "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!" },
+    { "cl-differ", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd" },
+    { "cl-list", "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabcd" },
+    { "cl-same", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc" },
+    { "no-colon", "HTTP/1.1 200 OK\r\nX-No-Colon\r\nContent-Length: 2\r\n\r\nok" },
+    { "sp-colon", "HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok" },
+    { "fold", "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok" },
+    { "ctl", "HTTP/1.1 200 OK\r\nX-A: a\001b\r\nContent-Length: 2\r\n\r\nok" },
+    { "status", "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok" },
+    { "hop", "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+             "Proxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n"
+             "Content-Length: 2\r\n\r\nok" },
+};
 
 static FILE *req_log;
 
@@ -105,6 +133,16 @@ static void route_of(struct bconn *c, const char *p, size_t h)
     }
     if (!strncmp(path, "/hang ", 6)) {
         c->route = R_HANG;
+        return;
+    }
+    if (!strncmp(path, "/raw/", 5)) {
+        for (size_t i = 0; i < sizeof(raw_resp) / sizeof(raw_resp[0]); i++) {
+            size_t l = strlen(raw_resp[i].name);
+            if (!strncmp(path + 5, raw_resp[i].name, l) && path[5 + l] == ' ') {
+                c->route = R_RAW;
+                c->size = i;
+            }
+        }
         return;
     }
     static const struct { const char *prefix; int route; } r[] = {
@@ -175,6 +213,12 @@ static void respond(struct bconn *c)
         break;
     case R_HANG:
         break;                              /* nothing, ever: see flush */
+    case R_RAW: {
+        size_t l = strlen(raw_resp[c->size].text);
+        memcpy(c->out + c->out_len, raw_resp[c->size].text, l);
+        c->out_len += l;
+        break;
+    }
     case R_ECHO:
         if (c->req_chunked)
             out_printf(c, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-echo: %zu\r\n%s\r\n", c->echo_len,
@@ -353,8 +397,15 @@ int main(int argc, char **argv)
     int one = 1;
 
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--body")) {
+    int blackhole = 0;
+    for (int i = 1; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--blackhole")) {
+            blackhole = 1;
+            i--;
+        } else if (i + 1 == argc) {
+            fprintf(stderr, "backend: %s needs a value\n", argv[i]);
+            return 2;
+        } else if (!strcmp(argv[i], "--body")) {
             size_t n = strtoull(argv[i + 1], NULL, 10);
             unsigned char buf[4096];
             for (size_t off = 0; off < n;) {
@@ -376,7 +427,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--port-file")) {
             port_file = argv[i + 1];
         } else {
-            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] [--log PATH] | --body N\n");
+            fprintf(stderr, "usage: backend [--port N] [--port-file PATH] [--log PATH] [--blackhole] | --body N\n");
             return 2;
         }
     }
@@ -384,10 +435,25 @@ int main(int argc, char **argv)
     int lfd = socket(AF_INET, SOCK_STREAM, 0);
     socklen_t alen = sizeof(a);
     if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        bind(lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(lfd, 4096) < 0 ||
+        bind(lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(lfd, blackhole ? 0 : 4096) < 0 ||
         getsockname(lfd, (struct sockaddr *)&a, &alen) < 0) {
         perror("backend: listen");
         return 1;
+    }
+    if (blackhole) {
+        /* One connection of our own fills the accept queue (backlog 0
+         * holds one); it is never accepted, so every later SYN is dropped.
+         * The port file is written once that connection is established. */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct pollfd pf = { .fd = fd, .events = POLLOUT };
+        int err = 0;
+        socklen_t el = sizeof(err);
+        if (fd < 0 || fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ||
+            (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 && errno != EINPROGRESS) || poll(&pf, 1, 10000) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err) {
+            perror("backend: --blackhole: filling the accept queue");
+            return 1;
+        }
     }
     fcntl(lfd, F_SETFL, O_NONBLOCK);
     ep = epoll_create1(0);
@@ -402,6 +468,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (blackhole)
+        for (;;)
+            pause();                        /* until a signal ends us */
     for (;;) {
         struct epoll_event evs[128];
         int n = epoll_wait(ep, evs, 128, -1);

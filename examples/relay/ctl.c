@@ -116,9 +116,9 @@ static void show_info(int fd)
             V(aborts), V(refused), atomic_load(&stalled), atomic_load(&stalls), atomic_load(&gc_runs));
     dprintf(fd,
             "client timeouts: %lu\nidle timeouts: %lu\nconnect timeouts: %lu\nserver timeouts: %lu\n"
-            "queue timeouts: %lu\nlistener pauses: %lu\n",
+            "queue timeouts: %lu\nsend timeouts: %lu\nlistener pauses: %lu\n",
             V(timeouts[TK_CLIENT]), V(timeouts[TK_IDLE]), V(timeouts[TK_CONNECT]), V(timeouts[TK_SERVER]),
-            V(timeouts[TK_QUEUE]), V(paused));
+            V(timeouts[TK_QUEUE]), V(timeouts[TK_SEND]), V(paused));
 }
 
 /* One command per connection, as socat sends it: a line, then EOF. */

@@ -5,13 +5,17 @@
 # otherwise one line says what was skipped. Everything listens on loopback.
 # Usage: demo.sh BINDIR   (BINDIR holds relay, backend, loadgen)
 # DEMO_SECONDS (10), DEMO_CONNS (200), DEMO_IDLE (10000), DEMO_BURST (2000)
-# change the sizes.
+# change the sizes; the wrk matrix (section 6) runs DEMO_ROUNDS (5) rounds of
+# DEMO_MATRIX_SECONDS (3) per run over DEMO_MATRIX_CONNS
+# ("50 500"); DEMO_MATRIX_ONLY=1 runs that section alone.
 set -u
 BIN=$(cd "${1:-build/relay}" && pwd)
 SECS=${DEMO_SECONDS:-10}
 CONNS=${DEMO_CONNS:-200}
 IDLE=${DEMO_IDLE:-10000}
 BURST=${DEMO_BURST:-2000}
+ROUNDS=${DEMO_ROUNDS:-5}
+MSECS=${DEMO_MATRIX_SECONDS:-3}
 LIMIT=32
 RESERVE=2
 BUFSIZE=16384
@@ -81,7 +85,7 @@ stop() {
 # nginx, the backend: one worker, static files of our pattern.
 NPORT=$(free_port 18081)
 mkdir -p "$T/www/size" "$T/tmp"
-for n in 1024 1048576; do "$BIN/backend" --body $n > "$T/www/size/$n"; done
+for n in 100 1024 16384 1048576; do "$BIN/backend" --body $n > "$T/www/size/$n"; done
 cat > "$T/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -103,7 +107,10 @@ http {
     gzip on;
     gzip_types application/octet-stream;
     server {
-        listen 127.0.0.1:$NPORT;
+        # nginx's default backlog (511) drops SYNs when 2000 connections
+        # arrive at once; a connect retried after 1 s, 3 s then runs into
+        # the proxies' 5 s connect timeout (the relay does not retry).
+        listen 127.0.0.1:$NPORT backlog=4096;
         root $T/www;
     }
 }
@@ -182,11 +189,97 @@ run_wrk() {
 answers() { curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/size/1024" | grep -q 200; }
 row() { printf '  %-44s %9s %10s %10s %8s %9s\n' "$@"; }
 
+# == 6. The wrk matrix: 50 and 500 connections, 100 B, 16 KiB and 1 MiB
+# bodies, the relay against HAProxy with the same settings (1 thread, no
+# buffer limit, server maxconn = the connections), each run on a fresh
+# process: ROUNDS rounds, each of every cell for both, the order swapped
+# every round, and the median of each figure over the rounds.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
+HZ=$(getconf CLK_TCK)
+# mrun KIND CONNS SIZE ROUND: one proxy, one wrk run; appends
+# "req/s p99-ms cpu-us-per-request peak-rss-kB errors" to $T/m.KIND.CONNS.SIZE
+mrun() {
+    local kind=$1 c=$2 sz=$3 r=$4 name="m-$1-$2-$3-$4"
+    if [ "$kind" = relay ]; then
+        relay_start "$name" --buflimit 0 --reserve $RESERVE --maxconn "$c"
+    else
+        haproxy_start "$name" 0 "$c"
+    fi
+    local c0 c1 hwm
+    c0=$(cpu_ticks "$PID")
+    wrk -t2 -c"$c" -d"${MSECS}s" --latency --timeout 10s "http://127.0.0.1:$PORT/size/$sz" > "$T/$name.wrk" 2>&1
+    c1=$(cpu_ticks "$PID")
+    hwm=$(hwm_kb "$PID")
+    stop "$PID"
+    awk -v c0="$c0" -v c1="$c1" -v hz="$HZ" -v hwm="$hwm" '
+        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /m$/) return v * 60000; return v * 1000 }
+        /^Requests\/sec/ { rps = $2 }
+        $1 == "99%" { p99 = ms($2) }
+        / requests in / { n = $1 }
+        /Socket errors/ { gsub(",", ""); e += $4 + $6 + $8 + $10 }
+        /Non-2xx/ { e += $5 }
+        END { cpu = 0; if (n > 0) cpu = (c1 - c0) * 1e6 / hz / n; printf "%.0f %.3f %.1f %d %d\n", rps, p99, cpu, hwm, e }' \
+        "$T/$name.wrk" >> "$T/m.$kind.$c.$sz"
+}
+# med FILE COLUMN: the median of a column
+med() { sort -g -k"$2","$2" "$1" | awk -v k="$2" '{v[NR] = $k} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+matrix() {
+    local sizes="100 16384 1048576" conns=${DEMO_MATRIX_CONNS:-50 500}
+    echo
+    echo "== 6. wrk -t2 -cN -d${MSECS}s --latency: N = ${conns// / and }, bodies of 100 B, 16 KiB, 1 MiB from nginx;"
+    echo "   1 thread each, no buffer limit, server maxconn N; $ROUNDS interleaved rounds, a fresh process each run, medians"
+    echo "   (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
+    rm -f "$T"/m.*
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $conns; do
+            for sz in $sizes; do
+                if [ $((r % 2)) = 1 ]; then mrun relay "$c" "$sz" "$r"; mrun haproxy "$c" "$sz" "$r"
+                else mrun haproxy "$c" "$sz" "$r"; mrun relay "$c" "$sz" "$r"; fi
+            done
+        done
+        echo "   round $r of $ROUNDS done (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+    done
+    printf '  %-12s %26s %26s %26s %26s\n' "" "req/s" "p99 (ms)" "CPU per request (us)" "peak RSS (MB)"
+    printf '  %-12s' "conns body"
+    for i in 1 2 3 4; do printf ' %9s %9s %6s' relay haproxy ratio; done
+    echo
+    local errs_r=0 errs_h=0
+    for c in $conns; do
+        for sz in $sizes; do
+            local fr="$T/m.relay.$c.$sz" fh="$T/m.haproxy.$c.$sz" body
+            case $sz in 100) body="100 B" ;; 16384) body="16 KiB" ;; 1048576) body="1 MiB" ;; *) body="$sz B" ;; esac
+            printf '  %5s %-6s' "$c" "$body"
+            for col in 1 2 3 4; do
+                local a b
+                a=$(med "$fr" $col); b=$(med "$fh" $col)
+                if [ $col = 4 ]; then a=$(awk -v v="$a" 'BEGIN {printf "%.1f", v / 1024}'); b=$(awk -v v="$b" 'BEGIN {printf "%.1f", v / 1024}'); fi
+                if [ $col = 2 ]; then a=$(awk -v v="$a" 'BEGIN {printf "%.2f", v}'); b=$(awk -v v="$b" 'BEGIN {printf "%.2f", v}'); fi
+                printf ' %9s %9s %6s' "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}')"
+            done
+            echo
+            errs_r=$((errs_r + $(awk '{s += $5} END {print s + 0}' "$fr")))
+            errs_h=$((errs_h + $(awk '{s += $5} END {print s + 0}' "$fh")))
+        done
+    done
+    echo "  ratio: relay / HAProxy (req/s: higher is better for the relay; the three others: lower is)."
+    echo "  errors (wrk socket errors and non-2xx, all runs): relay $errs_r, haproxy $errs_h; load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "  every round's req/s (relay | haproxy):"
+    for c in $conns; do
+        for sz in $sizes; do
+            echo "    $c conns, /size/$sz: $(cut -d' ' -f1 "$T/m.relay.$c.$sz" | tr '\n' ' ')| $(cut -d' ' -f1 "$T/m.haproxy.$c.$sz" | tr '\n' ' ')"
+        done
+    done
+}
+
 echo "relay-demo: nginx $(nginx -v 2>&1 | sed 's/.*\///'), HAProxy $HVER, wrk $(wrk -v 2>&1 | sed -n '1s/^wrk \([^ ]*\).*/\1/p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  (a shared 2-core machine: wrk, nginx and the proxy share the cores with other builds; figures are noisy)"
 echo "  HAProxy ran with: nbthread 1, tune.bufsize $BUFSIZE$(hdoc tune.buffers.limit && echo ", tune.buffers.limit $LIMIT")$(hdoc tune.buffers.reserve && echo ", tune.buffers.reserve $RESERVE"), server maxconn 1"
 echo "    (tune.buffers.limit and tune.buffers.reserve: $(hdoc tune.buffers.limit && hdoc tune.buffers.reserve && echo "both documented in" || echo "not both in") $HMAN)"
 echo "  relay ran with:   --threads 1 --bufsize $BUFSIZE --buflimit $LIMIT --reserve $RESERVE --maxconn 1"
+if [ "${DEMO_MATRIX_ONLY:-0}" = 1 ]; then
+    matrix
+    exit 0
+fi
 
 echo
 echo "== 1. wrk -t2 -c$CONNS -d${SECS}s --timeout 2s, GET /size/1024 from nginx, server maxconn 1, 1 thread each"
@@ -229,8 +322,9 @@ sed 's/^/    /' "$T/r1.pools"
 echo "  relay's show info: $(grep -E '^(responses|failed buffer allocations|wake-ups by release offers|offers declined by a callback|wake-ups by the retry tick|stalls):' "$T/r1.info" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
 
 echo
-echo "== 2. the same with the reserve taken away from requests (relay --req-margin 0)"
-relay_start r2 --buflimit $LIMIT --reserve $RESERVE --req-margin 0 --maxconn 1
+echo "== 2. the same with the reserve taken away from requests (relay --req-margin 0, --timeout-queue 0)"
+echo "   (no queue timeout: the default, 10 s, would answer the deadlocked requests 503 and end the stall)"
+relay_start r2 --buflimit $LIMIT --reserve $RESERVE --req-margin 0 --maxconn 1 --timeout-queue 0
 run_wrk "$PORT"
 S_RPS=$RPS; S_TMO=$TMO
 row "" "req/s" "p50" "p99" "errors" "timeouts"
@@ -292,10 +386,11 @@ burst_run() {    # NAME PID PORT
     t=$(sed -n 's/.* \([0-9.]*\) s, .*/\1 s/p' "$T/$1.burst")
     [ $rc = 0 ] || t="$t (loadgen exit $rc)"
     row "$4" "$peak kB" "$r1 kB" "$r5 kB" "$t" ""
+    [ $rc = 0 ] || sed 's/^/      /' "$T/$1.burst"
 }
 relay_start r4 --buflimit 0 --reserve $RESERVE --maxconn "$BURST"
 burst_run r4 "$PID" "$PORT" "relay"
-echo "      (relay: $(socat - "UNIX-CONNECT:$T/r4.sock" <<< "show info" | grep -E '^(pool gc runs|buffers allocated):' | tr '\n' ';' | sed 's/;$//; s/;/, /g'), after its idle gc)"
+echo "      (relay: $(socat - "UNIX-CONNECT:$T/r4.sock" <<< "show info" | grep -E '^(pool gc runs|buffers allocated|aborts|errors sent):|timeouts: [1-9]' | tr '\n' ';' | sed 's/;$//; s/;/, /g'), after its idle gc)"
 stop "$PID"
 haproxy_start h4 0 "$BURST"
 burst_run h4 "$PID" "$PORT" "haproxy"
@@ -311,6 +406,8 @@ else
     echo "  GET /size/1048576 with gzip: NOT identical (or not chunked)"
 fi
 stop "$PID"
+
+matrix
 
 echo
 echo "== targets"

@@ -11,6 +11,9 @@
  *       SIGTERM or SIGINT; F gets "N" once all are idle.
  *   loadgen burst --port P --conns N [--path P] [--verify] [--timeout S]
  *       N connections at once, one request each, read whole, closed.
+ *   loadgen stuck --port P --conns N --path P [--ready-file F] [--timeout S]
+ *       N connections with a 4 KiB receive buffer, one request each, and
+ *       nothing read: counts the connections the proxy reset or closed.
  *   loadgen ctl   --unix PATH COMMAND...
  *       sends COMMAND to a stats socket and prints the answer.
  * Loopback only: --host takes an IPv4 address (127.0.0.1). */
@@ -36,7 +39,7 @@
 
 #define HDRSZ 4096
 
-enum mode { M_LOAD, M_IDLE, M_BURST, M_SLOW };
+enum mode { M_LOAD, M_IDLE, M_BURST, M_SLOW, M_STUCK };
 enum cstate { C_CONNECTING, C_SENDING, C_READING, C_IDLE, C_DONE };
 
 struct lconn {
@@ -301,7 +304,7 @@ static int ctl(int argc, char **argv)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: loadgen load|idle|burst|slow --port P [--host A] [--conns N] [--requests R] [--path P]\n"
+    fprintf(stderr, "usage: loadgen load|idle|burst|slow|stuck --port P [--host A] [--conns N] [--requests R] [--path P]\n"
                     "               [--verify] [--parallel K] [--ready-file F] [--timeout S] [--interval MS (slow)]\n"
                     "       loadgen ctl --unix PATH COMMAND...\n");
 }
@@ -390,6 +393,62 @@ static int slow_main(const char *ready_file, int interval)
     return open_n ? 3 : 0;
 }
 
+/* loadgen stuck: readers that stop. Each of --conns connections gets a
+ * small receive buffer (set before connect, so the window stays small),
+ * sends one request for --path and never reads. Done when the proxy has
+ * reset or closed every one (poll sees POLLERR, POLLHUP or POLLRDHUP: a
+ * FIN queued behind unread data would not show, a reset does), or at
+ * --timeout. Exit 0: all ended by the proxy; 3: some still open. */
+static int stuck_main(const char *ready_file)
+{
+    int n = opt.conns, open_n = 0, rcvbuf = 4096;
+    unsigned long reset = 0;
+    struct pollfd *pf = calloc((size_t)n, sizeof(*pf));
+
+    if (!pf)
+        return 1;
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0 ||
+            connect(fd, (struct sockaddr *)&opt.addr, sizeof(opt.addr)) < 0 ||
+            send(fd, req, req_len, MSG_NOSIGNAL) != (ssize_t)req_len) {
+            perror("loadgen stuck: connect or send");
+            return 1;
+        }
+        pf[i].fd = fd;
+        pf[i].events = POLLRDHUP;           /* not POLLIN: the bytes stay unread */
+        open_n++;
+    }
+    if (ready_file) {
+        char tmp[4096];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (f) {
+            fprintf(f, "%d\n", open_n);
+            fclose(f);
+            rename(tmp, ready_file);
+        }
+    }
+    double deadline = now_s() + opt.timeout;
+    while (open_n && !stop_flag && now_s() < deadline) {
+        int r = poll(pf, (nfds_t)n, 100);
+        for (int i = 0; r > 0 && i < n; i++) {
+            if (pf[i].fd < 0 || !(pf[i].revents & (POLLERR | POLLHUP | POLLRDHUP)))
+                continue;
+            close(pf[i].fd);
+            pf[i].fd = -1;
+            open_n--;
+            reset++;
+        }
+    }
+    printf("loadgen stuck: %d connections, %lu reset or closed by the proxy, %d still open\n", n, reset, open_n);
+    for (int i = 0; i < n; i++)
+        if (pf[i].fd >= 0)
+            close(pf[i].fd);
+    free(pf);
+    return open_n ? 3 : 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
@@ -409,6 +468,8 @@ int main(int argc, char **argv)
         opt.mode = M_BURST;
     else if (!strcmp(argv[1], "slow"))
         opt.mode = M_SLOW;
+    else if (!strcmp(argv[1], "stuck"))
+        opt.mode = M_STUCK;
     else {
         usage();
         return 2;
@@ -469,6 +530,8 @@ int main(int argc, char **argv)
     signal(SIGINT, on_stop);
     if (opt.mode == M_SLOW)
         return slow_main(opt.ready_file, opt.interval);
+    if (opt.mode == M_STUCK)
+        return stuck_main(opt.ready_file);
     struct lconn *cs = calloc((size_t)opt.conns, sizeof(*cs));
     ep = epoll_create1(0);
     if (!cs || ep < 0)

@@ -791,6 +791,7 @@ static void session_run(struct session *s)
             r = sess_send(cli, &s->res, &s->rs.fwd);
             if (r < 0)
                 goto abort;
+            s->tsent |= (unsigned char)r;
             progress |= r;
         }
 
@@ -842,7 +843,7 @@ abort:
 /* One timer per session, in one of its worker's lists, one list per kind.
  * A kind has one duration, so a list kept by appending at now + duration is
  * sorted: setting, moving and cancelling are O(1), and the loop looks at
- * five heads to choose epoll_wait's timeout. No timer thread. */
+ * six heads to choose epoll_wait's timeout. No timer thread. */
 
 static long long now_ms(void)
 {
@@ -854,7 +855,7 @@ static long long now_ms(void)
 static int timer_ms(int k)
 {
     return k == TK_CLIENT ? cfg.t_client : k == TK_IDLE ? cfg.t_idle : k == TK_CONNECT ? cfg.t_connect :
-           k == TK_SERVER ? cfg.t_server : k == TK_QUEUE ? cfg.t_queue : 0;
+           k == TK_SERVER ? cfg.t_server : k == TK_QUEUE ? cfg.t_queue : k == TK_SEND ? cfg.t_send : 0;
 }
 
 static void timer_del(struct session *s)
@@ -881,7 +882,7 @@ static void timer_set(struct session *s, int k)
     struct worker *w = s->w;
 
     timer_del(s);
-    s->tprog = 0;
+    s->tprog = s->tsent = 0;
     if (k == TK_NONE || timer_ms(k) <= 0)
         return;
     s->tkind = (unsigned char)k;
@@ -909,11 +910,13 @@ static int timer_want(struct session *s)
         return TK_QUEUE;
     if (s->srv && (s->srv->flags & CF_CONNECTING))
         return TK_CONNECT;
+    if (s->rs.fwd && !(s->cli->flags & CF_WR))
+        return TK_SEND;                     /* the client takes nothing: re-armed whenever it does */
     if (s->srv && s->rs.state != HM_DONE)
         return TK_SERVER;                   /* re-armed whenever the server sends */
     if (!s->active && s->rq.state == HM_HDR)
         return s->req.data || !s->served ? TK_CLIENT : TK_IDLE;
-    return TK_NONE;                         /* sending a response: no timeout yet */
+    return TK_NONE;                         /* sending to a client that takes it: a run follows */
 }
 
 /* After a session ran: its timer follows its state. The client timer is not
@@ -926,7 +929,7 @@ static void timer_update(struct session *s)
         session_close(s);                   /* draining: idle connections go */
         return;
     }
-    if (k != s->tkind || (k == TK_SERVER && s->tprog))
+    if (k != s->tkind || (k == TK_SERVER && s->tprog) || (k == TK_SEND && s->tsent))
         timer_set(s, k);
 }
 
@@ -943,6 +946,13 @@ static void timer_expire(struct session *s)
         reply_error(s, 503);
     else if (k == TK_SERVER && s->rs.state == HM_HDR)
         reply_error(s, 504);                /* nothing of the response sent yet */
+    else if (k == TK_SEND) {
+        /* A client that reads nothing: reset rather than closed, or the
+         * kernel would keep what it has not taken (up to the send buffer)
+         * in an orphan socket until its retries give up. */
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(s->cli->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
     session_close(s);                       /* idle, or a response cut: closed silently */
 }
 
@@ -1295,6 +1305,7 @@ static void usage(void)
             "  --timeout-connect MS connecting to the server, else 503 (5000)\n"
             "  --timeout-server MS  the server silent while a response is due, else 504 (30000)\n"
             "  --timeout-queue MS   waiting for a buffer or a server slot, else 503 (10000)\n"
+            "  --timeout-send MS    a client that takes no response byte for MS is reset (30000)\n"
             "  --grace MS           SIGTERM/SIGINT: in-flight requests finish within it (5000)\n"
             "  --quiet              no start-up line\n"
             "BUFPOOL_DEBUG in the environment reaches the library (e.g. BUFPOOL_DEBUG=tag,integrity).\n"
@@ -1317,6 +1328,7 @@ static int parse_args(int argc, char **argv)
     cfg.t_connect = 5000;
     cfg.t_server = 30000;
     cfg.t_queue = 10000;
+    cfg.t_send = 30000;
     cfg.grace_ms = 5000;
     parse_addr("127.0.0.1:8080", &cfg.listen_addr);
     for (int i = 1; i < argc; i++) {
@@ -1378,6 +1390,8 @@ static int parse_args(int argc, char **argv)
             cfg.t_server = (int)n;
         } else if (!strcmp(o, "--timeout-queue") && n <= 86400000) {
             cfg.t_queue = (int)n;
+        } else if (!strcmp(o, "--timeout-send") && n <= 86400000) {
+            cfg.t_send = (int)n;
         } else if (!strcmp(o, "--grace") && n <= 86400000) {
             cfg.grace_ms = (int)n;
         } else {

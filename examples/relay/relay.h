@@ -32,11 +32,12 @@ struct config {
     int t_connect;            /* connecting to the server */
     int t_server;             /* the server silent while a response is awaited or read */
     int t_queue;              /* waiting for a buffer or a server slot */
+    int t_send;               /* the client takes no byte of a response the relay has for it */
     int grace_ms;             /* SIGTERM: in-flight requests finish within it */
 };
 
 /* The one timer of a session: which timeout runs (TK_NONE: none). */
-enum timer_kind { TK_NONE, TK_CLIENT, TK_IDLE, TK_CONNECT, TK_SERVER, TK_QUEUE, TK_N };
+enum timer_kind { TK_NONE, TK_CLIENT, TK_IDLE, TK_CONNECT, TK_SERVER, TK_QUEUE, TK_SEND, TK_N };
 
 /* A socket: a client, a server connection, or a worker's listener or wake
  * pipe (kind). From the "relay_conn" pool. */
@@ -84,6 +85,7 @@ struct session {
     unsigned char in_srvq, granted;   /* under the server's lock */
     unsigned char tkind;              /* its timer (owner): in w->tq[tkind] unless TK_NONE */
     unsigned char tprog;              /* the server sent bytes since the timer was set */
+    unsigned char tsent;              /* bytes went to the client since the timer was set */
     unsigned char served;             /* a response was sent on this connection */
     struct session *tnext, *tprev;    /* the owner's timer list of that kind */
     long long expire;                 /* ms, CLOCK_MONOTONIC */

@@ -40,6 +40,14 @@ info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
 # info_ge NAME KEY N: show info's KEY is at least N (for wait_for: asked each time)
 info_ge() { local v; v=$(info "$1" "$2"); [ -n "$v" ] && [ "$v" -ge "$3" ]; }
 
+# raw NAME: stdin to the relay ($RPORT) on a new connection, its answer into $T/NAME
+raw() {
+    exec 3<>"/dev/tcp/127.0.0.1/$RPORT"
+    cat >&3
+    timeout 10 cat <&3 > "$T/$1"
+    exec 3<&-
+}
+
 # start_relay NAME [relay options]: a relay in front of the backend; sets
 # RPORT and RPID; its stderr goes to $T/NAME.err. RELAY_WRAP=lowfd runs it
 # with a descriptor limit of 64.
@@ -200,13 +208,6 @@ check "clean exit with 500 connections open (exit $RC)" "[ $RC = 0 ]" "$T/st.err
 # raw requests on one connection each, the last one closing it.
 echo "6. HTTP framing: smuggling, bad header lines, lengths, hop-by-hop fields, persistence"
 start_relay http
-# raw NAME: stdin to the relay on a new connection, its answer into $T/NAME
-raw() {
-    exec 3<>"/dev/tcp/127.0.0.1/$RPORT"
-    cat >&3
-    timeout 10 cat <&3 > "$T/$1"
-    exec 3<&-
-}
 is400() { [ "$(grep -ac '^HTTP/1.1 ' "$T/$1")" = 1 ] && head -n 1 "$T/$1" | grep -q '^HTTP/1.1 400 '; }
 printf 'POST /smuggle-a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n' | raw smuggle
 check "Transfer-Encoding with Content-Length: 400, closed, the backend saw neither request" \
@@ -341,6 +342,107 @@ wait "$CPID"
 crc=$?
 check "the response in flight completed byte for byte (curl exit $crc)" "[ $crc = 0 ] && cmp -s '$T/got.32m' '$T/want.32m'"
 check "the relay exited 0 after draining (exit $RC)" "[ $RC = 0 ]" "$T/dr.err"
+
+# 11. Clients that stop reading: the send timer resets them, their buffers go back.
+echo "11. 3 clients that never read a 64 MiB response (--timeout-send 2000), buffer limit 8, maxconn 4"
+start_relay snd --buflimit 8 --reserve 2 --maxconn 4 --timeout-send 2000
+"$BIN/loadgen" stuck --port "$RPORT" --conns 3 --path /size/67108864 --timeout 30 > "$T/stuck.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 info_ge snd 'buffers used' 3
+used=$(info snd 'buffers used'); busy=$(info snd 'server busy')
+check "the stuck clients hold a response buffer and a server slot each ($used buffers used, $busy slots busy)" \
+    "[ '$used' = 3 ] && [ '$busy' = 3 ]"
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd-fast.out" 2>&1
+lrc=$?
+stuck_alive=no; alive "$SPID" && stuck_alive=yes
+check "100 requests of other clients served meanwhile (loadgen exit $lrc, stuck clients still held: $stuck_alive)" \
+    "[ $lrc = 0 ] && [ $stuck_alive = yes ]" "$T/snd-fast.out"
+wait "$SPID"
+src=$?
+sed 's/^/       /' "$T/stuck.out"
+check "every stuck client was reset by the relay (loadgen stuck exit $src)" \
+    "[ $src = 0 ] && grep -q ' 3 reset or closed by the proxy' '$T/stuck.out'" "$T/stuck.out"
+check "3 send timeouts ($(info snd 'send timeouts')), buffers used back to 0, no session, no slot held" \
+    "[ \"\$(info snd 'send timeouts')\" = 3 ] && [ \"\$(info snd 'buffers used')\" = 0 ] && [ \"\$(info snd sessions)\" = 0 ] && [ \"\$(info snd 'server busy')\" = 0 ]"
+curl -sS -o "$T/got" "$(URL /size/100000)"
+check "served normally afterwards" "cmp -s '$T/got' '$T/want.100000'"
+stop_relay snd
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd.err"
+# More stuck readers than buffers: response buffers are taken with margin 0,
+# so they get the reserve too and nothing is left for requests; the send
+# timer is what ends the starvation, well before the queue timeout (10 s).
+echo "   10 stuck clients against 8 buffers, then a client of 5 x 20 requests"
+start_relay snd2 --buflimit 8 --reserve 2 --maxconn 12 --timeout-send 2000
+"$BIN/loadgen" stuck --port "$RPORT" --conns 10 --path /size/67108864 --timeout 30 > "$T/stuck2.out" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+wait_for 20 info_ge snd2 'buffers used' 8
+check "the stuck clients hold every buffer, the reserve included ($(info snd2 'buffers used') of 8 used)" \
+    "[ \"\$(info snd2 'buffers used')\" = 8 ]"
+"$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd2-fast.out" 2>&1
+lrc=$?
+check "all 100 requests served once the send timer freed buffers (loadgen exit $lrc, $(info snd2 'queue timeouts') queue timeouts)" \
+    "[ $lrc = 0 ] && [ \"\$(info snd2 'queue timeouts')\" = 0 ]" "$T/snd2-fast.out"
+wait "$SPID"
+src=$?
+check "the 10 stuck clients reset ($(info snd2 'send timeouts') send timeouts), no buffer held after" \
+    "[ $src = 0 ] && [ \"\$(info snd2 'send timeouts')\" = 10 ] && [ \"\$(info snd2 'buffers used')\" = 0 ]" "$T/stuck2.out"
+stop_relay snd2
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/snd2.err"
+
+# 12. A server that never completes the handshake: the connect timeout, 503.
+# backend --blackhole listens with a backlog of 0 that one connection of its
+# own fills, and never accepts: the kernel drops the relay's SYN. (Not an
+# unroutable address such as 10.255.255.1: without a route it fails at once
+# with ENETUNREACH, and behind an intercepting network something answers it.)
+echo "12. a server whose accept queue is full (SYNs dropped): --timeout-connect 300"
+rm -f "$T/bh.port"
+"$BIN/backend" --blackhole --port-file "$T/bh.port" &
+PIDS+=($!)
+wait_for 10 test -s "$T/bh.port" || { echo "backend --blackhole did not start"; exit 1; }
+BPORT=$(cat "$T/bh.port") start_relay ct --timeout-connect 300 --timeout-server 3000
+curl -sS -o /dev/null -w '%{http_code}' --max-time 20 "$(URL /size/100)" > "$T/code"
+check "no handshake: 503 ($(cat "$T/code")), one connect timeout ($(info ct 'connect timeouts')), no server timeout" \
+    "[ \"\$(cat '$T/code')\" = 503 ] && [ \"\$(info ct 'connect timeouts')\" = 1 ] && [ \"\$(info ct 'server timeouts')\" = 0 ]"
+check "nothing held after it (buffers used $(info ct 'buffers used'), server busy $(info ct 'server busy'), sessions $(info ct sessions))" \
+    "[ \"\$(info ct 'buffers used')\" = 0 ] && [ \"\$(info ct 'server busy')\" = 0 ] && [ \"\$(info ct sessions)\" = 0 ]"
+stop_relay ct
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/ct.err"
+
+# 13. Response framing (RFC 9112): what the relay does with what a server
+# sends. backend's /raw/NAME are canned responses, the connection kept open.
+# One thread, maxconn 1, no idle gc: the relay keeps one server connection
+# and reuses it unless it closes it (server connections opened counts).
+echo "13. response framing: Content-Length with Transfer-Encoding, differing lengths, bad lines, hop-by-hop, Connection: close"
+start_relay rsp --idle-gc 0
+curl -sS -o /dev/null "$(URL /size/10)"
+opened0=$(info rsp 'server connections opened')
+bad_resp=0
+for name in te-cl cl-differ cl-list no-colon sp-colon fold ctl status; do
+    printf 'GET /raw/%s HTTP/1.1\r\nHost: t\r\n\r\n' "$name" | raw "r-$name"
+    check "a response with $name: 502, the client connection closed" \
+        "[ \"\$(grep -ac '^HTTP/1.1 ' '$T/r-$name')\" = 1 ] && head -n 1 '$T/r-$name' | grep -q '^HTTP/1.1 502 '" "$T/r-$name"
+    bad_resp=$((bad_resp + 1))
+done
+curl -sS -o "$T/got" "$(URL /size/4096)"
+opened1=$(info rsp 'server connections opened')
+check "each bad response closed its server connection, none was reused ($((opened1 - opened0)) opened for $bad_resp bad responses and 1 more request, which got its body byte for byte)" \
+    "[ $((opened1 - opened0)) = $bad_resp ] && cmp -s '$T/got' '$T/want.4096'"
+printf 'GET /raw/cl-same HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' | raw r-cl-same
+check "two identical Content-Lengths: 200, one Content-Length: 3, the body" \
+    "head -n 1 '$T/r-cl-same' | grep -q '^HTTP/1.1 200 ' && [ \"\$(grep -aci '^content-length: 3' '$T/r-cl-same')\" = 1 ] && [ \"\$(tail -c 3 '$T/r-cl-same')\" = abc ]" "$T/r-cl-same"
+printf 'GET /raw/hop HTTP/1.1\r\nHost: t\r\n\r\nGET /size/10 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' | raw r-hop
+sed -n '1,/^\r$/p' "$T/r-hop" > "$T/r-hop.head"
+check "hop-by-hop fields of a response are not forwarded (X-Hop named by Connection, Keep-Alive, Proxy-Connection, Trailer, Upgrade, Connection)" \
+    "grep -qi '^x-kept: yes' '$T/r-hop.head' && ! grep -Eqi '^(x-hop|keep-alive|proxy-connection|trailer|upgrade|connection):' '$T/r-hop.head' && [ \$(grep -ao 'HTTP/1.1 200 ' '$T/r-hop' | wc -l) = 2 ]" "$T/r-hop"
+opened0=$(info rsp 'server connections opened')
+printf 'GET /conn-close/10 HTTP/1.1\r\nHost: t\r\n\r\nGET /size/10 HTTP/1.1\r\nHost: t\r\n\r\nGET /size/20 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' | raw r-close
+opened1=$(info rsp 'server connections opened')
+check "the server's Connection: close: the client connection stays (3 answers on it, 1 Connection: close, the relay's own), the server's is not reused ($((opened1 - opened0)) opened)" \
+    "[ \$(grep -ao 'HTTP/1.1 200 ' '$T/r-close' | wc -l) = 3 ] && [ \"\$(grep -aci '^connection:' '$T/r-close')\" = 1 ] && [ $((opened1 - opened0)) = 1 ]" "$T/r-close"
+stop_relay rsp
+check "clean exit (exit $RC)" "[ $RC = 0 ]" "$T/rsp.err"
 
 echo "test-relay: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
