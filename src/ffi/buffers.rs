@@ -377,9 +377,15 @@ pub extern "C" fn b_is_queued(bw: *const BufferWait) -> c_int {
 /// the budget; zero: it stays queued in its place. A waiter whose `target`
 /// is `from` (when `from` is not NULL) is skipped and stays queued, and so
 /// is a waiter whose callback another thread is running. Every waiter is
-/// visited at most once per call; a call made from inside a callback
-/// continues the call that runs that callback: neither calls again a
-/// waiter the other called (each keeps its own budget and `from`).
+/// visited at most once per call, but one: a waiter whose callback answered
+/// 0 while another offer passed it over (it was running) is called once
+/// more if its margin (see `b_queue_margin`) fits what can be had then, so
+/// that the other offer's buffers are not lost on it. A call made from
+/// inside a callback continues the call that runs that callback: neither
+/// calls again a waiter the other called (each keeps its own budget and
+/// `from`). It knows nothing of the waiters' margins otherwise: to wake
+/// every waiter that can succeed, and only those, use
+/// `offer_buffers_margin` (or release with `b_release`).
 ///
 /// A queued waiter whose memory was reused before `b_dequeue` (a waiter on
 /// the stack whose function returned, a freed one, one overwritten) is
@@ -408,10 +414,13 @@ pub extern "C" fn offer_buffers(from: *mut c_void, threshold: c_uint) {
 /// that does not fit is passed over and the walk goes on. Without a limit
 /// every waiter is called. A waiter whose `target` is `from` (when not
 /// NULL) is skipped. Callbacks run as for `offer_buffers`. A waiter whose
-/// callback is running on another thread is passed over, and if that
-/// callback then returns 0 the offer that ran it looks again and calls it
-/// once more if its margin fits: a release is never lost on a waiter that
-/// was busy saying no. `b_release` calls it; call it yourself after
+/// callback is running on another thread is passed over, keeping one
+/// buffer for it when its margin fits (its callback is about to claim it),
+/// and if that callback then returns 0 the offer that ran it looks again
+/// and calls it once more if its margin fits: a release is never lost on a
+/// waiter that was busy saying no. Offers running at once on several
+/// threads each count what can be had, so a callback may still find its
+/// buffer taken: it answers 0 and keeps its place. `b_release` calls it; call it yourself after
 /// `b_free` or `pool_free` of a buffer, or after `dynbuf_init` raised the
 /// limit. No threshold: every waiter that can succeed is called.
 #[no_mangle]
