@@ -383,7 +383,10 @@ BUFPOOL_NOPLT void buffer_wait_init(struct buffer_wait *bw, void *target, int (*
  * whose private part says "queued" without the queue's check word is taken
  * as not queued (and out of the queue if it is in it), then queued; under
  * an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
- * `b_dequeue` and `b_is_queued` do the same check.
+ * `b_dequeue` and `b_is_queued` do the same check. The waiter's margin,
+ * for `b_alloc_margin_fair` and the offers by margin, is the class's
+ * reserve tier (the margin `b_alloc_crit` uses), taken when it is queued
+ * (an already queued waiter keeps its own).
  */
 BUFPOOL_NOPLT int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
 

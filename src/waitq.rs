@@ -20,6 +20,19 @@
 //! `dequeue` returns, the waiter is unlinked and no callback of it runs, so
 //! no offer can reach it: the caller may free it.
 //!
+//! Waiting by margin. Each queued waiter also carries the margin its
+//! callback claims with (`b_queue_margin`; the class's reserve tier for
+//! `b_queue_crit`), counted per bucket under the mutex, with a map of the
+//! non-empty buckets read without it (`fair_busy`: the refusal rule of
+//! `b_alloc_margin_fair`). An offer by margin (`offer_fit`) calls each
+//! waiter whose margin fits what can be had, passing over the others; it
+//! keeps one buffer for a fitting waiter whose callback runs in another
+//! offer, and marks that run `missed`: a callback that then answers 0 is
+//! looked at again by the offer that ran it, with what can be had then.
+//! `queue_fit` tells, under the mutex and with the waiter in, whether the
+//! caller may claim at once, so that no release falls between a failed
+//! allocation and the queueing.
+//!
 //! Each offer stamps the waiters it calls (`WaitLink::seen`) so as to call each
 //! once. An offer made from a callback (same thread, `NEST`) uses the stamp
 //! of the offer that runs the callback: with a stamp of its own it would
@@ -179,6 +192,9 @@ struct Running {
     /// over: if the callback answers 0, buffers may have come back since it
     /// looked, so the offer that runs it looks again (`settle`).
     missed: bool,
+    /// The stamp of the last offer by margin that kept a buffer for it
+    /// while it ran (`next_due`): each offer keeps one at most once.
+    kept: usize,
 }
 
 /// # Safety
@@ -350,25 +366,26 @@ impl WaitQueue {
     /// `MARGIN_BUCKETS - 1` up count as equal.
     pub fn fair_busy(&self, margin: usize) -> bool {
         let b = bucket(margin);
-        let upto = if b == 63 { u64::MAX } else { (1u64 << (b + 1)) - 1 };
+        let upto = if b == MARGIN_BUCKETS - 1 { u64::MAX } else { (1u64 << (b + 1)) - 1 };
         // Relaxed: a hint only; no memory is reached through it.
         self.mmap.load(Ordering::Relaxed) & upto != 0
     }
 
     /// Appends `w` to the FIFO of `class`, its claim to use `margin`.
-    /// Already queued: stays in its place and class and takes the new
-    /// margin; if its callback is running, a non-zero return will send it to
-    /// the tail instead of out. Returns false when `w` has no callback.
+    /// Already queued: stays in its place, class and margin (idempotent);
+    /// if its callback is running, a non-zero return will send it to the
+    /// tail instead of out. Returns false when `w` has no callback.
     ///
     /// # Safety
     /// `w` is a live waiter (initialised or zeroed) that its owner will
     /// dequeue before freeing.
     pub unsafe fn queue(&self, class: usize, w: *mut BufferWait, margin: usize) -> bool {
         // SAFETY: the caller's guarantee.
-        unsafe { self.queue_fit(class, w, margin, None::<fn() -> isize>) != Queued::Refused }
+        unsafe { self.queue_fit(class, w, margin, false, None::<fn() -> isize>) != Queued::Refused }
     }
 
-    /// `queue`, then, with `avail` (the buffers that can be had now), tells
+    /// `queue`, except that an already queued waiter takes the new margin
+    /// when `retune`; then, with `avail` (the buffers that can be had now), tells
     /// whether the caller may claim a buffer at once: no other queued waiter
     /// has a margin at most `margin` (by bucket) and `avail() >= 1 + margin`.
     /// Checked under the mutex after the queueing, so a release whose offer
@@ -383,6 +400,7 @@ impl WaitQueue {
         class: usize,
         w: *mut BufferWait,
         margin: usize,
+        retune: bool,
         avail: Option<impl FnOnce() -> isize>,
     ) -> Queued {
         let class = class.min(CLASSES - 1);
@@ -402,7 +420,7 @@ impl WaitQueue {
                 // SAFETY: a live record of the list; its fields are written only under the mutex, held.
                 unsafe { (*rec).requeued = true };
             }
-            if l.margin() != margin {
+            if retune && l.margin() != margin {
                 // SAFETY: live and queued, mutex held.
                 unsafe { Self::uncount(&mut st, w) };
                 l.queued = pack(l.class1() - 1, margin);
@@ -782,8 +800,15 @@ impl WaitQueue {
                     }
                 }
                 again = null_mut();
-                let mut rec =
-                    Running { w: cur, thread: me, next: st.running, dequeued: false, requeued: false, missed: false };
+                let mut rec = Running {
+                    w: cur,
+                    thread: me,
+                    next: st.running,
+                    dequeued: false,
+                    requeued: false,
+                    missed: false,
+                    kept: 0,
+                };
                 let rec_ptr: *mut Running = &mut rec;
                 st.running = rec_ptr;
                 l.seen = seq;
@@ -873,7 +898,10 @@ impl WaitQueue {
                 return cur;
             }
             if let Some(left) = left.as_deref_mut().filter(|_| !skip_from && !rec.is_null()) {
-                if *left > l.margin() as isize {
+                // SAFETY: a live record of the list (see `running_of`), written only under the mutex.
+                let rec = unsafe { &mut *rec };
+                if rec.kept != seq && *left > l.margin() as isize {
+                    rec.kept = seq;
                     *left -= 1;
                 }
             }
@@ -1104,9 +1132,13 @@ mod tests {
         // Nothing fits: nobody is called.
         assert_eq!(q.offer_fit(null_mut(), || 3), 0);
         assert_eq!(log(), Vec::<usize>::new());
-        // A waiter queued again takes its new margin.
+        // Queued again, it keeps its margin; with a margin given anew
+        // (`b_queue_margin`), it takes it.
         // SAFETY: live, queued.
         assert!(unsafe { q.queue(0, &mut w[4], 1) });
+        assert!(!q.fair_busy(2) && q.fair_busy(3));
+        // SAFETY: live, queued.
+        assert_eq!(unsafe { q.queue_fit(0, &mut w[4], 1, true, None::<fn() -> isize>) }, Queued::Queued);
         assert!(q.fair_busy(1) && !q.fair_busy(0));
         assert_eq!(q.offer_fit(null_mut(), || 2), 1);
         assert_eq!(log(), vec![4]);
@@ -1119,16 +1151,16 @@ mod tests {
         let mut w = waiters(3);
         // Alone, and a buffer for margin 1 (2 can be had): claim.
         // SAFETY: live waiters, dequeued below.
-        assert_eq!(unsafe { q.queue_fit(2, &mut w[0], 1, Some(|| 2)) }, Queued::Claim);
+        assert_eq!(unsafe { q.queue_fit(2, &mut w[0], 1, true, Some(|| 2)) }, Queued::Claim);
         // One can be had: not enough for margin 1.
         // SAFETY: live waiters, dequeued below.
-        assert_eq!(unsafe { q.queue_fit(2, &mut w[0], 1, Some(|| 1)) }, Queued::Queued);
+        assert_eq!(unsafe { q.queue_fit(2, &mut w[0], 1, true, Some(|| 1)) }, Queued::Queued);
         // Behind a waiter of margin 1, margin 1 waits its turn...
         // SAFETY: live waiters, dequeued below.
-        assert_eq!(unsafe { q.queue_fit(2, &mut w[1], 1, Some(|| 5)) }, Queued::Queued);
+        assert_eq!(unsafe { q.queue_fit(2, &mut w[1], 1, true, Some(|| 5)) }, Queued::Queued);
         // ... a more critical margin 0 does not.
         // SAFETY: live waiters, dequeued below.
-        assert_eq!(unsafe { q.queue_fit(2, &mut w[2], 0, Some(|| 5)) }, Queued::Claim);
+        assert_eq!(unsafe { q.queue_fit(2, &mut w[2], 0, true, Some(|| 5)) }, Queued::Claim);
         // SAFETY: live waiters.
         unsafe {
             for x in w.iter_mut() {
@@ -1419,7 +1451,7 @@ mod loom_tests {
             } else {
                 let avail = || w.free.load(Ordering::Acquire) as isize;
                 // SAFETY: live waiter with a callback.
-                let q = unsafe { w.q.queue_fit(2, w.bw, 0, Some(avail)) };
+                let q = unsafe { w.q.queue_fit(2, w.bw, 0, true, Some(avail)) };
                 if heed && q == Queued::Claim && try_take(&w) {
                     w.got.fetch_add(1, Ordering::Relaxed);
                 }

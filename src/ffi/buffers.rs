@@ -288,7 +288,10 @@ pub extern "C" fn buffer_wait_init(
 /// whose private part says "queued" without the queue's check word is taken
 /// as not queued (and out of the queue if it is in it), then queued; under
 /// an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
-/// `b_dequeue` and `b_is_queued` do the same check.
+/// `b_dequeue` and `b_is_queued` do the same check. The waiter's margin,
+/// for `b_alloc_margin_fair` and the offers by margin, is the class's
+/// reserve tier (the margin `b_alloc_crit` uses), taken when it is queued
+/// (an already queued waiter keeps its own).
 #[no_mangle]
 pub extern "C" fn b_queue_crit(crit: c_uint, bw: *mut BufferWait) -> c_int {
     crate::fork::ensure_registered();
@@ -328,7 +331,7 @@ pub extern "C" fn b_queue_margin(crit: c_uint, bw: *mut BufferWait, margin: c_in
     }
     // SAFETY: a non-null `bw` is an initialised (or zeroed) waiter that its
     // owner dequeues before freeing (C contract).
-    match unsafe { waitq::global().queue_fit(crit as usize, bw, margin.max(0) as usize, Some(dynbuf::avail)) } {
+    match unsafe { waitq::global().queue_fit(crit as usize, bw, margin.max(0) as usize, true, Some(dynbuf::avail)) } {
         Queued::Refused => 0,
         Queued::Queued => 1,
         Queued::Claim => 2,
