@@ -791,6 +791,46 @@ static void r_buf_bad_crit(void)
     CHECK(b_queue_crit((enum dynbuf_crit)99, &bw) == 0);
 }
 
+static void r_margin_null(void)
+{
+    struct buffer b = {0, NULL, 0, 0};
+    struct buffer_wait bw, nocb;
+    CHECK(b_available(0) == 0);                      /* before dynbuf_init */
+    CHECK(b_alloc_margin_fair(&b, 0) == NULL && b.size == 0);
+    CHECK(dynbuf_init(16384, 2, 8) == 0);
+    CHECK(b_alloc_margin_fair(NULL, 0) == NULL);
+    CHECK(b_alloc_margin_fair(&b, -5) == &b && b.size == 16384);   /* margin 0 */
+    b_release(NULL);
+    b_release(&b);
+    CHECK(b.size == 0 && b.area == NULL);
+    b_release(&b);                                   /* twice: a no-op */
+    CHECK(b_move(NULL, &b) == NULL && b_move(&b, NULL) == NULL && b_move(&b, &b) == NULL);
+    buffer_wait_init(&bw, NULL, count_cb);
+    buffer_wait_init(&nocb, NULL, NULL);
+    CHECK(b_queue_margin(DB_CHANNEL, NULL, 0) == 0);
+    CHECK(b_queue_margin(99, &bw, 0) == 0 && !b_is_queued(&bw));
+    CHECK(b_queue_margin(DB_CHANNEL, &nocb, 0) == 0);
+    CHECK(b_queue_margin(DB_CHANNEL, &bw, -3) == 2);  /* margin 0, alone, buffers free */
+    b_dequeue(&bw);
+    CHECK(b_available(-1) == b_available(0) && b_available(0) == 8);
+    offer_buffers_margin(NULL);                      /* nobody queued: a no-op */
+}
+
+static void r_move_refused(void)
+{
+    struct buffer a = {0, NULL, 0, 0}, c = {0, NULL, 0, 0}, e = {0, NULL, 0, 0};
+    struct buffer g;
+    memset(&g, 0xA5, sizeof(g));
+    CHECK(dynbuf_init(16384, 2, 8) == 0);
+    CHECK(b_alloc(&a) == &a && b_alloc(&c) == &c);
+    char *aa = a.area, *ca = c.area;
+    CHECK(b_move(&c, &a) == NULL && a.area == aa && c.area == ca);   /* dst holds one */
+    CHECK(b_move(&c, &e) == NULL && c.area == ca);                   /* src holds none */
+    CHECK(b_move(&e, &g) == NULL && e.size == 0 && g.size != 0);     /* src is garbage */
+    b_free(&a);
+    b_free(&c);
+}
+
 static void r_buf_fail_spares_critical(void)
 {
     struct buffer b = {0, NULL, 0, 0}, c = {0, NULL, 0, 0};
@@ -1051,6 +1091,13 @@ static const struct row ROWS[] = {
            "offer_buffers of stale waiter", r_wait_stale_tag),
     OK("a `struct buffer_wait` never set up (private part 0xA5): `b_is_queued`, `b_queue`", "0; then queued (1), "
        "woken once", r_wait_uninit),
+    OK("the margin calls with NULL or out of range: `b_alloc_margin_fair(NULL, 0)`, a negative margin, `b_release(NULL)`, "
+       "`b_release` twice, `b_move` with NULL or the same buffer twice, `b_queue_margin` with NULL, an unknown class or "
+       "a NULL callback, `b_available(-1)`; `b_available` and `b_alloc_margin_fair` before `dynbuf_init`", "NULL; "
+       "margin 0; no-op; the second a no-op; NULL, nothing moved; 0, not queued; `b_available(0)`; 0 and NULL",
+       r_margin_null),
+    OK("`b_move` into a `struct buffer` that holds a buffer, from one that holds none, from an uninitialised one "
+       "(0xA5)", "NULL, both left as they were (the buffer functions never take garbage for a buffer)", r_move_refused),
 };
 
 #define NROWS ((int)(sizeof(ROWS) / sizeof(ROWS[0])))

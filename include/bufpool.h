@@ -284,6 +284,71 @@ BUFPOOL_NOPLT struct buffer *b_alloc(struct buffer *buf);
 BUFPOOL_NOPLT void b_free(struct buffer *buf);
 
 /**
+ * `b_free(buf)`, then `offer_buffers_margin(NULL)`: gives the buffer back
+ * and wakes every queued waiter that can now succeed. With it as the only
+ * way buffers go back, a waiter never needs a retry timer: each release
+ * calls, in the order of `offer_buffers` (most critical class first, FIFO
+ * within a class), each waiter whose margin fits what the pool can give.
+ * The callbacks run on the calling thread, inside this call, with no lock
+ * of the library held: do not call it while holding a lock your callbacks
+ * take. Nothing allocated (`buf->size == 0`), NULL `buf`, or a `struct
+ * buffer` that is no buffer of the pool (see `b_free`): nothing is released
+ * and nothing offered. `b_free` stays as the contract has it (it offers
+ * nothing), and so does `pool_free(pool_head_buffer, area)`, a fast path
+ * that wakes nobody: after either, call `offer_buffers_margin`.
+ */
+BUFPOOL_NOPLT void b_release(struct buffer *buf);
+
+/**
+ * `b_alloc_margin(buf, margin)` that waits its turn: refused (NULL, `*buf`
+ * untouched) while a waiter queued with a margin at most `margin` is in
+ * the wait queue, in any class, its callback running or not. Such a waiter
+ * came first and can succeed whenever this call could, so a session with
+ * fresh bytes no longer takes the buffer a release is about to give it. A
+ * waiter queued with a larger margin (a less critical one: a request
+ * waiter, say, when this is a response with margin 0) does not hold it
+ * back, as HAProxy 3 lets a more critical class ahead. The margin of a
+ * waiter is the one given to `b_queue_margin`; `b_queue_crit` and
+ * `b_queue` give the class's reserve tier (the margin `b_alloc_crit` uses).
+ * Margins from 63 up count as equal. The queue is read without a lock: a
+ * queueing or a dequeue on another thread is seen with a small lag.
+ *
+ * The name: "fair" as a fair lock is, one that lets no newcomer barge past
+ * its waiters; "queued" would read as if the call queued the caller, which
+ * it does not. The caller that is itself queued must not use it to claim
+ * (it would wait for itself): a callback, or the caller told by
+ * `b_queue_margin` that it may claim, uses `b_alloc_margin`.
+ *
+ * `buf->size != 0`: `buf`, untouched (a size that is not the buffer size:
+ * NULL, or an abort under a debug mode, as `b_alloc_margin`); NULL `buf`,
+ * or no `dynbuf_init` yet: NULL; a negative margin counts as 0.
+ */
+BUFPOOL_NOPLT struct buffer *b_alloc_margin_fair(struct buffer *buf, int margin);
+
+/**
+ * Moves the buffer held by `*src` into `*dst` (`size`, `area`, `data` and
+ * `head`, bytes and all; no byte is copied) and sets `*src` to
+ * `BUF_NULL`: the way to hand a buffer to another thread's owner (a
+ * buffer a wakeup callback took for a session of another thread, say)
+ * without rebuilding a `struct buffer` from a pointer and the buffer size.
+ * Returns `dst`, or NULL with nothing changed when `*dst` already holds a
+ * buffer (`dst->size != 0`: release one of them first), when `*src` holds
+ * none, when either is NULL, before `dynbuf_init`, or when `*src` is no
+ * buffer of the pool (its size is not the buffer size; an abort under an
+ * object debug mode, as `b_free`).
+ *
+ * Threads: a buffer belongs to no thread. It may be released (`b_free`,
+ * `b_release`) by any thread, and its memory goes to the cache of the
+ * thread that releases it, not to the one that allocated it; moving it
+ * touches no cache and no counter (it stays counted as used). `b_move`
+ * itself makes no memory ordering: publish `*dst` to the other thread as
+ * you publish the rest of your hand-over (under the mutex that guards it,
+ * or by a release store / acquire load), and let only one thread touch a
+ * `struct buffer` at a time.
+ */
+BUFPOOL_NOPLT struct buffer *b_move(struct buffer *dst, struct buffer *src);
+
+/**
  * Allocates `*buf` for class `crit` (an `enum dynbuf_crit`, optionally
  * OR-ed with `DB_F_NOQUEUE`). Refused (NULL) while a waiter of the same or
  * a more critical class is queued, unless `DB_F_NOQUEUE` is given, so that
@@ -318,9 +383,33 @@ BUFPOOL_NOPLT void buffer_wait_init(struct buffer_wait *bw, void *target, int (*
  * whose private part says "queued" without the queue's check word is taken
  * as not queued (and out of the queue if it is in it), then queued; under
  * an object debug mode it aborts (`bufpool: b_queue of stale waiter ...`).
- * `b_dequeue` and `b_is_queued` do the same check.
+ * `b_dequeue` and `b_is_queued` do the same check. The waiter's margin,
+ * for `b_alloc_margin_fair` and the offers by margin, is the class's
+ * reserve tier (the margin `b_alloc_crit` uses), taken when it is queued
+ * (an already queued waiter keeps its own).
  */
 BUFPOOL_NOPLT int b_queue_crit(unsigned int crit, struct buffer_wait *bw);
+
+/**
+ * Appends `bw` to the wait queue of class `crit` (0 to `DB_PERMANENT`,
+ * which sets the order in which offers call waiters), saying that its
+ * callback will claim a buffer with `margin` (a negative margin counts as
+ * 0). Offers by margin (`b_release`, `offer_buffers_margin`) call it only
+ * when that margin fits, and `b_alloc_margin_fair` callers with a margin
+ * at least this one wait behind it. Returns 0 (not queued) for NULL `bw`,
+ * a NULL `wakeup_cb` or an unknown class; 1 once queued; 2 once queued
+ * when a buffer for `margin` can be had now and no other queued waiter has
+ * a margin at most `margin`: the caller may claim it at once with
+ * `b_alloc_margin(buf, margin)` and `b_dequeue(bw)` on success (if the
+ * claim fails, someone else took the buffer, and the waiter stays queued
+ * for the release that brings it back). This answer replaces the retry
+ * after queueing: it is computed under the queue's lock after the waiter
+ * is in, so a release made between the caller's failed allocation and the
+ * queueing is never missed. An already queued waiter keeps its place and
+ * class and takes the new margin; otherwise as `b_queue_crit`. Costs one
+ * look at every thread's cache when 2 is possible (as `pool_used`).
+ */
+BUFPOOL_NOPLT int b_queue_margin(unsigned int crit, struct buffer_wait *bw, int margin);
 
 /**
  * `b_queue_crit(DB_CHANNEL, bw)`.
@@ -355,9 +444,15 @@ BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
  * the budget; zero: it stays queued in its place. A waiter whose `target`
  * is `from` (when `from` is not NULL) is skipped and stays queued, and so
  * is a waiter whose callback another thread is running. Every waiter is
- * visited at most once per call; a call made from inside a callback
- * continues the call that runs that callback: neither calls again a
- * waiter the other called (each keeps its own budget and `from`).
+ * visited at most once per call, but one: a waiter whose callback answered
+ * 0 while another offer passed it over (it was running) is called once
+ * more if its margin (see `b_queue_margin`) fits what can be had then, so
+ * that the other offer's buffers are not lost on it. A call made from
+ * inside a callback continues the call that runs that callback: neither
+ * calls again a waiter the other called (each keeps its own budget and
+ * `from`). It knows nothing of the waiters' margins otherwise: to wake
+ * every waiter that can succeed, and only those, use
+ * `offer_buffers_margin` (or release with `b_release`).
  *
  * A queued waiter whose memory was reused before `b_dequeue` (a waiter on
  * the stack whose function returned, a freed one, one overwritten) is
@@ -374,6 +469,46 @@ BUFPOOL_NOPLT int b_is_queued(const struct buffer_wait *bw);
  * bytes (its callback then runs with its old target).
  */
 BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
+
+/**
+ * Wakes every queued waiter that can succeed now, by its own margin (the
+ * one given to `b_queue_margin`, or the class's reserve tier for
+ * `b_queue_crit` and `b_queue`): most critical class first, FIFO within a
+ * class, each waiter whose margin `m` fits what is left
+ * (`b_available(m) >= 1`, less one per waiter woken so far in this call)
+ * is called; one
+ * that does not fit is passed over and the walk goes on. Without a limit
+ * every waiter is called. A waiter whose `target` is `from` (when not
+ * NULL) is skipped. Callbacks run as for `offer_buffers`. A waiter whose
+ * callback is running on another thread is passed over, keeping one
+ * buffer for it when its margin fits (its callback is about to claim it),
+ * and if that callback then returns 0 the offer that ran it looks again
+ * and calls it once more if its margin fits: a release is never lost on a
+ * waiter that was busy saying no. Offers running at once on several
+ * threads each count what can be had, so a callback may still find its
+ * buffer taken: it answers 0 and keeps its place. `b_release` calls it; call it yourself after
+ * `b_free` or `pool_free` of a buffer, or after `dynbuf_init` raised the
+ * limit. No threshold: every waiter that can succeed is called.
+ */
+BUFPOOL_NOPLT void offer_buffers_margin(void *from);
+
+/**
+ * How many allocations with margin `margin` could succeed one after the
+ * other now: with a limit `L`, `L - used - margin` (at least 0), that is
+ * `b_alloc_margin(buf, margin)` succeeds now if and only if this is at
+ * least 1; without a limit, `LONG_MAX`; before `dynbuf_init`, 0. A
+ * negative margin counts as 0. What `offer_buffers` budgets is
+ * `b_available(reserved_bufs / 2)`: it wakes while that, less the waiters
+ * woken, exceeds its threshold; so a caller that offers to waiters of
+ * margin `m` with `offer_buffers` wakes one exactly when
+ * `b_available(m) >= 1` by passing the threshold `m - reserved_bufs / 2` (0 when
+ * negative) plus what it wants kept back, instead of copying the formula
+ * (offers by margin, `b_release` and `offer_buffers_margin`, need no
+ * threshold at all). Exact when no call is in flight; it looks at every
+ * thread's cache (as `pool_used`), so it is for decisions and reports, not
+ * for every event of a hot loop.
+ */
+BUFPOOL_NOPLT long b_available(int margin);
 
 /**
  * Creates a pool of objects of `size` bytes named `name` (copied, at most

@@ -234,6 +234,34 @@ pub(crate) fn alloc_margin(buf: &mut Buffer, margin: usize) -> bool {
     true
 }
 
+/// `alloc_margin`, refused while a waiter whose margin is at most
+/// `margin` is queued (`WaitQueue::fair_busy`): such a waiter is one a
+/// release would serve whenever this allocation could succeed, and it came
+/// first. A waiter with a larger margin does not hold it back (it is the
+/// less critical), as in HAProxy 3's classes.
+pub(crate) fn alloc_margin_fair(buf: &mut Buffer, margin: usize) -> bool {
+    if buf.size != 0 {
+        return !is_garbage(buf, "b_alloc_margin_fair");
+    }
+    if crate::waitq::global().fair_busy(margin) {
+        return false;
+    }
+    alloc_margin(buf, margin)
+}
+
+/// Moves the buffer of `*src` (with its `data` and `head`) into `*dst`,
+/// which must hold none, and leaves `*src` `BUF_NULL`. False, nothing
+/// changed, when `*dst` holds a buffer, `*src` holds none, `*src` is no
+/// buffer of the pool (`is_garbage`) or no pool exists.
+pub(crate) fn move_buf(dst: &mut Buffer, src: &mut Buffer) -> bool {
+    if dst.size != 0 || src.size == 0 || buffer_pool().is_none() || is_garbage(src, "b_move") {
+        return false;
+    }
+    *dst = Buffer { size: src.size, area: src.area, data: src.data, head: src.head };
+    *src = Buffer::NULL;
+    true
+}
+
 /// The least critical class whose allocations must not fail: responses and
 /// permanent buffers (`DB_MUX_TX` and above). `fail=PERCENT` spares them.
 const CRITICAL_CLASS: usize = DynbufCrit::DB_MUX_TX as usize;
@@ -281,16 +309,22 @@ fn is_garbage(buf: &Buffer, what: &str) -> bool {
 /// thread's maintenance tick is due (see `Pool::free`).
 #[must_use]
 pub(crate) fn free(buf: &mut Buffer) -> bool {
-    let mut tick = false;
-    if buf.size != 0 && !buf.area.is_null() && !is_garbage(buf, "b_free") {
+    release(buf, "b_free").1
+}
+
+/// `free`, for the call named `what`: (was a buffer given back, is this
+/// thread's maintenance tick due).
+pub(crate) fn release(buf: &mut Buffer, what: &str) -> (bool, bool) {
+    let mut done = (false, false);
+    if buf.size != 0 && !buf.area.is_null() && !is_garbage(buf, what) {
         if let Some(pool) = buffer_pool() {
             // SAFETY: an allocated buffer's area came from the buffer pool
             // (C contract) and the caller gives it up.
-            tick = unsafe { pool.free(buf.area.cast()) };
+            done = (true, unsafe { pool.free(buf.area.cast()) });
         }
     }
     *buf = Buffer::NULL;
-    tick
+    done
 }
 
 /// The margin of a class: the least critical keeps the whole reserve, the
@@ -298,6 +332,27 @@ pub(crate) fn free(buf: &mut Buffer) -> bool {
 pub(crate) fn class_margin(class: usize) -> usize {
     let top = CLASSES - 1;
     (reserved() * (top - class.min(top))).div_ceil(top)
+}
+
+/// Buffers that can be had now: with a limit `L`, `L - used` (negative
+/// while callers hold more than a lowered limit); without one, more than
+/// any queue holds. 0 before `init`. Exact at quiescence (`Pool::used`).
+pub(crate) fn avail() -> isize {
+    let Some(pool) = buffer_pool() else { return 0 };
+    match pool.limit() {
+        0 => isize::MAX / 4,
+        l => l as isize - pool.used() as isize,
+    }
+}
+
+/// Allocations of margin `margin` that could succeed one after the other
+/// now: `L - used - margin`, at least 0; without a limit `isize::MAX`.
+pub(crate) fn available(margin: usize) -> isize {
+    let Some(pool) = buffer_pool() else { return 0 };
+    if pool.limit() == 0 {
+        return isize::MAX;
+    }
+    avail().saturating_sub(margin.min(isize::MAX as usize) as isize).max(0)
 }
 
 /// Buffers that can be had now, minus half the reserve: the budget of an

@@ -157,9 +157,15 @@ impl<G> ForkSlot<G> {
 }
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{
+    atomic::{AtomicU32, AtomicU64},
+    Condvar, Mutex, MutexGuard,
+};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{atomic::AtomicU32, Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{
+    atomic::{AtomicU32, AtomicU64},
+    Condvar, Mutex, MutexGuard,
+};
 
 /// A number that identifies the calling thread among the live ones: the
 /// address of a thread-local byte.

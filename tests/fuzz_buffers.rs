@@ -8,7 +8,9 @@
 //! `b_free`, `buffer_wait_init` (with and without a callback, or zeroing),
 //! `b_queue`, `b_queue_crit`, `b_dequeue`, `offer_buffers` (random `from`
 //! and threshold), `pool_set_limit`, `dynbuf_init` again (retuning), the
-//! cache size, gc and flush, and NULL arguments. The model holds the
+//! cache size, gc and flush, and NULL arguments; and the margin calls:
+//! `b_alloc_margin_fair`, `b_queue_margin`, `b_release`,
+//! `offer_buffers_margin`, `b_move`, `b_available`. The model holds the
 //! buffers held, the limit and reserve, and one FIFO per class; after every
 //! call (and after every call made from inside a callback):
 //! - `pool_used(pool_head_buffer)` is the number held, exactly;
@@ -31,7 +33,18 @@
 //!   (claiming with `DB_F_NOQUEUE`, or not), free, and offer (nested up to
 //!   3 deep: the nested offer has its own budget and `from`, skips the
 //!   waiters whose callbacks run, and calls no waiter the offers around it
-//!   called, nor they one it called).
+//!   called, nor they one it called);
+//! - every waiter has a margin (the class's tier for `b_queue_crit`, its
+//!   own for `b_queue_margin`); `b_alloc_margin_fair` is refused exactly
+//!   while a waiter of a margin at most its own (by bucket) is queued;
+//!   `b_queue_margin` answers 2 exactly when no other waiter of a margin at
+//!   most its own is queued and the margin rule allows it; an offer by
+//!   margin (`offer_buffers_margin`, `b_release`) calls, in the offers'
+//!   order, every waiter whose margin fits what is left (`left > margin`,
+//!   `left` = what can be had when it starts, less one per non-zero
+//!   answer, less one for each running waiter it passes over that fits,
+//!   once), passes over the others, and stops once `left` is at most the
+//!   least queued margin.
 //!
 //! The callbacks reach the model through a thread-local: the buffer part
 //! runs in one test thread (the buffer pool is process-wide).
@@ -48,7 +61,7 @@ use std::ptr::null_mut;
 
 use bufpool::dynbuf::Buffer;
 use bufpool::waitq::BufferWait;
-use core::ffi::{c_int, c_uint, c_void};
+use core::ffi::{c_int, c_long, c_uint, c_void};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -84,9 +97,15 @@ enum BOp {
     Retune,
     CacheSize,
     GcFlush,
+    AllocFair,
+    QueueMargin,
+    Release,
+    OfferFit,
+    Move,
+    Available,
 }
 
-const BOPS: [(BOp, u32); 14] = [
+const BOPS: [(BOp, u32); 20] = [
     (BOp::Alloc, 8),
     (BOp::AllocMargin, 10),
     (BOp::AllocCrit, 14),
@@ -101,7 +120,29 @@ const BOPS: [(BOp, u32); 14] = [
     (BOp::Retune, 1),
     (BOp::CacheSize, 1),
     (BOp::GcFlush, 1),
+    (BOp::AllocFair, 10),
+    (BOp::QueueMargin, 8),
+    (BOp::Release, 12),
+    (BOp::OfferFit, 6),
+    (BOp::Move, 3),
+    (BOp::Available, 2),
 ];
+
+/// A library call that runs callbacks, made with no borrow of the model held.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// `offer_buffers(from, threshold)`.
+    Budget(*mut c_void, c_uint),
+    /// `offer_buffers_margin(from)`.
+    Fit(*mut c_void),
+    /// `b_release` of a slot (the model freed it already).
+    Release(usize),
+}
+
+/// The margin buckets of the refusal rule: 0 to 62, then 63 and up.
+fn bucket(m: usize) -> usize {
+    m.min(63)
+}
 
 /// What an allocation must do: return NULL and leave `*buf` as it was,
 /// return `buf` untouched (already allocated), or allocate it.
@@ -118,6 +159,7 @@ enum How {
     Plain,
     Margin(c_int),
     Crit(c_uint),
+    Fair(c_int),
 }
 
 /// The callback the model lets run: its waiter, the class it sits in, its
@@ -128,9 +170,11 @@ struct Running {
     ret: c_int,
     dequeued: bool,
     requeued: bool,
+    /// An offer by margin passed it over while it ran and kept a buffer for it.
+    kept: bool,
 }
 
-/// The model of one `offer_buffers` call in progress.
+/// The model of one `offer_buffers` (or offer by margin) call in progress.
 struct Offer {
     from: *mut c_void,
     threshold: i64,
@@ -141,6 +185,22 @@ struct Offer {
     /// The class being walked, most critical (4) first.
     class: usize,
     running: Option<Running>,
+    /// An offer by margin: `left` instead of budget and threshold.
+    fit: bool,
+    /// What can be had when it started, less what it gave and kept.
+    left: i64,
+    /// Where its walk of `class` goes on, as the library's walk does.
+    pos: Pos,
+    /// It stopped: nothing queued fits what is left.
+    done: bool,
+}
+
+/// A walk's place in a class: its head, a waiter (included), or past its end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pos {
+    Head,
+    At(usize),
+    End,
 }
 
 /// How often each path was taken: every one must be, or the run proves little.
@@ -157,6 +217,12 @@ struct Seen {
     offers_from_queued: u64,
     init_refused_at_limit: u64,
     nested_offers: u64,
+    refused_by_fair: u64,
+    claim_answers: u64,
+    fit_calls: u64,
+    fit_passed: u64,
+    kept_for_running: u64,
+    moved: u64,
 }
 
 impl Seen {
@@ -172,6 +238,12 @@ impl Seen {
         self.offers_from_queued += o.offers_from_queued;
         self.init_refused_at_limit += o.init_refused_at_limit;
         self.nested_offers += o.nested_offers;
+        self.refused_by_fair += o.refused_by_fair;
+        self.claim_answers += o.claim_answers;
+        self.fit_calls += o.fit_calls;
+        self.fit_passed += o.fit_passed;
+        self.kept_for_running += o.kept_for_running;
+        self.moved += o.moved;
     }
 
     fn all_taken(&self) -> bool {
@@ -184,6 +256,12 @@ impl Seen {
                 s.offers_from_queued,
                 s.init_refused_at_limit,
                 s.nested_offers,
+                s.refused_by_fair,
+                s.claim_answers,
+                s.fit_calls,
+                s.fit_passed,
+                s.kept_for_running,
+                s.moved,
             ])
             .all(|n| n > 0)
     }
@@ -208,6 +286,8 @@ struct BufFuzz {
     /// The per-class FIFOs.
     queues: [VecDeque<usize>; CLASSES],
     class_of: [Option<usize>; WAITERS],
+    /// The margin of each queued waiter.
+    margin_of: [usize; WAITERS],
     /// The offers in progress: an offer made from a callback is pushed on
     /// the one that runs the callback.
     offers: Vec<Offer>,
@@ -239,8 +319,9 @@ unsafe extern "C" fn wake(target: *mut c_void) -> c_int {
         loop {
             let mut nested = None;
             with(&mut |f| nested = f.act());
-            let Some((from, threshold)) = nested else { break };
-            offer_buffers(from, threshold);
+            let Some(call) = nested else { break };
+            let buf = BF.with(|f| f.borrow().as_ref().map(|f| f.bufs)).unwrap_or(null_mut());
+            make_call(call, buf);
             if CB_PANIC.with(|p| p.borrow().is_some()) {
                 return 0;
             }
@@ -252,6 +333,16 @@ unsafe extern "C" fn wake(target: *mut c_void) -> c_int {
         CB_PANIC.with(|p| *p.borrow_mut() = Some(e));
         0
     })
+}
+
+/// Makes a call that runs callbacks; `bufs` is the fuzzer's slot array.
+fn make_call(call: Call, bufs: *mut Buffer) {
+    match call {
+        Call::Budget(from, threshold) => offer_buffers(from, threshold),
+        Call::Fit(from) => offer_buffers_margin(from),
+        // SAFETY: a slot of the boxed array (index < SLOTS, checked by the model).
+        Call::Release(i) => b_release(unsafe { bufs.add(i) }),
+    }
 }
 
 impl BufFuzz {
@@ -288,6 +379,13 @@ impl BufFuzz {
     /// A waiter of class `class` or a more critical one is queued.
     fn busy_from(&self, class: usize) -> bool {
         self.queues[class..].iter().any(|q| !q.is_empty())
+    }
+
+    /// Queued waiters other than `not` whose margin's bucket is at most `m`'s.
+    fn ahead(&self, m: usize, not: Option<usize>) -> usize {
+        (0..WAITERS)
+            .filter(|&x| Some(x) != not && self.class_of[x].is_some() && bucket(self.margin_of[x]) <= bucket(m))
+            .count()
     }
 
     fn choose_op(&mut self) -> BOp {
@@ -336,12 +434,17 @@ impl BufFuzz {
             How::Plain => 0,
             How::Margin(m) => m.max(0) as usize,
             How::Crit(c) => self.tier(((c & !DB_F_NOQUEUE) as usize).min(CLASSES - 1)),
+            How::Fair(m) => m.max(0) as usize,
         };
         let want = match how {
             How::Crit(c) if (c & !DB_F_NOQUEUE) as usize >= CLASSES => Want::Null,
             _ if allocated => Want::Same,
             How::Crit(c) if c & DB_F_NOQUEUE == 0 && self.busy_from(c as usize) => {
                 self.seen.refused_by_queue += 1;
+                Want::Null
+            }
+            How::Fair(_) if self.ahead(margin, None) > 0 => {
+                self.seen.refused_by_fair += 1;
                 Want::Null
             }
             _ if self.can_have(margin) => Want::New,
@@ -354,6 +457,7 @@ impl BufFuzz {
             How::Plain => b_alloc(b),
             How::Margin(m) => b_alloc_margin(b, m),
             How::Crit(c) => b_alloc_crit(b, c),
+            How::Fair(m) => b_alloc_margin_fair(b, m),
         };
         let after = self.read(i);
         let ctx = format!(
@@ -445,9 +549,89 @@ impl BufFuzz {
         } else {
             self.queues[class as usize].push_back(w);
             self.class_of[w] = Some(class as usize);
+            self.margin_of[w] = self.tier(class as usize);
         }
     }
 
+    /// `b_queue_margin(class, w, m)` in library and model.
+    fn queue_margin(&mut self, w: usize, class: c_uint, m: c_int) {
+        let r = b_queue_margin(class, self.bw(w), m);
+        let m = m.max(0) as usize;
+        let ok = (class as usize) < CLASSES && self.has_cb[w];
+        if ok {
+            if self.class_of[w].is_some() {
+                if let Some(run) = self.running_mut(w) {
+                    run.requeued = true;
+                }
+            } else {
+                self.queues[class as usize].push_back(w);
+                self.class_of[w] = Some(class as usize);
+            }
+            self.margin_of[w] = m;
+        }
+        let want = if !ok {
+            0
+        } else if self.ahead(m, Some(w)) == 0 && self.can_have(m) {
+            self.seen.claim_answers += 1;
+            2
+        } else {
+            1
+        };
+        if r != want {
+            self.fail(format!(
+                "b_queue_margin({class}, waiter {w}, {m}) gave {r}, want {want} (held {}, limit {}, queues {:?}, \
+                 margins {:?})",
+                self.held, self.limit, self.queues, self.margin_of
+            ));
+        }
+    }
+
+    /// `b_move(slot j, slot i)` in library and model.
+    fn move_buf(&mut self, j: usize, i: usize) {
+        let (bi, bj) = (self.buf(i), self.buf(j));
+        let (before_i, before_j) = (self.read(i), self.read(j));
+        let r = b_move(bj, bi);
+        let ok = i != j && self.ids[j] == 0 && self.ids[i] != 0;
+        if !ok {
+            if !r.is_null() || self.read(i) != before_i || self.read(j) != before_j {
+                self.fail(format!("b_move(slot {j}, slot {i}) gave {r:p}; want NULL, both untouched"));
+            }
+            return;
+        }
+        if r != bj || self.read(j) != before_i || self.read(i) != (0, 0, 0, 0) {
+            self.fail(format!(
+                "b_move(slot {j}, slot {i}) gave {r:p}, slots {:?} {:?}; want slot {j} = {before_i:?}, slot {i} BUF_NULL",
+                self.read(j),
+                self.read(i)
+            ));
+        }
+        self.ids[j] = self.ids[i];
+        self.ids[i] = 0;
+        self.seen.moved += 1;
+    }
+
+    /// Gives slot `i` back in the model for `b_release`; the offer by
+    /// margin that follows is pushed when a buffer went back. None: nothing
+    /// held, the call made here (no offer).
+    fn release(&mut self, i: usize) -> Option<Call> {
+        if self.ids[i] == 0 {
+            let before = self.read(i);
+            b_release(self.buf(i));
+            let after = self.read(i);
+            if after.0 != 0 || after.1 != 0 {
+                self.fail(format!("b_release of the unallocated slot {i}: {before:?} -> {after:?}"));
+            }
+            return None;
+        }
+        let (_, area, _, _) = self.read(i);
+        if !intact(area, BUFSIZE, self.ids[i]) {
+            self.fail(format!("buffer {area:#x} of slot {i} lost its contents while held"));
+        }
+        self.ids[i] = 0;
+        self.held -= 1;
+        self.push_fit(null_mut());
+        Some(Call::Release(i))
+    }
     fn dequeue(&mut self, w: usize) {
         b_dequeue(self.bw(w));
         if let Some(c) = self.class_of[w].take() {
@@ -506,6 +690,9 @@ impl BufFuzz {
     /// class first, FIFO inside, each waiter once, `from` skipped, while
     /// budget - woken > threshold.
     fn next_due(&mut self) -> Option<usize> {
+        if self.offers.last()?.fit {
+            return self.next_fit();
+        }
         let running: Vec<usize> =
             self.offers.iter().filter_map(|o| o.running.as_ref()).filter(|r| !r.dequeued).map(|r| r.w).collect();
         let o = self.offers.last_mut()?;
@@ -525,14 +712,99 @@ impl BufFuzz {
         }
     }
 
+    /// The next waiter an offer by margin must call, walking as the
+    /// library does: from its place in the class, the first waiter not yet
+    /// called, not `from`, not running (a running one on the way that fits
+    /// takes one from `left`, once); the offer stops when `left` is at most
+    /// the least queued margin; a waiter whose margin does not fit is passed
+    /// over (the walk goes on after it).
+    fn next_fit(&mut self) -> Option<usize> {
+        let top = self.offers.len() - 1;
+        loop {
+            let o = &self.offers[top];
+            if o.done {
+                return None;
+            }
+            let (from, class) = (o.from, o.class);
+            let order: Vec<usize> = self.queues[class].iter().copied().collect();
+            let start = match o.pos {
+                Pos::Head => 0,
+                Pos::At(y) => order.iter().position(|&x| x == y).expect("the walk's place is queued in its class"),
+                Pos::End => order.len(),
+            };
+            let mut cand = None;
+            for &x in &order[start..] {
+                let skip_from = !from.is_null() && target_of(x) == from;
+                let rec = self.offers.iter().position(|o| o.running.as_ref().is_some_and(|r| r.w == x));
+                if !self.visited[x] && !skip_from && rec.is_none() {
+                    cand = Some(x);
+                    break;
+                }
+                if let Some(k) = rec.filter(|_| !skip_from) {
+                    let fits = self.offers[top].left > self.margin_of[x] as i64;
+                    let r = self.offers[k].running.as_mut().unwrap();
+                    if !r.kept && fits {
+                        r.kept = true;
+                        self.offers[top].left -= 1;
+                        self.seen.kept_for_running += 1;
+                    }
+                }
+            }
+            let Some(x) = cand else {
+                if class == 0 {
+                    return None;
+                }
+                self.offers[top].class -= 1;
+                self.offers[top].pos = Pos::Head;
+                continue;
+            };
+            let least = (0..WAITERS)
+                .filter(|&y| self.class_of[y].is_some())
+                .map(|y| bucket(self.margin_of[y]))
+                .min()
+                .unwrap_or(64);
+            let next = self.after(class, x);
+            let o = &mut self.offers[top];
+            if o.left <= least as i64 {
+                o.done = true;
+                return None;
+            }
+            if o.left <= self.margin_of[x] as i64 {
+                o.pos = next;
+                self.seen.fit_passed += 1;
+                continue;
+            }
+            o.pos = Pos::At(x);
+            return Some(x);
+        }
+    }
+
+    /// The place after `x` in `class`.
+    fn after(&self, class: usize, x: usize) -> Pos {
+        let q = &self.queues[class];
+        match q.iter().position(|&y| y == x) {
+            Some(k) if k + 1 < q.len() => Pos::At(q[k + 1]),
+            _ => Pos::End,
+        }
+    }
+
     /// What the library does once a callback returned: a non-zero answer
     /// takes one unit of budget and the waiter out (to the tail if it was
     /// queued again from inside); zero keeps it in place.
     fn finish_running(&mut self) {
-        let Some(o) = self.offers.last_mut() else { return };
-        let Some(run) = o.running.take() else { return };
+        let Some(o) = self.offers.last() else { return };
+        let Some(run) = o.running.as_ref() else { return };
+        // Where the library's walk goes on: the head again when the
+        // callback dequeued itself, else the waiter after it.
+        let pos = if run.dequeued { Pos::Head } else { self.after(run.class, run.w) };
+        let o = self.offers.last_mut().unwrap();
+        o.pos = pos;
+        let run = o.running.take().unwrap();
         if run.ret != 0 {
             o.woken += 1;
+            if o.fit {
+                o.left -= 1;
+            }
             self.seen.woken += 1;
         } else if !run.dequeued {
             self.seen.kept_in_place += 1;
@@ -562,17 +834,43 @@ impl BufFuzz {
             ));
         };
         if target != target_of(w) {
+            let offers: Vec<String> = self
+                .offers
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{{fit {} left {} budget {} woken {} class {} from {:p} pos {:?} running {:?} done {}}}",
+                        o.fit,
+                        o.left,
+                        o.budget,
+                        o.woken,
+                        o.class,
+                        o.from,
+                        o.pos,
+                        o.running.as_ref().map(|r| (r.w, r.dequeued, r.kept)),
+                        o.done
+                    )
+                })
+                .collect();
             self.fail(format!(
-                "callback for target {target:p}, want waiter {w} ({:p}); queues {:?}",
+                "callback for target {target:p}, want waiter {w} ({:p}); queues {:?}, margins {:?}, visited {:?}, \
+                 held {}, limit {}, offers {offers:?}",
                 target_of(w),
-                self.queues
+                self.queues,
+                self.margin_of,
+                self.visited,
+                self.held,
+                self.limit
             ));
         }
         let class = self.class_of[w].expect("a due waiter is queued");
         let ret = self.rng.below(2) as c_int;
         self.visited[w] = true;
         let o = self.offers.last_mut().unwrap();
-        o.running = Some(Running { w, class, ret, dequeued: false, requeued: false });
+        if o.fit {
+            self.seen.fit_calls += 1;
+        }
+        o.running = Some(Running { w, class, ret, dequeued: false, requeued: false, kept: false });
         if b_is_queued(self.bw(w)) != 1 {
             self.fail(format!("waiter {w} not queued while its callback runs"));
         }
@@ -582,11 +880,11 @@ impl BufFuzz {
     /// Re-entrancy: a few calls from inside the running callback. Stops at
     /// an offer, returning its arguments: the caller makes it with no
     /// borrow of the model held, then calls `act` again.
-    fn act(&mut self) -> Option<(*mut c_void, c_uint)> {
+    fn act(&mut self) -> Option<Call> {
         let run = self.offers.last().and_then(|o| o.running.as_ref()).expect("inside a callback");
         let (w, class) = (run.w, run.class);
         for _ in 0..self.rng.below(3) {
-            match self.rng.below(17) {
+            match self.rng.below(24) {
                 0 | 1 => self.dequeue(w),
                 2..=4 => {
                     // The woken waiter claims its buffer, as the header says.
@@ -609,6 +907,37 @@ impl BufFuzz {
                     let x = self.rng.below(WAITERS as u64) as usize;
                     self.dequeue(x);
                 }
+                17 => {
+                    // A claim by margin, as an offer by margin's callback makes it.
+                    let i = self.rng.below(SLOTS as u64) as usize;
+                    let m = self.margin_of[w] as c_int;
+                    self.alloc(i, How::Margin(m));
+                }
+                18 => {
+                    let (i, m) = (self.rng.below(SLOTS as u64) as usize, self.rng.below(8) as c_int - 1);
+                    self.alloc(i, How::Fair(m));
+                }
+                19 => {
+                    let (x, c, m) = (
+                        self.rng.below(WAITERS as u64) as usize,
+                        self.rng.below(CLASSES as u64) as c_uint,
+                        self.rng.below(8) as c_int - 1,
+                    );
+                    self.queue_margin(x, c, m);
+                }
+                20 | 21 if self.offers.len() < 3 => {
+                    self.seen.nested_offers += 1;
+                    let i = self.rng.below(SLOTS as u64) as usize;
+                    if let Some(call) = self.release(i) {
+                        return Some(call);
+                    }
+                }
+                22 if self.offers.len() < 3 => {
+                    self.seen.nested_offers += 1;
+                    let x = self.rng.below(WAITERS as u64) as usize;
+                    let from = self.random_from(x);
+                    return Some(self.push_fit(from));
+                }
                 _ if self.offers.len() < 3 => {
                     self.seen.nested_offers += 1;
                     let w = self.rng.below(WAITERS as u64) as usize;
@@ -621,13 +950,38 @@ impl BufFuzz {
         None
     }
 
-    /// A new offer in the model (nested when one is in progress); its arguments.
-    fn push_offer(&mut self, w: usize) -> (*mut c_void, c_uint) {
-        let from = match self.rng.below(8) {
+    fn random_from(&mut self, w: usize) -> *mut c_void {
+        match self.rng.below(8) {
             0..=3 => null_mut(),
             7 => target_of(WAITERS),
             _ => target_of(w),
-        };
+        }
+    }
+
+    /// A new offer by margin in the model (nested when one is in progress).
+    fn push_fit(&mut self, from: *mut c_void) -> Call {
+        let left = if self.limit == 0 { i64::MAX / 4 } else { self.limit as i64 - self.held as i64 };
+        if self.offers.is_empty() {
+            self.visited = [false; WAITERS];
+        }
+        self.offers.push(Offer {
+            from,
+            threshold: 0,
+            budget: 0,
+            woken: 0,
+            class: CLASSES - 1,
+            running: None,
+            fit: true,
+            left,
+            pos: Pos::Head,
+            done: false,
+        });
+        Call::Fit(from)
+    }
+
+    /// A new offer in the model (nested when one is in progress); its arguments.
+    fn push_offer(&mut self, w: usize) -> Call {
+        let from = self.random_from(w);
         let threshold = self.rng.pick(&[0u32, 0, 0, 1, 2, 3, 5, u32::MAX]);
         if !from.is_null() && (0..WAITERS).any(|x| target_of(x) == from && self.class_of[x].is_some()) {
             self.seen.offers_from_queued += 1;
@@ -644,13 +998,17 @@ impl BufFuzz {
             woken: 0,
             class: CLASSES - 1,
             running: None,
+            fit: false,
+            left: 0,
+            pos: Pos::Head,
+            done: false,
         });
-        (from, threshold)
+        Call::Budget(from, threshold)
     }
 
     /// One step outside callbacks; returns the arguments of an offer to make
     /// with no borrow of the model held.
-    fn step(&mut self) -> Option<(*mut c_void, c_uint)> {
+    fn step(&mut self) -> Option<Call> {
         let op = self.choose_op();
         let i = self.rng.below(SLOTS as u64) as usize;
         let w = self.rng.below(WAITERS as u64) as usize;
@@ -675,7 +1033,12 @@ impl BufFuzz {
                     && b_alloc_crit(null_mut(), 4).is_null()
                     && b_queue(null_mut()) == 0
                     && b_queue_crit(4, null_mut()) == 0
-                    && b_is_queued(std::ptr::null()) == 0;
+                    && b_is_queued(std::ptr::null()) == 0
+                    && b_alloc_margin_fair(null_mut(), 0).is_null()
+                    && b_queue_margin(2, null_mut(), 0) == 0
+                    && b_move(null_mut(), self.buf(i)).is_null()
+                    && b_move(self.buf(i), null_mut()).is_null();
+                b_release(null_mut());
                 b_free(null_mut());
                 b_dequeue(null_mut());
                 buffer_wait_init(null_mut(), null_mut(), Some(wake));
@@ -713,6 +1076,43 @@ impl BufFuzz {
             }
             BOp::Dequeue => self.dequeue(w),
             BOp::Offer => return Some(self.push_offer(w)),
+            BOp::AllocFair => {
+                let m = self.rng.below(10) as c_int - 2;
+                self.alloc(i, How::Fair(m))
+            }
+            BOp::QueueMargin => {
+                let c = if self.rng.below(30) == 0 { 5 } else { self.rng.below(5) as c_uint };
+                let m = self.rng.below(10) as c_int - 2;
+                self.queue_margin(w, c, m)
+            }
+            BOp::Release => {
+                if let Some(call) = self.release(i) {
+                    return Some(call);
+                }
+            }
+            BOp::OfferFit => {
+                let from = self.random_from(w);
+                return Some(self.push_fit(from));
+            }
+            BOp::Move => {
+                let j = self.rng.below(SLOTS as u64) as usize;
+                self.move_buf(j, i)
+            }
+            BOp::Available => {
+                let m = self.rng.below(8) as c_int - 2;
+                let got = b_available(m);
+                let want = if self.limit == 0 {
+                    c_long::MAX
+                } else {
+                    (self.limit as c_long - self.held as c_long - m.max(0) as c_long).max(0)
+                };
+                if got != want {
+                    self.fail(format!(
+                        "b_available({m}) = {got}, want {want} (held {}, limit {})",
+                        self.held, self.limit
+                    ));
+                }
+            }
             BOp::Limit => {
                 let l = self.random_limit();
                 pool_set_limit(self.pool, l as c_uint);
@@ -794,6 +1194,7 @@ impl BufFuzz {
             has_cb: [true; WAITERS],
             queues: Default::default(),
             class_of: [None; WAITERS],
+            margin_of: [0; WAITERS],
             offers: Vec::new(),
             visited: [false; WAITERS],
             seen: Seen::default(),
@@ -809,8 +1210,8 @@ impl BufFuzz {
                 f.step += 1;
                 offer = f.step();
             });
-            if let Some((from, threshold)) = offer {
-                offer_buffers(from, threshold);
+            if let Some(call) = offer {
+                make_call(call, bufs);
                 if let Some(e) = CB_PANIC.with(|p| p.borrow_mut().take()) {
                     resume_unwind(e);
                 }

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -79,7 +80,7 @@ void ctl_sum(struct wstats *o)
     for (int i = 0; i < cfg.threads; i++) {
         struct worker *w = &workers[i];
         SUM(accepted); SUM(requests); SUM(responses); SUM(buf_fail); SUM(offer_wakes); SUM(offer_declined);
-        SUM(foreign_wakes); SUM(retry_wakes); SUM(idle_offer_wakes); SUM(res_retries); SUM(srv_connects); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
+        SUM(foreign_wakes); SUM(srv_connects); SUM(errors); SUM(aborts); SUM(refused); SUM(sessions); SUM(active);
         SUM(bufwaiters); SUM(paused);
         for (int k = 0; k < TK_N; k++)
             SUM(timeouts[k]);
@@ -88,6 +89,14 @@ void ctl_sum(struct wstats *o)
 }
 
 #define V(f) atomic_load_explicit(&t.f, memory_order_relaxed)
+
+/* How many buffers a session asking with `margin` could have now, one after
+ * the other (the library's own count: b_available), -1 without a limit. */
+static long can_have(int margin)
+{
+    long n = b_available(margin);
+    return n == LONG_MAX ? -1 : n;
+}
 
 static void show_info(int fd)
 {
@@ -103,16 +112,17 @@ static void show_info(int fd)
     dprintf(fd,
             "threads: %d\nbufsize: %zu\nbuffer limit: %u\nreserve: %u\nrequest margin: %d\nserver maxconn: %d\n"
             "sessions: %ld\nactive requests: %ld\nbuffer waiters: %ld\nserver busy: %d\nserver queue: %u\n"
-            "buffers used: %lu\nbuffers allocated: %lu\naccepted: %lu\nrequests: %lu\nresponses: %lu\n"
+            "buffers used: %lu\nbuffers allocated: %lu\nbuffers a request can have now: %ld\n"
+            "buffers a response can have now: %ld\naccepted: %lu\nrequests: %lu\nresponses: %lu\n"
             "server connections opened: %lu\n"
-            "failed buffer allocations: %lu\nwake-ups by release offers: %lu\nwake-ups by idle offers: %lu\n"
+            "failed buffer allocations: %lu\nwake-ups by release offers: %lu\n"
             "offers declined by a callback: %lu\nwake-ups sent to another thread: %lu\n"
-            "response waiters retried after a release: %lu\nwake-ups by the retry tick: %lu\nerrors sent: %lu\naborts: %lu\nrefused: %lu\nstalled: %d\n"
+            "errors sent: %lu\naborts: %lu\nrefused: %lu\nstalled: %d\n"
             "stalls: %lu\npool gc runs: %lu\n",
             cfg.threads, cfg.bufsize, cfg.buflimit, cfg.reserve, cfg.req_margin, cfg.maxconn, V(sessions), V(active),
-            V(bufwaiters), cur, qlen, pool_used(pool_head_buffer), pool_allocated(pool_head_buffer), V(accepted),
-            V(requests), V(responses), V(srv_connects), V(buf_fail), V(offer_wakes), V(idle_offer_wakes), V(offer_declined),
-            V(foreign_wakes), V(res_retries), V(retry_wakes), V(errors),
+            V(bufwaiters), cur, qlen, pool_used(pool_head_buffer), pool_allocated(pool_head_buffer),
+            can_have(cfg.req_margin), can_have(0), V(accepted), V(requests), V(responses), V(srv_connects), V(buf_fail),
+            V(offer_wakes), V(offer_declined), V(foreign_wakes), V(errors),
             V(aborts), V(refused), atomic_load(&stalled), atomic_load(&stalls), atomic_load(&gc_runs));
     dprintf(fd,
             "client timeouts: %lu\nidle timeouts: %lu\nconnect timeouts: %lu\nserver timeouts: %lu\n"
@@ -175,9 +185,9 @@ static void watchdog_line(long long ms)
     fprintf(stderr,
             "relay: watchdog: stalled: no response for %.1f s with %ld requests in flight: %u queued for the server "
             "(%d of maxconn %d busy), %ld sessions waiting for a buffer, buffers %lu used of limit %u "
-            "(reserve %u, request margin %d)\n",
+            "(reserve %u, request margin %d; a request can have %ld now, a response %ld)\n",
             (double)ms / 1000, V(active), qlen, cur, cfg.maxconn, V(bufwaiters), pool_used(pool_head_buffer),
-            cfg.buflimit, cfg.reserve, cfg.req_margin);
+            cfg.buflimit, cfg.reserve, cfg.req_margin, can_have(cfg.req_margin), can_have(0));
 }
 
 void ctl_loop(void)

@@ -319,7 +319,7 @@ stop "$PID"
 echo
 echo "  relay's show pools after its run (echo 'show pools' | socat - UNIX-CONNECT:<stats socket>):"
 sed 's/^/    /' "$T/r1.pools"
-echo "  relay's show info: $(grep -E '^(responses|failed buffer allocations|wake-ups by release offers|offers declined by a callback|wake-ups by the retry tick|stalls):' "$T/r1.info" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
+echo "  relay's show info: $(grep -E '^(responses|failed buffer allocations|wake-ups by release offers|offers declined by a callback|stalls):' "$T/r1.info" | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
 
 echo
 echo "== 2. the same with the reserve taken away from requests (relay --req-margin 0, --timeout-queue 0)"

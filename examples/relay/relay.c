@@ -6,12 +6,14 @@
  *
  *   client --req buffer--> server connection --res buffer--> client
  *
- * The request buffer is taken with b_alloc_margin(&req, reserve), the
- * response buffer with margin 0, each only when bytes arrive, and each is
- * given back (b_free, then offer_buffers) as soon as it is empty. A session
- * that gets no buffer queues its own struct buffer_wait; the callback puts
- * it back in its worker's run queue (or, from another thread, in its
- * worker's inbox). A request whose headers are in needs one of the server's
+ * The request buffer is taken with b_alloc_margin_fair(&req, reserve), the
+ * response buffer with margin 0, each only when bytes arrive and behind the
+ * sessions already waiting, and each is given back with b_release (which
+ * wakes every waiter that can now have one) as soon as it is empty. A
+ * session that gets no buffer queues its own struct buffer_wait with its
+ * margin; the callback puts it back in its worker's run queue (or, from
+ * another thread, in its worker's inbox, the buffer moved along with
+ * b_move). No timer retries anyone: releases wake every waiter they can. A request whose headers are in needs one of the server's
  * maxconn slots: without one it waits in the server's FIFO queue, holding
  * its request buffer, as in HAProxy. Server connections are kept alive and
  * reused by the worker that opened them.
@@ -46,16 +48,8 @@ atomic_int draining;
 long long drain_deadline;
 static atomic_long nsessions;             /* every worker's, against --max-clients */
 atomic_ulong purge_epoch;
-/* Buffers the relay gave back, all threads: a response waiter retries when it moved. */
-static atomic_ulong buf_frees;
-/* Sessions waiting for a response buffer, all threads. */
-static atomic_long res_waiters;
 
 static _Thread_local struct worker *cur_worker;
-/* Which offer is running on this thread: 0 after a release, 1 the idle one. */
-static _Thread_local int offer_kind;
-/* In the offer running on this thread: 1, a request buffer was refused; 2, a response buffer. */
-static _Thread_local unsigned char offer_refused;
 
 /* ---------------------------------------------------------------- queues */
 
@@ -131,43 +125,38 @@ static void inbox_push(struct session *s)
 }
 
 /* Sessions of the inbox into the run queue, in order; a buffer a callback
- * took for one becomes its request or response buffer. */
+ * took for one becomes its request or response buffer (b_move). One it no
+ * longer needs goes back once the lock is let go: b_release runs
+ * callbacks, which take inbox locks. */
 static void inbox_drain(struct worker *w)
 {
-    char *spare[64];
-    int nspare = 0;
+    struct buffer spare[64];
+    int nspare = 0, freed = 0;
 
     pthread_mutex_lock(&w->ilock);
     while (w->ihead) {
         struct session *s = w->ihead;
         w->ihead = s->inext;
         s->in_inbox = 0;
-        if (s->gift) {
-            struct buffer *t = s->gift_res ? &s->res : &s->req;
-            if (!t->size) {
-                *t = (struct buffer){ cfg.bufsize, s->gift, 0, 0 };
+        if (s->gift.size) {
+            if (b_move(s->gift_res ? &s->res : &s->req, &s->gift)) {
                 s->gift_adopted = 1;
             } else if (nspare < 64) {
-                spare[nspare++] = s->gift;  /* it got one meanwhile */
+                spare[nspare] = BUF_NULL;   /* it got one meanwhile */
+                b_move(&spare[nspare++], &s->gift);
             } else {
-                struct buffer b = { cfg.bufsize, s->gift, 0, 0 };
-                b_free(&b);
+                b_free(&s->gift);           /* offers nothing: safe under the lock */
+                freed = 1;
             }
-            s->gift = NULL;
         }
         runq_add(w, s);
     }
     w->itail = NULL;
     pthread_mutex_unlock(&w->ilock);
-    for (int i = 0; i < nspare; i++) {
-        struct buffer b = { cfg.bufsize, spare[i], 0, 0 };
-        b_free(&b);
-    }
-    if (nspare) {
-        atomic_fetch_add_explicit(&buf_frees, (unsigned long)nspare, memory_order_relaxed);
-        offer_refused = 0;
-        offer_buffers(NULL, w->rq_len);
-    }
+    for (int i = 0; i < nspare; i++)
+        b_release(&spare[i]);
+    if (freed)
+        offer_buffers_margin(NULL);
 }
 
 /* A closing session leaves its owner's inbox, and gives back a buffer a
@@ -189,12 +178,9 @@ static void inbox_remove(struct session *s)
             w->itail = s->iprev;
         s->in_inbox = 0;
     }
-    if (s->gift) {
-        b = (struct buffer){ cfg.bufsize, s->gift, 0, 0 };
-        s->gift = NULL;
-    }
+    b_move(&b, &s->gift);                   /* NULL when there is none */
     pthread_mutex_unlock(&w->ilock);
-    b_free(&b);
+    b_release(&b);
 }
 
 /* Puts `s` in its worker's run queue, from whichever thread. */
@@ -206,14 +192,15 @@ static void wake_session(struct session *s)
         inbox_push(s);
 }
 
-/* The buffer_wait callback: called by offer_buffers, on the thread that
- * offers, with no lock of the library held. On the session's own thread it
+/* The buffer_wait callback: called by a release (b_release), on the thread
+ * that releases, with no lock of the library held, and only when the
+ * session's margin fits what can be had. On the session's own thread it
  * takes the buffer the session waits for, with the margin the session
- * itself uses, as HAProxy's callbacks do; when it cannot, it returns 0 and
- * the session keeps its place in the queue. Once a request buffer was
- * refused in an offer, the other request waiters of that offer are refused
- * without trying (same margin, same answer). From another thread the
- * session cannot be touched: it is sent to its worker, which retries. */
+ * itself uses (it was queued with it), as HAProxy's callbacks do; when it
+ * cannot (another thread took it first), it returns 0 and the session
+ * keeps its place in the queue. From another thread the session cannot be
+ * touched: the buffer is taken into its hand-over slot and the session sent
+ * to its worker. */
 static int sess_buf_ready(void *target)
 {
     struct session *s = target;
@@ -225,16 +212,12 @@ static int sess_buf_ready(void *target)
         struct worker *ow = s->w;
         int ok = 1;
         pthread_mutex_lock(&ow->ilock);
-        if (!s->gift) {
-            unsigned char res = s->wait_res_shared, refused = res ? 2 : 1;
-            struct buffer b = BUF_NULL;
-            if ((offer_refused & refused) || !b_alloc_margin(&b, res ? 0 : cfg.req_margin)) {
-                offer_refused |= refused;
+        if (!s->gift.size) {
+            unsigned char res = s->wait_res_shared;
+            if (!b_alloc_margin(&s->gift, res ? 0 : cfg.req_margin))
                 ok = 0;
-            } else {
-                s->gift = b.area;
+            else
                 s->gift_res = res;
-            }
         }
         if (ok)
             inbox_link_locked(s);
@@ -250,39 +233,14 @@ static int sess_buf_ready(void *target)
         return 1;
     }
     struct buffer *b = s->wait_res ? &s->res : &s->req;
-    unsigned char refused = s->wait_res ? 2 : 1;
-    if (!b->size && ((offer_refused & refused) || !b_alloc_margin(b, s->wait_res ? 0 : cfg.req_margin))) {
-        offer_refused |= refused;
+    if (!b->size && !b_alloc_margin(b, s->wait_res ? 0 : cfg.req_margin)) {
         INC(w, offer_declined);
         return 0;
     }
-    if (offer_kind)
-        INC(w, idle_offer_wakes);
-    else
-        INC(w, offer_wakes);
+    INC(w, offer_wakes);
     bufwait_forget(s);                      /* it leaves the queue: we return 1 */
     runq_add(w, s);
     return 1;
-}
-
-/* The threshold of an offer: the run queue's length, as HAProxy does. An
- * offer's budget is the free buffers less reserve/2, but a request buffer
- * needs its margin plus one free: while only request buffers are awaited,
- * the difference is added, so that an offer is made when it can serve
- * someone (else every waiter's callback would be called to say no). */
-static unsigned offer_threshold(void)
-{
-    unsigned t = cur_worker->rq_len;
-
-    if (!atomic_load_explicit(&res_waiters, memory_order_relaxed) && cfg.req_margin > (int)(cfg.reserve / 2))
-        t += (unsigned)cfg.req_margin - cfg.reserve / 2;
-    return t;
-}
-
-static void offer(struct session *from)
-{
-    offer_refused = 0;
-    offer_buffers(from, offer_threshold());
 }
 
 /* ------------------------------------------------------------ the server */
@@ -516,10 +474,6 @@ static void bufwait_forget(struct session *s)
         return;
     WAIT_DEL(s->w, s);
     s->bufwait = 0;
-    if (s->wait_res) {
-        s->w->n_res_waiters--;
-        atomic_fetch_sub_explicit(&res_waiters, 1, memory_order_relaxed);
-    }
     ADD(s->w, bufwaiters, -1);
 }
 
@@ -531,14 +485,16 @@ static void bufwait_done(struct session *s)
     bufwait_forget(s);
 }
 
-/* A buffer for `s`: with `margin` buffers left to others after it, or the
- * session queues its buffer_wait in class `crit` and retries once (an
- * offer may have run between the failure and the queueing). */
+/* A buffer for `s`: with `margin` buffers left to others after it and
+ * nobody waiting ahead of it, or the session queues its buffer_wait in
+ * class `crit` with that margin. Queueing answers 2 when a buffer is there
+ * for it after all (a release came between the failure and the queueing):
+ * it claims it at once. */
 static int sess_alloc(struct session *s, struct buffer *b, int margin, unsigned crit)
 {
     if (b->size)
         return 1;
-    if (!b_alloc_margin(b, margin)) {
+    if (!b_alloc_margin_fair(b, margin)) {
         int res = b == &s->res;
         INC(s->w, buf_fail);
         if (s->bufwait && s->wait_res != res)
@@ -551,28 +507,21 @@ static int sess_alloc(struct session *s, struct buffer *b, int margin, unsigned 
                 s->wait_res_shared = (unsigned char)res;
                 pthread_mutex_unlock(&s->w->ilock);
             }
-            s->w->n_res_waiters += (unsigned)res;
-            if (res)
-                atomic_fetch_add_explicit(&res_waiters, 1, memory_order_relaxed);
             WAIT_ADD(s->w, s);
             ADD(s->w, bufwaiters, 1);
         }
-        b_queue_crit(crit, &s->bw);
-        if (!b_alloc_margin(b, margin))
+        if (b_queue_margin(crit, &s->bw, margin) != 2 || !b_alloc_margin(b, margin))
             return 0;
     }
     bufwait_done(s);
     return 1;
 }
 
-/* An empty buffer goes back at once, and waiters are offered it. */
-static void sess_release(struct session *s, struct buffer *b)
+/* An empty buffer goes back at once, to whoever waits for it. */
+static void sess_release(struct buffer *b)
 {
-    if (b->size && !b->data) {
-        b_free(b);
-        atomic_fetch_add_explicit(&buf_frees, 1, memory_order_relaxed);
-        offer(s);
-    }
+    if (b->size && !b->data)
+        b_release(b);
 }
 
 /* Reads from `c` into `*b`. 1: bytes came; 0: nothing now (no buffer, no
@@ -682,10 +631,8 @@ static void session_close(struct session *s)
     atomic_fetch_sub_explicit(&nsessions, 1, memory_order_relaxed);
     if (w->lpaused)
         listener_resume(w);                 /* a descriptor and a client slot came back */
-    if (held) {
-        atomic_fetch_add_explicit(&buf_frees, 1, memory_order_relaxed);
-        offer(NULL);
-    }
+    if (held)
+        offer_buffers_margin(NULL);         /* the b_frees above, offered once the session is gone */
     if (s->in_runq)
         s->dead = 1;                        /* freed when the run queue gets to it */
     else
@@ -764,7 +711,7 @@ static void session_run(struct session *s)
                 goto srv_fail;
             progress |= r;
         }
-        sess_release(s, &s->req);
+        sess_release(&s->req);
 
         /* 4. The server's response into the response buffer (margin 0). */
         if (srv && s->rs.state != HM_DONE && (srv->flags & CF_RD)) {
@@ -805,7 +752,7 @@ static void session_run(struct session *s)
         }
         if (s->rs.state == HM_DONE && !s->rs.fwd && s->res.data && !(s->rs.flags & HF_INTERIM))
             s->res.data = 0;                /* bytes past the response: dropped */
-        sess_release(s, &s->res);
+        sess_release(&s->res);
 
         /* 7. The response was sent whole. */
         if (s->rs.state == HM_DONE && !s->rs.fwd) {
@@ -1097,7 +1044,7 @@ static void *worker_main(void *arg)
     while (!atomic_load(&stopping)) {
         if (atomic_load(&draining) && drain_step(w))
             break;
-        int timeout = w->rq_len ? 0 : w->waiters ? cfg.retry_ms : -1;
+        int timeout = w->rq_len ? 0 : -1;
         int tnext = timers_run(w);
         if (tnext >= 0 && (timeout < 0 || tnext < timeout))
             timeout = tnext;
@@ -1134,14 +1081,6 @@ static void *worker_main(void *arg)
                 conn_event(w, c, evs[i].events);
             }
         }
-        if (n == 0 && !w->rq_len && w->waiters) {
-            /* The retry tick: idle for a while with waiters (woken from
-             * another thread and failed, say): each tries again. */
-            for (struct session *s = w->waiters; s; s = s->wnext) {
-                INC(w, retry_wakes);
-                runq_add(w, s);
-            }
-        }
         for (unsigned todo = w->rq_len; todo; todo--) {
             struct session *s = runq_pop(w);
             if (!s)
@@ -1150,29 +1089,6 @@ static void *worker_main(void *arg)
                 session_free(s);
             else
                 session_run(s);
-        }
-        if (!w->rq_len) {
-            /* Nothing left to run here: waiters held back by a threshold
-             * (the run queue at the time of a release) get their chance. */
-            offer_kind = 1;
-            offer_refused = 0;
-            offer_buffers(NULL, offer_threshold());
-            offer_kind = 0;
-        }
-        if (!w->rq_len && w->n_res_waiters) {
-            /* An offer wakes nobody while fewer than reserve/2 + 1 buffers
-             * are free, even a response that needs one with margin 0: our
-             * response waiters retry themselves whenever buffers came back. */
-            unsigned long f = atomic_load_explicit(&buf_frees, memory_order_relaxed);
-            if (f != w->frees_seen) {
-                w->frees_seen = f;
-                for (struct session *s = w->waiters; s; s = s->wnext) {
-                    if (s->wait_res) {
-                        INC(w, res_retries);
-                        runq_add(w, s);
-                    }
-                }
-            }
         }
     }
     return NULL;
@@ -1234,9 +1150,7 @@ static void worker_cleanup(struct worker *w)
         if (s->dead)
             pool_free(pool_sess, s);
     for (struct session *s = w->ihead; s; s = s->inext) {
-        struct buffer b = { s->gift ? cfg.bufsize : 0, s->gift, 0, 0 };
-        b_free(&b);
-        s->gift = NULL;
+        b_free(&s->gift);
     }
     w->ihead = w->itail = NULL;
     while (w->all) {
@@ -1299,7 +1213,6 @@ static void usage(void)
             "  --port-file PATH     write the listening port there once ready\n"
             "  --watchdog MS        report a stall after MS without a response (1000; 0: off)\n"
             "  --idle-gc MS         pool_gc() after MS without traffic (1000; 0: off)\n"
-            "  --retry MS           a worker retries its buffer waiters this often when idle (50)\n"
             "  --timeout-client MS  the whole request head must arrive within it, else 408 (10000; 0: none)\n"
             "  --timeout-idle MS    a keep-alive connection between requests, then closed (30000)\n"
             "  --timeout-connect MS connecting to the server, else 503 (5000)\n"
@@ -1322,7 +1235,6 @@ static int parse_args(int argc, char **argv)
     cfg.maxconn = 1;
     cfg.watchdog_ms = 1000;
     cfg.idle_gc_ms = 1000;
-    cfg.retry_ms = 50;
     cfg.t_client = 10000;
     cfg.t_idle = 30000;
     cfg.t_connect = 5000;
@@ -1378,8 +1290,6 @@ static int parse_args(int argc, char **argv)
             cfg.watchdog_ms = (int)n;
         } else if (!strcmp(o, "--idle-gc")) {
             cfg.idle_gc_ms = (int)n;
-        } else if (!strcmp(o, "--retry") && n >= 1) {
-            cfg.retry_ms = (int)n;
         } else if (!strcmp(o, "--timeout-client") && n <= 86400000) {
             cfg.t_client = (int)n;
         } else if (!strcmp(o, "--timeout-idle") && n <= 86400000) {

@@ -24,7 +24,6 @@ struct config {
     const char *port_file;    /* the bound port is written there */
     int watchdog_ms;          /* 0: off */
     int idle_gc_ms;           /* 0: off */
-    int retry_ms;             /* a worker with waiters retries them this often when idle */
     int quiet;
     /* Timeouts in ms, 0: none (see timer_update in relay.c). */
     int t_client;             /* the whole request head, from its first byte (or the accept) */
@@ -81,7 +80,7 @@ struct session {
     unsigned char wait_res_shared;    /* wait_res, for a callback on another thread */
     unsigned char gift_res;           /* which buffer `gift` is for */
     unsigned char gift_adopted;       /* (owner) a gift became req or res: dequeue */
-    char *gift;                       /* a buffer's area taken by such a callback */
+    struct buffer gift;               /* a buffer such a callback took, moved in with b_move */
     unsigned char in_srvq, granted;   /* under the server's lock */
     unsigned char tkind;              /* its timer (owner): in w->tq[tkind] unless TK_NONE */
     unsigned char tprog;              /* the server sent bytes since the timer was set */
@@ -93,8 +92,8 @@ struct session {
 
 /* Counters a worker writes alone (relaxed stores) and the control thread reads. */
 struct wstats {
-    atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, offer_declined, foreign_wakes, retry_wakes,
-        idle_offer_wakes, res_retries, srv_connects, errors, aborts, refused,
+    atomic_ulong accepted, requests, responses, buf_fail, offer_wakes, offer_declined, foreign_wakes,
+        srv_connects, errors, aborts, refused,
         timeouts[TK_N], paused;
     atomic_long sessions, active, bufwaiters;
 };
@@ -113,8 +112,6 @@ struct worker {
     struct conn *idle_srv;
     unsigned n_idle_srv;
     struct session *all, *waiters;
-    unsigned n_res_waiters;            /* waiters for a response buffer */
-    unsigned long frees_seen;          /* buf_frees when they were last retried */
     unsigned long purge_seen;
     struct wstats st;
     /* Timers: one FIFO per kind; each kind has one duration, so appending

@@ -136,6 +136,11 @@ cat "$T/lim.out" | sed 's/^/       /'
 check "every session completes, bodies intact (loadgen exit $lrc)" "[ $lrc = 0 ]" "$T/lim.out"
 fails=$(info lim 'failed buffer allocations')
 check "buffers were short ($fails failed allocations, each answered by a wake-up)" "[ \"\${fails:-0}\" -gt 0 ]"
+# No timer retries a waiter: each wait ends by a release (b_release's offer,
+# or the claim b_queue_margin allows), else its queue timeout would fire.
+wakes=$(info lim 'wake-ups by release offers')
+check "every buffer wait ended by a release, no timer ($wakes wake-ups, $(info lim 'wake-ups sent to another thread') to another thread, $(info lim 'queue timeouts') queue timeouts)" \
+    "[ \"\${wakes:-0}\" -gt 0 ] && [ \"\$(info lim 'queue timeouts')\" = 0 ]"
 check "no buffer held, no waiter left once done" \
     "[ \"\$(info lim 'buffers used')\" = 0 ] && [ \"\$(info lim 'buffer waiters')\" = 0 ]"
 check "the watchdog saw no stall" "[ \"\$(info lim 'stalls')\" = 0 ]" "$T/lim.err"
