@@ -60,7 +60,8 @@ DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 
 .PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
 	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
-	test-demo-verdict test-dlopen bench bench-readme demo install uninstall clean examples relay-demo test-relay
+	test-demo-verdict test-dlopen bench bench-readme demo install uninstall clean examples relay-demo test-relay \
+	haproxy test-haproxy haproxy-demo
 
 all: lib header
 
@@ -388,6 +389,14 @@ test-relay: examples
 # (Debian packages, installed when root): see examples/relay/demo.sh.
 relay-demo: examples
 	@$(RELAY_DIR)/demo.sh $(RELAY_BIN)
+
+# HAProxy 2.6 itself (Debian bookworm's source package, fetched and built
+# under build/haproxy) with its pool layer replaced by the shim of
+# examples/haproxy, every pool served by bufpool: build/haproxy/haproxy.
+# Needs root and the Debian archive, or prints one line saying what it
+# skipped (docs/HAPROXY.md).
+haproxy: lib
+	@examples/haproxy/build.sh .
 
 clean:
 	rm -rf build
