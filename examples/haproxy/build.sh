@@ -19,7 +19,7 @@ B=$ROOT/build/haproxy
 JOBS=${JOBS:-2}
 VER=2.6.12
 
-skip() { echo "make haproxy: skipped: $*"; exit 0; }
+skip() { echo "${HAPROXY_WHAT:-make haproxy}: skipped: $*"; exit "${HAPROXY_SKIP_RC:-0}"; }
 
 [ "$(id -u)" = 0 ] || skip "not root (apt-get source haproxy and the build packages need it)"
 command -v apt-get >/dev/null 2>&1 || skip "no apt-get (a Debian system is needed for the source package)"
