@@ -193,15 +193,20 @@ static inline void shim_sync_if_changed(struct pool_head *pool)
 		shim_sync_settings(pool);
 }
 
-/* tune.fail-alloc: a share of allocations fails (xorshift per thread). */
+/* tune.fail-alloc: a share of allocations fails (xorshift per thread, a
+ * fixed seed per thread), once HAProxy has started. */
 static int shim_should_fail(void)
 {
 	unsigned int x = shim_rnd;
 
-	if (!shim_fail_rate)
+	/* not while HAProxy starts: its configuration must load */
+	if (!shim_fail_rate || (global.mode & MODE_STARTING))
 		return 0;
+	/* seeded by HAProxy's thread number: the same run fails the same
+	 * allocations (the threads' start-up included, so a configuration
+	 * that starts once starts every time) */
 	if (!x)
-		x = (unsigned int)(uintptr_t)&shim_rnd ^ 0x9e3779b9u;
+		x = 0x9e3779b9u ^ ((unsigned int)tid + 1) * 2654435761u;
 	x ^= x << 13;
 	x ^= x >> 17;
 	x ^= x << 5;
