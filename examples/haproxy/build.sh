@@ -104,3 +104,19 @@ fi
 cp "$S/haproxy" "$B/haproxy"
 echo "make haproxy: $B/haproxy built in $(( $(date +%s) - start )) s"
 "$B/haproxy" -vv | grep -i bufpool
+
+# 4. With HAPROXY_PLAIN=1 (make haproxy-demo): the same tree without the
+#    shim, built with the same line: build/haproxy/haproxy-plain, HAProxy's
+#    own pools, to tell the pool layer's effect from the build's.
+[ "${HAPROXY_PLAIN:-}" = 1 ] || exit 0
+P=$B/plain
+[ -f "$P/src/haproxy.c" ] || { rm -rf "$P"; cp -a "$SRC" "$P"; }
+if [ ! -x "$P/haproxy" ]; then
+	start=$(date +%s)
+	echo "make haproxy: building HAProxy $VER unchanged, the same way (log in $B/build-plain.log)"
+	make -C "$P" -j"$JOBS" TARGET=linux-glibc USE_OPENSSL=1 USE_PCRE2=1 USE_PCRE2_JIT=1 USE_SLZ=1 \
+		IGNOREGIT=true VERSION=$VER SUBVERS=-plain "DEBUG_CFLAGS=$DBGCF" haproxy >"$B/build-plain.log" 2>&1 ||
+		{ tail -n 30 "$B/build-plain.log"; echo "make haproxy: the plain build failed"; exit 1; }
+	echo "make haproxy: $P/haproxy built in $(( $(date +%s) - start )) s"
+fi
+cp "$P/haproxy" "$B/haproxy-plain"
