@@ -160,9 +160,18 @@ static void shim_mark_free(struct pool_head *pool, void *obj, const void *caller
 		const void *tag = shim_get_word(obj, pool->size);
 
 		if (tag != pool) {
-			fprintf(stderr, "haproxy+bufpool: free of %p to pool '%s' whose tag reads %p: "
-			        "a double free (then the tag is the last freeing caller), a free to the wrong "
-			        "pool, or an overrun; this call from %p\n", obj, pool->name, tag, caller);
+			const struct pool_head *owner = NULL, *h;
+
+			/* no lock: we are about to abort */
+			list_for_each_entry(h, &shim_pools, list)
+				if ((const void *)h == tag)
+					owner = h;
+			if (owner)
+				fprintf(stderr, "haproxy+bufpool: wrong-pool free of %p to pool '%s': its tag names pool '%s'; "
+				        "this call from %p\n", obj, pool->name, owner->name, caller);
+			else
+				fprintf(stderr, "haproxy+bufpool: double free (or overrun) of %p to pool '%s': its tag reads %p, "
+				        "the last freeing caller for a double free; this call from %p\n", obj, pool->name, tag, caller);
 			ABORT_NOW();
 		}
 		shim_put_word(obj, pool->size, caller);
@@ -630,9 +639,50 @@ static void shim_cli_release_show_pools(struct appctx *appctx)
 	}
 }
 
+/* "debug pools misuse double-free|wrong-pool" (expert mode, like HAProxy's
+ * "debug dev panic"): frees an object of a fresh pool twice, or into
+ * another pool, to show that the tag word (-dM's default) catches it: the
+ * process aborts with one line on stderr. Refused when the tag word is off,
+ * as the misuse would then go unnoticed and corrupt the pool. */
+static int shim_cli_parse_misuse(char **args, char *payload, struct appctx *appctx, void *private)
+{
+	struct pool_head *a, *b;
+	void *obj;
+	int twice;
+
+	if (!cli_has_level(appctx, ACCESS_LVL_ADMIN))
+		return 1;
+	if (strcmp(args[3], "double-free") == 0)
+		twice = 1;
+	else if (strcmp(args[3], "wrong-pool") == 0)
+		twice = 0;
+	else
+		return cli_err(appctx, "debug pools misuse: double-free or wrong-pool\n");
+	if (!(pool_debugging & POOL_DBG_TAG))
+		return cli_err(appctx, "debug pools misuse: the tag word is off (-dMno-tag): refused\n");
+	a = create_pool("misuse-a", 64, 0);
+	b = create_pool("misuse-b", 64, 0);   /* same size, not merged: the tag at the same place */
+	obj = a ? pool_alloc(a) : NULL;
+	if (!b || !obj) {
+		pool_free(a, obj);
+		pool_destroy(a);
+		pool_destroy(b);
+		return cli_err(appctx, "debug pools misuse: no memory\n");
+	}
+	if (twice) {
+		pool_free(a, obj);
+		pool_free(a, obj);      /* aborts: the tag now names the first free's caller */
+	} else {
+		pool_free(b, obj);      /* aborts: the tag names misuse-a */
+	}
+	return cli_err(appctx, "debug pools misuse: not caught\n");
+}
+
 static struct cli_kw_list shim_cli_kws = {{ },{
 	{ { "show", "pools", NULL }, "show pools [bufpool [opts]]              : memory pools (served by bufpool)",
 	  shim_cli_parse_show_pools, shim_cli_io_show_pools, shim_cli_release_show_pools },
+	{ { "debug", "pools", "misuse", NULL }, "debug pools misuse double-free|wrong-pool : abort on a pool misuse the tag word catches",
+	  shim_cli_parse_misuse, NULL, NULL, NULL, ACCESS_EXPERT },
 	{{},}
 }};
 

@@ -126,7 +126,7 @@ check "-dM with an unknown word is refused (exit 1)" "[ \$? = 1 ] && grep -q 'un
 start idle
 ctl show pools > "$T/pools.idle"
 stop "$HPID"
-check "an idle HAProxy exits 0 after a soft stop" "[ $RC = 0 ]" "$T/idle.err"
+check "an idle HAProxy exits 0 after a soft stop" "[ '$RC' = 0 ]" "$T/idle.err"
 exit_used "$T/idle.err" > "$T/exit.idle"
 check "its bufpool dump at exit: $(wc -l < "$T/exit.idle") pools, none with an object in use but HAProxy's own timers (task: $(awk '$1 == "task" {print $2}' "$T/exit.idle"))" \
     "exit_clean '$T/exit.idle' && grep -q 'haproxy+bufpool: at exit, [0-9]* pools destroyed' '$T/idle.err'" "$T/exit.idle"
@@ -168,8 +168,8 @@ check "after the traffic, every pool's 'used' is back to its count before it" "s
 # 2. Reload: a second process takes over (-sf), the first soft-stops.
 start two -sf "$P1"
 P2=$HPID
-wait_for 30 dead "$P1"; wait "$P1"; RC=$?
-check "reload (-sf): the old process exits 0" "[ $RC = 0 ]" "$T/one.err"
+if wait_for 30 dead "$P1"; then wait "$P1"; RC=$?; else kill -KILL "$P1"; wait "$P1"; RC="still running 30 s after -sf, killed"; fi
+check "reload (-sf): the old process exits 0" "[ '$RC' = 0 ]" "$T/one.err"
 exit_used "$T/one.err" > "$T/exit.one"
 check "the old process, after its traffic, exits with no pool object in use (but HAProxy's own timers)" "exit_clean '$T/exit.one'" "$T/exit.one"
 curl -sS -o "$T/got2.1048576" "$(URL /size/1048576)" 2>>"$T/curl.err"
@@ -177,7 +177,7 @@ check "the new process serves (1 MiB, body right)" "cmp -s '$T/got2.1048576' '$T
 "$T/pipeline" "$FPORT" 16384 16384 > "$T/pipe2.out" 2>&1
 check "the new process answers pipelined requests" "[ \$? = 0 ]" "$T/pipe2.out"
 stop "$P2"
-check "soft stop: the new process exits 0" "[ $RC = 0 ]" "$T/two.err"
+check "soft stop: the new process exits 0" "[ '$RC' = 0 ]" "$T/two.err"
 exit_used "$T/two.err" > "$T/exit.two"
 check "and exits with no pool object in use (but HAProxy's own timers)" "exit_clean '$T/exit.two'" "$T/exit.two"
 
@@ -188,9 +188,29 @@ curl -sS -o "$T/got3.16384" "$(URL /size/16384)" 2>>"$T/curl.err"
 check "-dMno-tag,integrity,cold-first: no tag word (buffer 16384 bytes), bufpool's integrity and cold-first modes" \
     "grep -q '^  - Pool buffer (16384 bytes) .*integrity' '$T/bp.dm' && grep -q 'cold-first' '$T/bp.dm' && cmp -s '$T/got3.16384' '$T/want.16384'" "$T/bp.dm"
 stop "$HPID"
-check "and it exits 0 (bufpool's integrity check found no write after free)" "[ $RC = 0 ]" "$T/dm.err"
+check "and it exits 0 (bufpool's integrity check found no write after free)" "[ '$RC' = 0 ]" "$T/dm.err"
 
-# 4. -dMfail with tune.fail-alloc (parsed after the pools exist: the shim's
+# 4. The tag word (on by default) catches a double free and a wrong-pool
+#    free: the expert command makes one, the process aborts with one line.
+ulimit -c 0
+for m in double-free wrong-pool; do
+    start "misuse-$m"
+    ctl "expert-mode on; debug pools misuse $m" > "$T/misuse-$m.answer" 2>&1
+    if wait_for 20 dead "$HPID"; then wait "$HPID"; RC=$?; else kill -KILL "$HPID"; wait "$HPID"; RC="alive 20 s later, killed"; fi
+    case $m in
+        double-free) want="haproxy+bufpool: double free (or overrun) of 0x[0-9a-f]* to pool 'misuse-a'";;
+        wrong-pool)  want="haproxy+bufpool: wrong-pool free of 0x[0-9a-f]* to pool 'misuse-b': its tag names pool 'misuse-a'";;
+    esac
+    check "debug pools misuse $m: the tag word catches it, the process aborts (status $RC) with one line" \
+        "[ '$RC' -ge 128 ] 2>/dev/null && grep -aq \"^$want\" '$T/misuse-$m.err'" "$T/misuse-$m.err"
+done
+start misuse-notag -dMno-tag
+ctl "expert-mode on; debug pools misuse double-free" > "$T/misuse-notag.answer" 2>&1
+check "with -dMno-tag the misuse command is refused, and the process lives" \
+    "grep -q 'the tag word is off' '$T/misuse-notag.answer' && alive $HPID" "$T/misuse-notag.answer"
+stop "$HPID"
+
+# 5. -dMfail with tune.fail-alloc (parsed after the pools exist: the shim's
 #    own failure injection, spared while HAProxy starts). HAProxy 2.6 then
 #    leaves some streams waiting for a buffer forever, stock Debian HAProxy
 #    as much as this one (docs/HAPROXY.md): no soft stop here, a SIGKILL at
