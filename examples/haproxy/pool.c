@@ -223,6 +223,18 @@ static int shim_should_fail(void)
 	return (int)(x % 100) < shim_fail_rate;
 }
 
+static size_t shim_page(void)
+{
+	static size_t pg;
+
+	if (!pg) {
+		long v = sysconf(_SC_PAGESIZE);
+
+		pg = v > 0 ? (size_t)v : 4096;
+	}
+	return pg;
+}
+
 struct pool_head *create_pool(char *name, unsigned int size, unsigned int flags)
 {
 	struct pool_head *pool;
@@ -243,6 +255,17 @@ struct pool_head *create_pool(char *name, unsigned int size, unsigned int flags)
 		extra += sizeof(void *);
 	if (dbg & POOL_DBG_CALLER)
 		extra += sizeof(void *);
+	/* bufpool maps objects of a page or more in strides of whole pages:
+	 * words that would spill into one more page (the 16384-byte buffers:
+	 * 20480 bytes each, +25%) are left out for this pool. */
+	if (extra && size >= shim_page()) {
+		size_t pg = shim_page(), room = (size + pg - 1) / pg * pg;
+
+		if (room < (size_t)size + extra) {
+			dbg = 0;
+			extra = 0;
+		}
+	}
 	alloc_sz = size + extra;
 
 	pthread_mutex_lock(&shim_lock);

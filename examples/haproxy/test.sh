@@ -154,8 +154,8 @@ bufalloc=$(sed -n 's/^  - Pool buffer (16384 bytes) : \([0-9]*\) allocated.*/\1/
 check "show pools: the buffer pool (16384 bytes) has bufpool's count of buffers alive ($bufalloc)" \
     "[ -n '$bufalloc' ] && [ '$bufalloc' -gt 0 ]" "$T/pools.after"
 ctl show pools bufpool detailed > "$T/bp.after"
-check "show pools bufpool detailed: bufpool's own dump (the buffer with its tag word: 16392 bytes, and the minavail HAProxy wrote in its pool_head)" \
-    "grep -q '^Thread caches: ' '$T/bp.after' && grep -q '^  - Pool buffer (16392 bytes) : .*released [0-9]*, limit 0, minavail [1-9]' '$T/bp.after'" "$T/bp.after"
+check "show pools bufpool detailed: bufpool's own dump, the minavail HAProxy wrote in the buffer pool's head, the trash pool with its tag word (16424 bytes), the buffers without (16384: it would cost a page)" \
+    "grep -q '^Thread caches: ' '$T/bp.after' && grep -q '^  - Pool buffer (16384 bytes) : .*released [0-9]*, limit 0, minavail [1-9]' '$T/bp.after' && grep -q '^  - Pool trash (16424 bytes)' '$T/bp.after'" "$T/bp.after"
 ctl show pools bufpool json > "$T/bp.json"
 check "show pools bufpool json: one JSON array" "[ \"\$(head -1 '$T/bp.json')\" = '[' ] && grep -q '\"name\":\"buffer\"' '$T/bp.json'" "$T/bp.json"
 ctl show pools bufpool nonsense > "$T/bp.bad"
@@ -185,8 +185,8 @@ check "and exits with no pool object in use (but HAProxy's own timers)" "exit_cl
 start dm -dMno-tag,integrity,cold-first
 ctl show pools bufpool > "$T/bp.dm"
 curl -sS -o "$T/got3.16384" "$(URL /size/16384)" 2>>"$T/curl.err"
-check "-dMno-tag,integrity,cold-first: no tag word (buffer 16384 bytes), bufpool's integrity and cold-first modes" \
-    "grep -q '^  - Pool buffer (16384 bytes) .*integrity' '$T/bp.dm' && grep -q 'cold-first' '$T/bp.dm' && cmp -s '$T/got3.16384' '$T/want.16384'" "$T/bp.dm"
+check "-dMno-tag,integrity,cold-first: no tag word (trash 16416 bytes), bufpool's integrity and cold-first modes" \
+    "grep -q '^  - Pool trash (16416 bytes) .*integrity' '$T/bp.dm' && grep -q '^  - Pool buffer (16384 bytes) .*integrity,cold-first' '$T/bp.dm' && cmp -s '$T/got3.16384' '$T/want.16384'" "$T/bp.dm"
 stop "$HPID"
 check "and it exits 0 (bufpool's integrity check found no write after free)" "[ '$RC' = 0 ]" "$T/dm.err"
 
