@@ -227,5 +227,35 @@ check "-dMfail, tune.fail-alloc 5: allocations fail ($fsum in show pools, then P
     "[ '$fsum' -gt 0 ] && [ '${pfailed:-0}' -ge '$fsum' ] && alive $HPID" "$T/pools.fail"
 kill -KILL "$HPID"; wait "$HPID" 2>/dev/null
 
+# 6. Master-worker mode (Debian's service runs -Ws): the pools are created
+#    in the master, the worker is forked from it; a reload (SIGUSR2)
+#    re-executes the master and forks a new worker.
+mctl() { "$RELAY/loadgen" ctl --unix "$T/master.sock" "$@"; }
+worker() { mctl show proc 2>/dev/null | awk '$2 == "worker" {print $1; exit}'; }
+has_worker() { W=$(worker); [ -n "$W" ] && [ "$W" != "${1:-}" ]; }
+HAPROXY_BUFPOOL_EXIT_DUMP=1 "$HAP" -W -db -S "$T/master.sock" -f "$T/haproxy.cfg" >"$T/mw.out" 2>"$T/mw.err" &
+MPID=$!
+PIDS+=("$MPID")
+if wait_for 20 has_worker; then
+    W1=$W
+    curl -sS -o "$T/got4.1048576" "$(URL /size/1048576)" 2>>"$T/curl.err"
+    check "master-worker: the forked worker ($W1) serves 1 MiB, body right" "cmp -s '$T/got4.1048576' '$T/want.1048576'" "$T/mw.err"
+    kill -USR2 "$MPID"
+    wait_for 20 has_worker "$W1"; W2=$(worker)
+    former_gone() { grep -aq "Former worker ($W1) exited with code 0" "$T/mw.err"; }
+    wait_for 30 former_gone
+    check "master-worker reload (SIGUSR2): a new worker ($W2), the former one exits 0" "[ -n '$W2' ] && [ '$W2' != '$W1' ] && former_gone" "$T/mw.err"
+    "$T/pipeline" "$FPORT" 100 16384 1048576 > "$T/pipe3.out" 2>&1
+    check "the new worker answers pipelined requests" "[ \$? = 0 ]" "$T/pipe3.out"
+    stop "$MPID"
+    check "soft stop of the master: exit 0, each worker exited 0" \
+        "[ '$RC' = 0 ] && grep -aq 'Current worker ($W2) exited with code 0' '$T/mw.err'" "$T/mw.err"
+    exit_used "$T/mw.err" > "$T/exit.mw"
+    check "both workers exit with no pool object in use (but HAProxy's own timers)" \
+        "exit_clean '$T/exit.mw' && [ \$(grep -c 'haproxy+bufpool: at exit' '$T/mw.err') -ge 2 ]" "$T/exit.mw"
+else
+    bad "master-worker: no worker in 'show proc' of the master socket" "$T/mw.err"
+fi
+
 echo "test-haproxy: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
