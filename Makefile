@@ -400,13 +400,15 @@ haproxy: lib
 
 # That HAProxy in front of examples/relay's backend: bodies through
 # keep-alive and pipelining, show pools, -dM, reload, soft stop, nothing
-# left in use (about 20 s once built; the build from scratch, about 80 s).
+# left in use, master-worker (about 35 s once built; the build from
+# scratch, about 80 s).
 test-haproxy: lib examples
 	@examples/haproxy/test.sh .
 
 # That HAProxy beside stock Debian HAProxy 2.6, nginx behind, wrk at 50 and
 # 500 connections, interleaved rounds: req/s, p99, CPU per request, peak
-# RSS, ratios (about 2 minutes; DEMO_SECONDS, DEMO_ROUNDS, DEMO_CONNS).
+# RSS, ratios; h2load at 2000; RSS after 2000 slow 1 MiB downloads (about
+# 4 minutes; DEMO_SECONDS, DEMO_ROUNDS, DEMO_CONNS...).
 haproxy-demo: lib examples
 	@examples/haproxy/demo.sh .
 
