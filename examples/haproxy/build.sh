@@ -90,12 +90,21 @@ cmp -s "$HERE/pool.c" "$S/src/pool.c" || cp "$HERE/pool.c" "$S/src/pool.c"
 # Prometheus exporter; the same compiler options as Debian's (its default
 # DEBUG, -DDEBUG_STRICT -DDEBUG_MEMORY_POOLS, stays).
 DBGCF="-g -fstack-protector-strong -Wformat -Werror=format-security -D_FORTIFY_SOURCE=2"
+hmake() {
+	make -C "$S" TARGET=linux-glibc USE_OPENSSL=1 USE_PCRE2=1 USE_PCRE2_JIT=1 USE_SLZ=1 \
+		IGNOREGIT=true VERSION=$VER SUBVERS=-bufpool "DEBUG_CFLAGS=$DBGCF" \
+		"ADDLIB=$B/bufpool-shim.o $LIBS" "$@"
+}
 rm -f "$S/haproxy"
 start=$(date +%s)
 echo "make haproxy: building HAProxy $VER with the bufpool shim (-j$JOBS; log in $B/build.log)"
-if ! make -C "$S" -j"$JOBS" TARGET=linux-glibc USE_OPENSSL=1 USE_PCRE2=1 USE_PCRE2_JIT=1 USE_SLZ=1 \
-	IGNOREGIT=true VERSION=$VER SUBVERS=-bufpool "DEBUG_CFLAGS=$DBGCF" \
-	"ADDLIB=$B/bufpool-shim.o $LIBS" ${HAPROXY_GOAL:-haproxy} >"$B/build.log" 2>&1; then
+# Our pool.c first, alone, with -Werror on HAProxy's -Wall -Wextra (ERR=1).
+if [ ! -f "$S/src/pool.o" ] || [ "$S/src/pool.c" -nt "$S/src/pool.o" ]; then
+	rm -f "$S/src/pool.o"
+	hmake ERR=1 src/pool.o >"$B/build-pool.log" 2>&1 ||
+		{ cat "$B/build-pool.log"; echo "make haproxy: the shim's pool.c does not build warning-free"; exit 1; }
+fi
+if ! hmake -j"$JOBS" ${HAPROXY_GOAL:-haproxy} >"$B/build.log" 2>&1; then
 	tail -n 30 "$B/build.log"
 	echo "make haproxy: the build failed (whole log: $B/build.log)"
 	exit 1
