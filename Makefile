@@ -61,7 +61,7 @@ DEMO_CFLAGS := $(CFLAGS_ALL) -Ic_tests
 .PHONY: all lib dist header check-header check-symbols check-license test test-rust test-debug test-fallback lint test-loom \
 	test-c test-musl musl-tools test-tsan test-sanitize test-install test-preload test-cargo-build test-output \
 	test-demo-verdict test-dlopen bench bench-readme demo install uninstall clean examples relay-demo test-relay \
-	haproxy test-haproxy haproxy-demo
+	haproxy test-haproxy haproxy-demo haproxy-regtests
 
 all: lib header
 
@@ -411,6 +411,13 @@ test-haproxy: lib examples
 # 4 minutes; DEMO_SECONDS, DEMO_ROUNDS, DEMO_CONNS...).
 haproxy-demo: lib examples
 	@examples/haproxy/demo.sh .
+
+# HAProxy's own reg-tests (its scripts/run-regtests.sh, VTest) against that
+# HAProxy and against the same build with HAProxy's own pools; every test
+# that fails in either run, run again alone (a few minutes; VTest built from
+# VTEST_SRC or a clone of its public repository, or the target skips).
+haproxy-regtests: haproxy
+	@examples/haproxy/regtests.sh .
 
 clean:
 	rm -rf build
