@@ -110,7 +110,8 @@ if ! hmake -j"$JOBS" ${HAPROXY_GOAL:-haproxy} >"$B/build.log" 2>&1; then
 	exit 1
 fi
 [ -z "${HAPROXY_GOAL:-}" ] || { echo "make haproxy: built $HAPROXY_GOAL only"; exit 0; }
-cp "$S/haproxy" "$B/haproxy"
+# Through a rename: a running copy (a test, a reg-test left over) keeps its inode.
+cp "$S/haproxy" "$B/haproxy.new" && mv -f "$B/haproxy.new" "$B/haproxy"
 echo "make haproxy: $B/haproxy built in $(( $(date +%s) - start )) s"
 "$B/haproxy" -vv | grep -i bufpool
 
@@ -128,4 +129,4 @@ if [ ! -x "$P/haproxy" ]; then
 		{ tail -n 30 "$B/build-plain.log"; echo "make haproxy: the plain build failed"; exit 1; }
 	echo "make haproxy: $P/haproxy built in $(( $(date +%s) - start )) s"
 fi
-cp "$P/haproxy" "$B/haproxy-plain"
+cp "$P/haproxy" "$B/haproxy-plain.new" && mv -f "$B/haproxy-plain.new" "$B/haproxy-plain"

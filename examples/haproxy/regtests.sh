@@ -3,9 +3,11 @@
 # its scripts/run-regtests.sh with VTest) against the shimmed build
 # (build/haproxy/haproxy, from `make haproxy`) and against the plain build
 # of the same fetched tree with the same make line and HAProxy's own pools
-# (build/haproxy/haproxy-plain), one after the other. Each test that fails in either run is run again alone,
-# RERUNS times on each build, so that a test that fails only under the
-# parallel run's load is told apart from one that fails every time.
+# (build/haproxy/haproxy-plain), and Debian's /usr/sbin/haproxy when it is
+# installed, one after the other. Each test that fails in any run is run
+# again alone, RERUNS times on each build, so that a test that fails only
+# under the parallel run's load is told apart from one that fails every
+# time.
 #
 #   examples/haproxy/regtests.sh [REPO_ROOT]
 #
@@ -53,38 +55,47 @@ HAPROXY_PLAIN=1 "$ROOT/examples/haproxy/build.sh" "$ROOT" >"$B/regtests-build.lo
 	{ tail -n 5 "$B/regtests-build.log"; skip "the plain build failed"; }
 [ -x "$B/haproxy-plain" ] || skip "no plain build (see $B/regtests-build.log)"
 
-# 3. Both runs, from the fetched tree (its reg-tests/ and scripts/).
+# 3. The runs, from the fetched tree (its reg-tests/ and scripts/): plain,
+#    shim, and Debian's own binary when it is installed (the package's
+#    build line: Lua and the Prometheus exporter too, so more tests run).
+BUILDS="plain shim"
+[ ! -x /usr/sbin/haproxy ] || BUILDS="$BUILDS debian"
+binof() { case $1 in shim) echo "$B/haproxy" ;; plain) echo "$B/haproxy-plain" ;; debian) echo /usr/sbin/haproxy ;; esac; }
 # The tests' UNIX sockets live under TMPDIR, whose path must stay well
 # under the 108 bytes of sun_path: a short one under /tmp, not build/.
 OUT=$B/regtests
 rm -rf "$OUT"
 mkdir -p "$OUT"
 TMPT=$(mktemp -d /tmp/hart.XXXXXX)
-trap 'rm -rf "$TMPT"' EXIT
+# vtest kills a test that runs past its time with its haproxy still up:
+# whatever still runs from this TMPDIR is stopped after each run.
+reap() { pkill -KILL -f "$TMPT/" 2>/dev/null || true; }
+trap 'reap; rm -rf "$TMPT"' EXIT
 run() { # run BINARY [TESTS...] > log
 	rbin=$1
 	shift
 	rm -rf "${TMPT:?}"/*
 	(cd "$SRC" && env VTEST_PROGRAM="$VT" HAPROXY_PROGRAM="$rbin" TMPDIR="$TMPT" \
 		sh scripts/run-regtests.sh --j "$JOBS" "$@" 2>&1) || true
+	reap
 }
-for name in plain shim; do
-	bin=$B/haproxy
-	[ "$name" = shim ] || bin=$B/haproxy-plain
+for name in $BUILDS; do
+	bin=$(binof "$name")
 	echo "make haproxy-regtests: reg-tests/ against the $name build (--j $JOBS)"
 	run "$bin" >"$OUT/$name.log"
 	grep 'tests failed' "$OUT/$name.log" | sed "s/^/  $name: /" || echo "  $name: no summary line (see $OUT/$name.log)"
 done
 
 # 4. Every test that failed in either run, alone, RERUNS times on each build.
-failed=$(sed -n 's/^#  *top  *TEST \(.*\.vtc\) FAILED.*/\1/p' "$OUT/plain.log" "$OUT/shim.log" | sort -u)
+logs=$(for name in $BUILDS; do echo "$OUT/$name.log"; done)
+# shellcheck disable=SC2086
+failed=$(sed -n 's/^#  *top  *TEST \(.*\.vtc\) FAILED.*/\1/p' $logs | sort -u)
 [ -n "$failed" ] || { echo "make haproxy-regtests: no test failed in either run"; exit 0; }
 echo "make haproxy-regtests: the failed tests, alone, $RERUNS times on each build (passes/runs):"
 for t in $failed; do
 	line="  $t:"
-	for name in plain shim; do
-		bin=$B/haproxy
-		[ "$name" = shim ] || bin=$B/haproxy-plain
+	for name in $BUILDS; do
+		bin=$(binof "$name")
 		first=0
 		grep -q "TEST $t FAILED" "$OUT/$name.log" && first=1
 		pass=0 i=0
@@ -98,6 +109,6 @@ for t in $failed; do
 	echo "$line"
 	# The first reason vtest gave, from whichever full run failed it.
 	why=$(awk -v t="$t" '$0 == "###### Test case: " t " ######" { on = 1; next }
-	    on && /^---- / { print; exit } on && /^###### / { exit }' "$OUT/plain.log" "$OUT/shim.log" | head -n 1)
+	    on && /^---- / { print; exit } on && /^###### / { exit }' $logs | head -n 1)
 	[ -z "$why" ] || echo "      ($why)"
 done
