@@ -40,25 +40,14 @@ rm -f /tmp/haproxy-demo-build.$$
 [ -x "$ROOT/build/relay/backend" ] || { echo "haproxy-demo: build/relay/backend missing (make examples)"; exit 1; }
 
 export PATH="$PATH:/usr/sbin"
+# shellcheck source=../lib.sh
+. "$ROOT/examples/lib.sh"
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "haproxy-demo: apt-get install ${need[*]} (the backend, the client, stock HAProxy)"
-    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; }; } ||
-        { echo "haproxy-demo: skipped: apt-get install ${need[*]} failed"; exit 0; }
-    # the packages' own services, where an init started them: ours are on 127.0.0.1
-    for svc in nginx haproxy; do
-        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
-            systemctl stop "$svc" >/dev/null 2>&1
-        elif command -v invoke-rc.d >/dev/null 2>&1; then
-            invoke-rc.d "$svc" stop >/dev/null 2>&1
-        fi
-    done
-fi
+need_packages haproxy-demo "the backend, the client, stock HAProxy" "${need[@]}" || exit 0
 STOCK=/usr/sbin/haproxy
 for t in nginx wrk h2load; do command -v $t >/dev/null 2>&1 || { echo "haproxy-demo: skipped: no $t"; exit 0; }; done
 [ -x "$STOCK" ] || { echo "haproxy-demo: skipped: no stock haproxy"; exit 0; }
@@ -67,27 +56,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null
 NOFILE=$(ulimit -n)
 HZ=$(getconf CLK_TCK)
 T=$(mktemp -d /tmp/haproxy-demo.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$T"
-}
 trap cleanup EXIT
 
-wait_for() {
-    local timeout=$1; shift
-    local end=$((SECONDS + timeout))
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.05
-    done
-}
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q LISTEN; }
-free_port() { local p=$1; while listening "$p"; do p=$((p + 1)); done; echo "$p"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # nginx, one worker, static files of the backend's pattern.
 NPORT=$(free_port 18181)

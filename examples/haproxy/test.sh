@@ -27,28 +27,11 @@ command -v curl >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=nonin
 command -v curl >/dev/null 2>&1 || { echo "test-haproxy: skipped: no curl"; exit 0; }
 
 T=$(mktemp -d /tmp/haproxy-test.XXXXXX)
-PASS=0
-FAIL=0
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    [ -n "${KEEP:-}" ] && echo "test-haproxy: kept $T" || rm -rf "$T"
-}
+# shellcheck source=../lib.sh
+. "$ROOT/examples/lib.sh"
+BAD_TAIL=20
 trap cleanup EXIT
 
-ok()   { PASS=$((PASS + 1)); echo "  ok   $1"; }
-bad()  { FAIL=$((FAIL + 1)); echo "  FAIL $1"; [ -n "${2:-}" ] && [ -f "$2" ] && sed 's/^/       | /' "$2" | tail -20; }
-check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-}"; fi; }
-wait_for() {
-    local timeout=$1; shift
-    local end=$((SECONDS + timeout))
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.05
-    done
-}
-alive() { kill -0 "$1" 2>/dev/null; }
 dead() { ! kill -0 "$1" 2>/dev/null; }
 ctl() { "$RELAY/loadgen" ctl --unix "$T/stats.sock" "$@"; }
 answers() { ctl show info 2>/dev/null | grep -q "^Pid: $1\$"; }

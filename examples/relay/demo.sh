@@ -20,30 +20,13 @@ LIMIT=32
 RESERVE=2
 BUFSIZE=16384
 
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
 need=()
 for t in nginx:nginx wrk:wrk haproxy:haproxy socat:socat; do
     command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || need+=("${t##*:}")
 done
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "relay-demo: installing ${need[*]} (Debian packages)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
-            { apt-get update -q >/dev/null 2>&1 &&
-              DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1; }
-        # Where the packages started their services (on *:80 and so on), stop them:
-        # ours listen on 127.0.0.1 only. (Containers without an init start nothing.)
-        for svc in nginx haproxy; do
-            if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
-                systemctl stop "$svc" >/dev/null 2>&1
-            elif command -v invoke-rc.d >/dev/null 2>&1; then
-                invoke-rc.d "$svc" stop >/dev/null 2>&1
-            fi
-        done
-    else
-        echo "relay-demo: skipped: needs ${need[*]} (apt-get install ${need[*]}, as root)"
-        exit 0
-    fi
-fi
+need_packages relay-demo "Debian packages" "${need[@]}" || exit 0
 export PATH="$PATH:/usr/sbin"
 for t in nginx wrk haproxy socat; do
     command -v $t >/dev/null 2>&1 || { echo "relay-demo: skipped: $t could not be installed"; exit 0; }
@@ -52,30 +35,8 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 NOFILE=$(ulimit -n)
 T=$(mktemp -d /tmp/relay-demo.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$T"
-}
 trap cleanup EXIT
 
-wait_for() {
-    local timeout=$1; shift
-    local end=$((SECONDS + timeout))
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.05
-    done
-}
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q LISTEN; }
-free_port() {
-    local p=$1
-    while listening "$p"; do p=$((p + 1)); done
-    echo "$p"
-}
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null; }
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null; }
 stop() {
     kill -TERM "$1" 2>/dev/null
     wait_for 10 eval "! kill -0 $1 2>/dev/null" || kill -KILL "$1" 2>/dev/null
@@ -194,7 +155,6 @@ row() { printf '  %-44s %9s %10s %10s %8s %9s\n' "$@"; }
 # buffer limit, server maxconn = the connections), each run on a fresh
 # process: ROUNDS rounds, each of every cell for both, the order swapped
 # every round, and the median of each figure over the rounds.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
 HZ=$(getconf CLK_TCK)
 # mrun KIND CONNS SIZE ROUND: one proxy, one wrk run; appends
 # "req/s p99-ms cpu-us-per-request peak-rss-kB errors" to $T/m.KIND.CONNS.SIZE

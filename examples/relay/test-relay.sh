@@ -6,35 +6,13 @@
 # Usage: test-relay.sh BINDIR   (BINDIR holds relay, backend, loadgen)
 set -u
 BIN=$(cd "${1:-build/relay}" && pwd)
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
 T=$(mktemp -d /tmp/relay-test.XXXXXX)
-PASS=0
-FAIL=0
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$T"
-}
 trap cleanup EXIT
 
-ok()   { PASS=$((PASS + 1)); echo "  ok   $1"; }
-bad()  { FAIL=$((FAIL + 1)); echo "  FAIL $1"; [ -n "${2:-}" ] && [ -f "$2" ] && sed 's/^/       | /' "$2" | tail -15; }
-check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-}"; fi; }
-
-# until CMD succeeds, or TIMEOUT seconds: 1
-wait_for() {
-    local timeout=$1; shift
-    local end=$((SECONDS + timeout))
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.05
-    done
-}
-alive() { kill -0 "$1" 2>/dev/null; }
 lowfd() { ulimit -n 64 && exec "$@"; }
-# cpu PID: utime + stime of a process, in clock ticks
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu() { cpu_ticks "$1"; }
 ctl() { "$BIN/loadgen" ctl --unix "$T/$1.sock" "${@:2}"; }
 info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
 # info_ge NAME KEY N: show info's KEY is at least N (for wait_for: asked each time)
