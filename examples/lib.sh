@@ -72,3 +72,29 @@ need_packages() {
     done
     return 0
 }
+
+# nginx_conf_head WORKER_CONNECTIONS: the first lines of an nginx.conf for
+# a demo, up to inside its http block (the caller adds its own server
+# block and the closing brace): one worker in the foreground, everything
+# under T, no access log, keep-alive for ever; NOFILE its fd limit.
+nginx_conf_head() {
+    cat <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $T/nginx-error.log;
+pid $T/nginx.pid;
+worker_rlimit_nofile $NOFILE;
+events { worker_connections $1; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $T/tmp/body;
+    proxy_temp_path $T/tmp/proxy;
+    fastcgi_temp_path $T/tmp/fastcgi;
+    uwsgi_temp_path $T/tmp/uwsgi;
+    scgi_temp_path $T/tmp/scgi;
+    default_type application/octet-stream;
+EOF
+}

@@ -66,27 +66,11 @@ n=${DPATH##*/}
 "$ROOT/build/relay/backend" --body "$n" > "$T/www/size/$n"
 "$ROOT/build/relay/backend" --body 1048576 > "$T/www/size/1048576"
 gcc -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE "$HERE/slowread.c" -o "$T/slowread" || { echo "haproxy-demo: slowread.c does not build"; exit 1; }
-cat > "$T/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-error_log $T/nginx-error.log;
-pid $T/nginx.pid;
-worker_rlimit_nofile $NOFILE;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $T/tmp/body;
-    proxy_temp_path $T/tmp/proxy;
-    fastcgi_temp_path $T/tmp/fastcgi;
-    uwsgi_temp_path $T/tmp/uwsgi;
-    scgi_temp_path $T/tmp/scgi;
-    default_type application/octet-stream;
+{ nginx_conf_head 16384; cat <<EOF
     server { listen 127.0.0.1:$NPORT; root $T/www; }
 }
 EOF
+} > "$T/nginx.conf"
 nginx -c "$T/nginx.conf" &
 PIDS+=($!)
 wait_for 10 listening "$NPORT" || { echo "haproxy-demo: nginx did not start"; cat "$T/nginx-error.log"; exit 1; }

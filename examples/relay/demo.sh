@@ -47,24 +47,7 @@ stop() {
 NPORT=$(free_port 18081)
 mkdir -p "$T/www/size" "$T/tmp"
 for n in 100 1024 16384 1048576; do "$BIN/backend" --body $n > "$T/www/size/$n"; done
-cat > "$T/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process off;
-error_log $T/nginx-error.log;
-pid $T/nginx.pid;
-worker_rlimit_nofile $NOFILE;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $T/tmp/body;
-    proxy_temp_path $T/tmp/proxy;
-    fastcgi_temp_path $T/tmp/fastcgi;
-    uwsgi_temp_path $T/tmp/uwsgi;
-    scgi_temp_path $T/tmp/scgi;
-    default_type application/octet-stream;
+{ nginx_conf_head 8192; cat <<EOF
     gzip on;
     gzip_types application/octet-stream;
     server {
@@ -76,6 +59,7 @@ http {
     }
 }
 EOF
+} > "$T/nginx.conf"
 nginx -c "$T/nginx.conf" &
 PIDS+=($!)
 wait_for 10 listening "$NPORT" || { echo "relay-demo: nginx did not start"; cat "$T/nginx-error.log"; exit 1; }

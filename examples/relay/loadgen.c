@@ -314,6 +314,22 @@ static void usage(void)
  * at all, the connections are only held). Counts the connections the proxy
  * closed and what it answered; done when all are closed, or at --timeout
  * (or SIGTERM). Exit 0: all closed by the proxy; 3: some still open. */
+/* The number of connections open, into FILE (NULL: none), through a rename:
+ * the test that polls for the file never reads half of it. */
+static void write_ready(const char *file, int n)
+{
+    if (!file)
+        return;
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+    FILE *f = fopen(tmp, "w");
+    if (f) {
+        fprintf(f, "%d\n", n);
+        fclose(f);
+        rename(tmp, file);
+    }
+}
+
 static int slow_main(const char *ready_file, int interval)
 {
     static const char head[] = "GET / HTTP/1.1\r\nhost: relay-test\r\nx-slow: ";
@@ -336,16 +352,7 @@ static int slow_main(const char *ready_file, int interval)
         pf[i].events = POLLIN;
         open_n++;
     }
-    if (ready_file) {
-        char tmp[4096];
-        snprintf(tmp, sizeof(tmp), "%s.tmp", ready_file);
-        FILE *f = fopen(tmp, "w");
-        if (f) {
-            fprintf(f, "%d\n", open_n);
-            fclose(f);
-            rename(tmp, ready_file);
-        }
-    }
+    write_ready(ready_file, open_n);
     double deadline = now_s() + opt.timeout, next_send = now_s();
     while (open_n && !stop_flag && now_s() < deadline) {
         if (interval > 0 && now_s() >= next_send) {
@@ -419,16 +426,7 @@ static int stuck_main(const char *ready_file)
         pf[i].events = POLLRDHUP;           /* not POLLIN: the bytes stay unread */
         open_n++;
     }
-    if (ready_file) {
-        char tmp[4096];
-        snprintf(tmp, sizeof(tmp), "%s.tmp", ready_file);
-        FILE *f = fopen(tmp, "w");
-        if (f) {
-            fprintf(f, "%d\n", open_n);
-            fclose(f);
-            rename(tmp, ready_file);
-        }
-    }
+    write_ready(ready_file, open_n);
     double deadline = now_s() + opt.timeout;
     while (open_n && !stop_flag && now_s() < deadline) {
         int r = poll(pf, (nfds_t)n, 100);
