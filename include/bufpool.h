@@ -476,8 +476,8 @@ BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
  * `b_queue_crit` and `b_queue`): most critical class first, FIFO within a
  * class, each waiter whose margin `m` fits what is left
  * (`b_available(m) >= 1`, less one per waiter woken so far in this call)
- * is called; one
- * that does not fit is passed over and the walk goes on. Without a limit
+ * is called; one that does not fit is passed over and the walk goes on.
+ * Without a limit
  * every waiter is called. A waiter whose `target` is `from` (when not
  * NULL) is skipped. Callbacks run as for `offer_buffers`. A waiter whose
  * callback is running on another thread is passed over, keeping one
@@ -486,9 +486,10 @@ BUFPOOL_NOPLT void offer_buffers(void *from, unsigned int threshold);
  * and calls it once more if its margin fits: a release is never lost on a
  * waiter that was busy saying no. Offers running at once on several
  * threads each count what can be had, so a callback may still find its
- * buffer taken: it answers 0 and keeps its place. `b_release` calls it; call it yourself after
- * `b_free` or `pool_free` of a buffer, or after `dynbuf_init` raised the
- * limit. No threshold: every waiter that can succeed is called.
+ * buffer taken: it answers 0 and keeps its place. `b_release` calls it;
+ * call it yourself after `b_free` or `pool_free` of a buffer, or after
+ * `dynbuf_init` raised the limit. No threshold: every waiter that can
+ * succeed is called.
  */
 BUFPOOL_NOPLT void offer_buffers_margin(void *from);
 
@@ -501,8 +502,8 @@ BUFPOOL_NOPLT void offer_buffers_margin(void *from);
  * `b_available(reserved_bufs / 2)`: it wakes while that, less the waiters
  * woken, exceeds its threshold; so a caller that offers to waiters of
  * margin `m` with `offer_buffers` wakes one exactly when
- * `b_available(m) >= 1` by passing the threshold `m - reserved_bufs / 2` (0 when
- * negative) plus what it wants kept back, instead of copying the formula
+ * `b_available(m) >= 1` by passing the threshold `m - reserved_bufs / 2`
+ * (0 when negative) plus what it wants kept back, instead of copying the formula
  * (offers by margin, `b_release` and `offer_buffers_margin`, need no
  * threshold at all). Exact when no call is in flight; it looks at every
  * thread's cache (as `pool_used`), so it is for decisions and reports, not
