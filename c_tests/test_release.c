@@ -37,6 +37,18 @@
 
 enum { PERIOD = 50, OBJ = 16384, SPIKE = 8192 /* 128 MiB */ };
 
+/* How far above idle the resident memory may stay once the spike is back,
+ * KiB. Under ThreadSanitizer the sanitizer's own memory moves it: its meta
+ * shadow is mapped in 4 MiB chunks, and which ones stay resident depends on
+ * where the few live buffers fall (seen: two 4092 KiB chunks in the 0x0fff
+ * range in one run of four, 25.9 MB against 30.0 MB after the same
+ * release); 8 MiB more there. */
+#if defined(__SANITIZE_THREAD__)
+#define RSS_SLACK_KIB (24 * 1024)
+#else
+#define RSS_SLACK_KIB (16 * 1024)
+#endif
+
 static double now_ms(void)
 {
     struct timespec t;
@@ -124,7 +136,7 @@ static int spike_pool(void)
     /* Light traffic: one alloc + free per ms; nothing else is called,
      * until the spike is back (or, failing, for 200 periods). */
     double t0 = now_ms(), fell_at = -1;
-    while ((fell_at < 0 || rss_kib() > idle_rss + 16 * 1024) && now_ms() - t0 < 200 * PERIOD) {
+    while ((fell_at < 0 || rss_kib() > idle_rss + RSS_SLACK_KIB) && now_ms() - t0 < 200 * PERIOD) {
         double c = now_ms();
         void *x = pool_alloc(p);
         note_call(c);
@@ -145,7 +157,7 @@ static int spike_pool(void)
            worst_call_ms());
     bad |= pool_allocated(p) > 8; /* the traffic's object and its thread cache's few */
     bad |= fell_at < 0;
-    bad |= end_rss > idle_rss + 16 * 1024;
+    bad |= end_rss > idle_rss + RSS_SLACK_KIB;
     return bad ? 12 : 0;
 }
 
@@ -187,7 +199,7 @@ static int spike_dynbuf(void)
         pthread_create(&th[t], NULL, holder, held[t]);
     double t0 = now_ms(), fell_at = -1;
     struct buffer x = BUF_NULL;
-    while ((fell_at < 0 || rss_kib() > idle_rss + 16 * 1024) && now_ms() - t0 < 200 * PERIOD) {
+    while ((fell_at < 0 || rss_kib() > idle_rss + RSS_SLACK_KIB) && now_ms() - t0 < 200 * PERIOD) {
         double c = now_ms();
         b_alloc(&x);
         b_free(&x);
@@ -204,7 +216,7 @@ static int spike_dynbuf(void)
            SPIKE, idle_rss, peak_rss, end_rss, pool_allocated(pool_head_buffer), fell_at, worst_call_ms());
     bad |= pool_allocated(pool_head_buffer) > 8;
     bad |= fell_at < 0;
-    bad |= end_rss > idle_rss + 16 * 1024;
+    bad |= end_rss > idle_rss + RSS_SLACK_KIB;
     return bad ? 22 : 0;
 }
 
