@@ -538,18 +538,24 @@ impl BufFuzz {
         if r != want as c_int {
             self.fail(format!("b_queue_crit({class}, waiter {w}) gave {r}, want {}", want as c_int));
         }
-        if !want {
-            return;
+        if want && self.enlist(w, class as usize) {
+            self.margin_of[w] = self.tier(class as usize);
         }
+    }
+
+    /// The model's queueing of `w` in `class`: already queued, it stays in
+    /// place (and while its callback runs, that is a new queueing); else it
+    /// goes to the tail. True when it was not queued before.
+    fn enlist(&mut self, w: usize, class: usize) -> bool {
         if self.class_of[w].is_some() {
-            // Already queued: stays in place; while its callback runs, a new queueing.
             if let Some(run) = self.running_mut(w) {
                 run.requeued = true;
             }
+            false
         } else {
-            self.queues[class as usize].push_back(w);
-            self.class_of[w] = Some(class as usize);
-            self.margin_of[w] = self.tier(class as usize);
+            self.queues[class].push_back(w);
+            self.class_of[w] = Some(class);
+            true
         }
     }
 
@@ -559,14 +565,7 @@ impl BufFuzz {
         let m = m.max(0) as usize;
         let ok = (class as usize) < CLASSES && self.has_cb[w];
         if ok {
-            if self.class_of[w].is_some() {
-                if let Some(run) = self.running_mut(w) {
-                    run.requeued = true;
-                }
-            } else {
-                self.queues[class as usize].push_back(w);
-                self.class_of[w] = Some(class as usize);
-            }
+            self.enlist(w, class as usize);
             self.margin_of[w] = m;
         }
         let want = if !ok {
