@@ -13,10 +13,11 @@
  * session that gets no buffer queues its own struct buffer_wait with its
  * margin; the callback puts it back in its worker's run queue (or, from
  * another thread, in its worker's inbox, the buffer moved along with
- * b_move). No timer retries anyone: releases wake every waiter they can. A request whose headers are in needs one of the server's
- * maxconn slots: without one it waits in the server's FIFO queue, holding
- * its request buffer, as in HAProxy. Server connections are kept alive and
- * reused by the worker that opened them.
+ * b_move). No timer retries anyone: releases wake every waiter they can.
+ * A request whose headers are in needs one of the server's maxconn slots:
+ * without one it waits in the server's FIFO queue, holding its request
+ * buffer, as in HAProxy. Server connections are kept alive and reused by
+ * the worker that opened them.
  *
  * With the reserve, responses always find a buffer, so the session holding
  * the server always finishes and hands the slot on. With --req-margin 0,
@@ -464,15 +465,12 @@ static void list_del(struct session **head, struct session *s, size_t next_off, 
 
 #define ALL_ADD(w, s)  list_add(&(w)->all, s, offsetof(struct session, anext), offsetof(struct session, aprev))
 #define ALL_DEL(w, s)  list_del(&(w)->all, s, offsetof(struct session, anext), offsetof(struct session, aprev))
-#define WAIT_ADD(w, s) list_add(&(w)->waiters, s, offsetof(struct session, wnext), offsetof(struct session, wprev))
-#define WAIT_DEL(w, s) list_del(&(w)->waiters, s, offsetof(struct session, wnext), offsetof(struct session, wprev))
 
 /* The session is no longer queued for a buffer (the owner's bookkeeping). */
 static void bufwait_forget(struct session *s)
 {
     if (!s->bufwait)
         return;
-    WAIT_DEL(s->w, s);
     s->bufwait = 0;
     ADD(s->w, bufwaiters, -1);
 }
@@ -507,7 +505,6 @@ static int sess_alloc(struct session *s, struct buffer *b, int margin, unsigned 
                 s->wait_res_shared = (unsigned char)res;
                 pthread_mutex_unlock(&s->w->ilock);
             }
-            WAIT_ADD(s->w, s);
             ADD(s->w, bufwaiters, 1);
         }
         if (b_queue_margin(crit, &s->bw, margin) != 2 || !b_alloc_margin(b, margin))

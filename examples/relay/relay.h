@@ -72,7 +72,6 @@ struct session {
     struct session *inext, *iprev;    /* the owner's inbox (its lock) */
     struct session *qnext, *qprev;    /* server queue (the server's lock) */
     struct session *anext, *aprev;    /* the owner's sessions */
-    struct session *wnext, *wprev;    /* the owner's buffer waiters */
     unsigned char in_runq, dead, active, close_after, req_flags, slot;
     unsigned char bufwait;            /* queued for a buffer (owner's view) */
     unsigned char wait_res;           /* ... for the response buffer, else the request's */
@@ -111,7 +110,7 @@ struct worker {
     struct session *ihead, *itail;
     struct conn *idle_srv;
     unsigned n_idle_srv;
-    struct session *all, *waiters;
+    struct session *all;
     unsigned long purge_seen;
     struct wstats st;
     /* Timers: one FIFO per kind; each kind has one duration, so appending
