@@ -358,11 +358,9 @@ pub(crate) fn available(margin: usize) -> isize {
 /// Buffers that can be had now, minus half the reserve: the budget of an
 /// offer. Without a limit every waiter can have one.
 pub(crate) fn offer_budget() -> isize {
-    let Some(pool) = buffer_pool() else { return 0 };
-    let half = (reserved() / 2) as isize;
-    match pool.limit() {
-        0 => isize::MAX / 4,
-        l => l as isize - pool.used() as isize - half,
+    match buffer_pool() {
+        Some(pool) if pool.limit() != 0 => avail() - (reserved() / 2) as isize,
+        _ => avail(), // 0 before `init`, isize::MAX / 4 without a limit
     }
 }
 
