@@ -44,7 +44,14 @@ CFLAGS_ALL := -std=c11 $(CWARN) $(CFLAGS) -D_GNU_SOURCE -Iinclude -pthread
 LDSO     := -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool -pthread
 LDSTATIC := $(ARCHIVE) -pthread -ldl -lm
 
-C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c))
+# Every harness twice: as written, and built with BUFPOOL_INLINE (the
+# header's inline fast path: pool_alloc/pool_free served in the program),
+# but test_inline (inline already) and test_bad_input (its rows name the
+# program, and its inputs are the library's to refuse: test_inline has the
+# inline path's NULL rows).
+INLINE_SRC := $(filter-out c_tests/test_inline.c c_tests/test_bad_input.c,$(wildcard c_tests/test_*.c))
+C_TESTS  := $(patsubst c_tests/%.c,$(BINDIR)/%,$(wildcard c_tests/test_*.c)) \
+	$(patsubst c_tests/test_%.c,$(BINDIR)/inline_%,$(INLINE_SRC))
 # The C harnesses that TSan runs: the threaded ones and the scenarios of the
 # HAProxy fixes this library grew out of (test_00N_*).
 TSAN_TESTS := $(patsubst c_tests/test_%.c,$(BINDIR)/tsan_%,$(wildcard c_tests/test_dynbuf_*.c c_tests/test_00[0-3]_*.c))
@@ -115,7 +122,10 @@ check-header: lib
 	@printf '#include "bufpool.h"\nstatic struct buffer s = BUF_NULL_INIT;\nint main(void){struct buffer b = BUF_NULL; return (int)(b.size + s.size);}\n' > build/hdr.c
 	@$(CC) -std=c99 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdr.o
 	@g++ -x c++ -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr.c -o build/hdrpp.o
-	@echo "header: up to date, compiles as C99 and C++"
+	@printf '#define BUFPOOL_INLINE\n#include "bufpool.h"\n#ifndef BUFPOOL_INLINE_ACTIVE\n#error no inline fast path\n#endif\nvoid *f(struct pool_head *p);\nvoid *f(struct pool_head *p){void *o = pool_alloc(p); pool_free(p, o); return (pool_alloc)(p);}\n' > build/hdr-inline.c
+	@$(CC) -std=c99 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr-inline.c -o build/hdr-inline.o
+	@g++ -x c++ -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/hdr-inline.c -o build/hdr-inlinepp.o
+	@echo "header: up to date, compiles as C99 and C++ (with BUFPOOL_INLINE too)"
 
 # Only the names of the C contract may be exported by the .so.
 check-symbols: lib
@@ -128,7 +138,12 @@ $(BINDIR)/test_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
 	@mkdir -p $(BINDIR)
 	$(CC) $(CFLAGS_ALL) $< -o $@ $(LDSO)
 
+$(BINDIR)/inline_%: c_tests/test_%.c c_tests/harness.h $(HEADER) lib
+	@mkdir -p $(BINDIR)
+	$(CC) $(CFLAGS_ALL) -DBUFPOOL_INLINE $< -o $@ $(LDSO)
+
 $(BINDIR)/test_race: c_tests/race.h
+$(BINDIR)/inline_race: c_tests/race.h
 
 $(BINDIR)/test_race.musl: c_tests/test_race.c c_tests/race.h c_tests/harness.h tools/musl-stubs.c $(HEADER) lib
 	@mkdir -p $(BINDIR)

@@ -23,6 +23,12 @@ fn main() {
 
     let dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env("OUT_DIR"));
+    // The thread-local word of the caches, defined in asm (src/cache/current.rs):
+    // rustc's export list names only Rust items, so a second version script
+    // (GNU ld merges them) exports it for the header's inline fast path.
+    let map = out.join("exports.map");
+    std::fs::write(&map, "{ global: bufpool_fast_v1; };\n").expect("OUT_DIR is writable");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", map.display());
     let mut config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
     let version = format!(
         "\n/**\n * The version of this header: MAJOR.MINOR.PATCH. bufpool_version() returns\n \

@@ -82,7 +82,7 @@ SRC      := bench/bench.c include/bufpool.h
 PEERS    := jemalloc:-ljemalloc mimalloc:-lmimalloc tcmalloc:-ltcmalloc_minimal
 
 MEM_PEERS := jemalloc:-ljemalloc mimalloc:-lmimalloc
-SPEED_BINS := $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-glibc peers
+SPEED_BINS := $(BENCHDIR)/bench-so $(BENCHDIR)/bench-a $(BENCHDIR)/bench-inline $(BENCHDIR)/bench-glibc peers
 MEM_BINS := $(BENCHDIR)/spike-bufpool $(BENCHDIR)/spike-glibc $(BENCHDIR)/fluct $(BENCHDIR)/crowd mem-peers fluct-musl
 
 .PHONY: run speed memory limit deps peers mem-peers fluct-musl
@@ -111,6 +111,11 @@ deps:
 $(BENCHDIR)/bench-so: $(SRC) $(LIBDIR)/libbufpool.so
 	@mkdir -p $(BENCHDIR)
 	$(CC) $(BENCH_CFLAGS) -DBENCH_POOL $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool
+
+# The same loops with the header's inline fast path (BUFPOOL_INLINE), against the .so.
+$(BENCHDIR)/bench-inline: $(SRC) $(LIBDIR)/libbufpool.so
+	@mkdir -p $(BENCHDIR)
+	$(CC) $(BENCH_CFLAGS) -DBENCH_POOL -DBUFPOOL_INLINE $< -o $@ -L$(LIBDIR) -Wl,-rpath,$(abspath $(LIBDIR)) -lbufpool
 
 $(BENCHDIR)/bench-a: $(SRC) $(LIBDIR)/libbufpool.a
 	@mkdir -p $(BENCHDIR)

@@ -35,7 +35,7 @@ function med(w, size, v, f,   k, n, i, a) {
     return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
 
-function label(v) { return v == "so" ? "bufpool.so" : v == "a" ? "bufpool.a" : v }
+function label(v) { return v == "so" ? "bufpool.so" : v == "a" ? "bufpool.a" : v == "inline" ? "bufpool.so+inline" : v }
 function threaded(w) { return w == "w3" || w == "w4" }
 function sizename(s) { return s == 64 ? "64 B" : s == 1024 ? "1 KiB" : s == 16384 ? "16 KiB" : s " B" }
 function title(w) {
@@ -150,6 +150,32 @@ function verdict(name, w, peer, cmp, sizes,   n, S, j, a, b, ok, d, tie) {
     }
     printf "target %s: %s (%s)\n", name, ok ? "met" : "NOT met", d
 }
+
+# paired(W, SIZE, V, PEER): the median over the rounds of V's CPU ns over
+# PEER's in the same round (each round runs every variant once, one after
+# the other): the machine's drifts over minutes hit both sides of a pair.
+function paired(w, size, v, peer,   kv, kp, n, i, a) {
+    kv = w SUBSEP size SUBSEP v; kp = w SUBSEP size SUBSEP peer
+    n = cnt[kv] < cnt[kp] ? cnt[kv] : cnt[kp]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) a[i] = val[kv, i, "cpu"] / val[kp, i, "cpu"]
+    sortn(a, n)
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+
+# ratio_verdict: V's CPU ns at most K times PEER's at every size, by the
+# paired ratio (1% over K is a tie, which counts as met).
+function ratio_verdict(name, w, peer, sizes, v, k,   n, S, j, r, ok, d) {
+    n = split(sizes, S, " ")
+    ok = 1; d = ""
+    for (j = 1; j <= n; j++) {
+        r = paired(w, S[j], v, peer)
+        if (r == "") { printf "target %s: not measured (%s or %s did not run)\n", name, label(v), peer; return }
+        if (r > k * 1.01) ok = 0
+        d = d (j > 1 ? ", " : "") sizename(S[j]) " " sprintf("%.2fx", r)
+    }
+    printf "target %s: %s (%s; median of the rounds' ratios)\n", name, ok ? "met" : "NOT met", d
+}
 function f3(x) { return sprintf(x >= 100 ? "%.1f" : x >= 10 ? "%.2f" : "%.3f", x) }
 
 function targets(   a, m, ops, i, s, ok, d) {
@@ -163,18 +189,30 @@ function targets(   a, m, ops, i, s, ok, d) {
     if (m != "")
         printf "target W4 no malloc call per object in steady state (< 1 per 100 objects): %s (%d malloc calls for %d objects while timed, median; pool_allocated %d -> %d)\n",
             (m / ops < 0.01) ? "met" : "NOT met", m, ops, med("w4", 16384, "so", "alloc0"), med("w4", 16384, "so", "alloc1")
+    # Issue 17's bar: 0.8x tcmalloc's time, through the .so's calls and
+    # with the header's inline fast path (BUFPOOL_INLINE) over the .so.
+    ratio_verdict("W1 pair through the .so's calls at or below 0.8x tcmalloc's CPU ns", "w1", "tcmalloc", "64 1024 16384", "so", 0.8)
+    ratio_verdict("W2 ring through the .so's calls at or below 0.8x tcmalloc's CPU ns", "w2", "tcmalloc", "64 1024 16384", "so", 0.8)
+    ratio_verdict("W1 pair, .so with BUFPOOL_INLINE, at or below 0.8x tcmalloc's CPU ns", "w1", "tcmalloc", "64 1024 16384", "inline", 0.8)
+    ratio_verdict("W2 ring, .so with BUFPOOL_INLINE, at or below 0.8x tcmalloc's CPU ns", "w2", "tcmalloc", "64 1024 16384", "inline", 0.8)
     if (ninstr == 0) {
         printf "target <= %d instr/pair through the .so: not measured (no callgrind)\n", limit
         return
     }
+    instr_target("through the .so's calls", "so")
+    instr_target("with BUFPOOL_INLINE", "inline")
+}
+
+function instr_target(how, v,   ok, d, s, i, a) {
     ok = 1; d = ""
     split("64 1024 16384", s, " ")
     for (i = 1; i <= 3; i++) {
-        a = isize("w1", s[i], "so")
+        a = isize("w1", s[i], v)
+        if (a == "") { printf "target W1 <= %d instr/pair %s: not measured (%s did not run)\n", limit, how, label(v); return }
         if (a > limit) ok = 0
         d = d (i > 1 ? ", " : "") sizename(s[i]) " " f1(a)
     }
-    printf "target <= %d instr/pair through the .so: %s (%s)\n", limit, ok ? "met" : "NOT met", d
+    printf "target W1 <= %d instr/pair %s: %s (%s)\n", limit, how, ok ? "met" : "NOT met", d
 }
 
 function plot(   w, j, n, S, i, f, line) {

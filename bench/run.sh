@@ -16,8 +16,8 @@ limit=40
 sizes="64 1024 16384"
 cores=$(nproc)
 
-label() { case $1 in so) echo bufpool.so ;; a) echo bufpool.a ;; *) echo "$1" ;; esac; }
-color() { case $1 in so) echo "#d62728" ;; a) echo "#f4a3a3" ;; glibc) echo "#7f7f7f" ;; jemalloc) echo "#1f77b4" ;; mimalloc) echo "#2ca02c" ;; tcmalloc) echo "#ff7f0e" ;; esac; }
+label() { case $1 in so) echo bufpool.so ;; a) echo bufpool.a ;; inline) echo bufpool.so+inline ;; *) echo "$1" ;; esac; }
+color() { case $1 in so) echo "#d62728" ;; a) echo "#f4a3a3" ;; inline) echo "#8c564b" ;; glibc) echo "#7f7f7f" ;; jemalloc) echo "#1f77b4" ;; mimalloc) echo "#2ca02c" ;; tcmalloc) echo "#ff7f0e" ;; esac; }
 package() { case $1 in jemalloc) echo libjemalloc-dev ;; mimalloc) echo libmimalloc-dev ;; tcmalloc) echo libgoogle-perftools-dev ;; esac; }
 
 # rotate K V1 V2 ...: the list started at its (K mod n)-th element.
@@ -46,7 +46,7 @@ echo "machine: $cores cores ($(awk -F': ' '/^model name/ { print $2; exit }' /pr
 echo "each variant: bench/bench.c, gcc -O2 -g, the same flags; timing: thread CPU time (CLOCK_THREAD_CPUTIME_ID) and wall time, medians of $runs interleaved runs"
 
 variants="" skipped=""
-for v in so a glibc jemalloc mimalloc tcmalloc; do
+for v in so a inline glibc jemalloc mimalloc tcmalloc; do
     bin=$dir/bench-$v
     if [ -x "$bin" ] && info=$("$bin" info 2>&1); then
         variants="$variants $v"
@@ -148,7 +148,8 @@ done
 # ---- instruction details, summary, targets, plot --------------------------------
 if [ -z "$cg" ]; then
     echo
-    for v in so a; do
+    for v in so a inline; do
+        [ -f "$dir/cg-w1-64-$v.out" ] || continue
         printf 'W1 64 B, instr/pair by function, %s:' "$(label "$v")"
         by_function "$dir/cg-w1-64-$v.out" | awk '{ printf " %s %s |", $1, $2 }' | sed 's/ |$//'
         echo

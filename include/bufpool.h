@@ -62,6 +62,65 @@
 #endif
 
 /**
+ * A pool of objects of one size: opaque, always used through a pointer.
+ */
+struct pool_head;
+
+/**
+ * The version of the inline fast path's view of the library (the layout
+ * below and the protocol its code follows). The thread-local word it reads
+ * carries the number in its name, `bufpool_fast_v1`: a library with
+ * another layout does not export that name, and a program built with
+ * `BUFPOOL_INLINE` against this header then fails to start, with the
+ * dynamic linker's "undefined symbol: bufpool_fast_v1".
+ */
+#define BUFPOOL_INLINE_ABI 1
+
+/**
+ * Inline fast path: offset of a pool's slot (`unsigned short`) in the
+ * object a `struct pool_head *` points to. The slot is the byte offset of
+ * the pool's stack in every thread cache; a pool without a thread cache
+ * (and a destroyed pool's handle) has the slot of a stack that is always
+ * empty and has no room, so its calls always reach the library.
+ */
+#define BUFPOOL_INLINE_POOL_SLOT 0
+
+/**
+ * Inline fast path: offset in a thread cache of the owner's `busy` word
+ * (`unsigned int`): the slot while the owning thread works on one stack,
+ * 0 when it is out.
+ */
+#define BUFPOOL_INLINE_BUSY 0
+
+/**
+ * Inline fast path: offset in a thread cache of the `foreign` word
+ * (`unsigned int`): not 0 while another thread holds the cache or is
+ * taking it, or when the owner must fence (the library's path then).
+ */
+#define BUFPOOL_INLINE_FOREIGN 8
+
+/**
+ * Inline fast path: offset of a stack's top object (`void *`, the first
+ * word of each idle object links to the next) in a thread cache, less the
+ * pool's slot.
+ */
+#define BUFPOOL_INLINE_TOP 32
+
+/**
+ * Inline fast path: offset of a stack's room (`unsigned int`: objects it
+ * may still take) in a thread cache, less the pool's slot.
+ */
+#define BUFPOOL_INLINE_ROOM 40
+
+/**
+ * Inline fast path: offset in a thread cache of the owner's countdown of
+ * releases to its next maintenance tick (`unsigned int`). The inline
+ * release leaves the last one of each round to `pool_free`, which runs
+ * the tick.
+ */
+#define BUFPOOL_INLINE_COUNTDOWN 6256
+
+/**
  * Pool flag: the pool may be merged with another pool of the same
  * (rounded) size, the same alignment and the same flags.
  */
@@ -146,11 +205,6 @@ enum dynbuf_crit {
    */
   DB_PERMANENT = 4,
 };
-
-/**
- * A pool of objects of one size. C sees it as the opaque `struct pool_head`.
- */
-struct pool_head;
 
 /**
  * A buffer in HAProxy's layout (C: `struct buffer`). `size` 0 means "not
@@ -899,3 +953,116 @@ BUFPOOL_NOPLT const char *bufpool_version(void);
 #endif  // __cplusplus
 
 #endif  /* BUFPOOL_H */
+
+/**
+ * BUFPOOL_INLINE: define it before including this header to have the
+ * cached case of `pool_alloc` and `pool_free` inlined into the calling
+ * code (GCC or clang, x86-64 Linux; elsewhere the calls stay calls and
+ * BUFPOOL_INLINE_ACTIVE is not defined). What the library would do with
+ * its thread cache, the program then does itself: one object from the top
+ * of the calling thread's stack for the pool, or one pushed on it, with
+ * no call; every other case (an empty or full stack, a pool without a
+ * thread cache or in a debug mode, a destroyed pool's handle, another
+ * thread holding the cache, the last release of each maintenance round)
+ * calls the library as before. `pool_alloc` and `pool_free` become macros
+ * over `bufpool_inline_alloc` and `bufpool_inline_free`; `(pool_alloc)`
+ * in parentheses, or its address, is still the library's function.
+ *
+ * The cost, where the plain calls have none: the program is built for one
+ * layout of the library's thread caches (BUFPOOL_INLINE_ABI, whose number
+ * is in the thread-local word it reads, `bufpool_fast_v1`). A library of
+ * another inline ABI does not export that word, and the program then
+ * fails to start ("undefined symbol: bufpool_fast_v1") until rebuilt. The
+ * program must be linked with the library (-lbufpool, shared or static),
+ * not reach it only through dlopen; an LD_PRELOAD interposer of
+ * `pool_alloc`/`pool_free` sees only the calls that reach the library.
+ */
+#if defined(BUFPOOL_INLINE) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define BUFPOOL_INLINE_ACTIVE 1
+
+/* The calling thread's cache (never NULL: a stand-in that always sends the
+ * call to the library until the thread has a cache of its own). */
+extern __thread char *bufpool_fast_v1 __attribute__((tls_model("initial-exec")));
+
+/* An idle object's first word, the link to the next: read and written
+ * through a type that may alias the caller's own types. */
+typedef void *__attribute__((__may_alias__)) bufpool_link_t;
+
+/* Enters the cache on the pool's stack, as the library's own fast path
+ * does: the owner's busy word set to the slot, then the foreign word read
+ * (the other side's membarrier orders the two; here only the compiler must
+ * not), by one compare in asm: a relaxed atomic load of an aligned word,
+ * which GCC would not fold into the compare. 0 in it: the stack is the
+ * caller's until bufpool_inline_leave. */
+static inline int bufpool_inline_enter(char *tc, unsigned int slot)
+{
+    __atomic_store_n((unsigned int *)(void *)(tc + BUFPOOL_INLINE_BUSY), slot, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __asm__ goto("cmpl $0, %0; jne %l1"
+                 : /* no outputs */
+                 : "m"(*(const unsigned int *)(const void *)(tc + BUFPOOL_INLINE_FOREIGN))
+                 : "cc"
+                 : held);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return 1;
+held:
+    return 0;
+}
+
+static inline void bufpool_inline_leave(char *tc)
+{
+    __atomic_store_n((unsigned int *)(void *)(tc + BUFPOOL_INLINE_BUSY), 0u, __ATOMIC_RELEASE);
+}
+
+/** `pool_alloc`, its cached case inlined (see BUFPOOL_INLINE). */
+static inline void *bufpool_inline_alloc(struct pool_head *pool)
+{
+    if (pool != NULL) {
+        unsigned int slot = *(const unsigned short *)(const void *)((const char *)pool + BUFPOOL_INLINE_POOL_SLOT);
+        char *tc = bufpool_fast_v1;
+        if (bufpool_inline_enter(tc, slot)) {
+            bufpool_link_t *top = (bufpool_link_t *)(void *)(tc + BUFPOOL_INLINE_TOP + slot);
+            void *p = *top;
+            if (p != NULL) {
+                *top = *(bufpool_link_t *)p;
+                *(unsigned int *)(void *)(tc + BUFPOOL_INLINE_ROOM + slot) += 1;
+                bufpool_inline_leave(tc);
+                return p;
+            }
+        }
+        bufpool_inline_leave(tc);
+    }
+    return (pool_alloc)(pool);
+}
+
+/** `pool_free`, its cached case inlined (see BUFPOOL_INLINE). */
+static inline void bufpool_inline_free(struct pool_head *pool, void *ptr)
+{
+    if (pool != NULL && ptr != NULL) {
+        unsigned int slot = *(const unsigned short *)(const void *)((const char *)pool + BUFPOOL_INLINE_POOL_SLOT);
+        char *tc = bufpool_fast_v1;
+        if (bufpool_inline_enter(tc, slot)) {
+            unsigned int *room = (unsigned int *)(void *)(tc + BUFPOOL_INLINE_ROOM + slot);
+            unsigned int *countdown = (unsigned int *)(void *)(tc + BUFPOOL_INLINE_COUNTDOWN);
+            if (*room != 0) {
+                /* The round's last release goes to the library, which
+                 * counts it and ticks. */
+                if (--*countdown != 0) {
+                    bufpool_link_t *top = (bufpool_link_t *)(void *)(tc + BUFPOOL_INLINE_TOP + slot);
+                    *room -= 1;
+                    *(bufpool_link_t *)ptr = *top;
+                    *top = ptr;
+                    bufpool_inline_leave(tc);
+                    return;
+                }
+                *countdown = 1;
+            }
+        }
+        bufpool_inline_leave(tc);
+    }
+    (pool_free)(pool, ptr);
+}
+
+#define pool_alloc(pool) bufpool_inline_alloc(pool)
+#define pool_free(pool, ptr) bufpool_inline_free((pool), (ptr))
+#endif /* BUFPOOL_INLINE */

@@ -83,6 +83,10 @@ impl Owner {
     }
 }
 
+/// `repr(C)`, the three words first: their offsets are the same for every
+/// `T`, and the header's inline fast path (`BUFPOOL_INLINE`, see
+/// `crate::ffi::inline`) addresses them.
+#[repr(C)]
 pub(crate) struct Owned<T> {
     /// What the owner works on: `OUT`, a tag, or `WHOLE`. Written by the
     /// owner only.
@@ -95,6 +99,24 @@ pub(crate) struct Owned<T> {
     /// (written by foreign holders only), and `OWNER_FENCES`.
     foreign: AtomicU32,
     val: RawCell<T>,
+}
+
+/// Where an `Owned`'s words and value are, from its start (the same for
+/// every `T` but `val`'s, which is `T`'s alignment away).
+#[cfg(not(loom))]
+pub(crate) mod layout {
+    use super::Owned;
+    /// `busy`.
+    pub(crate) const BUSY: usize = core::mem::offset_of!(Owned<u8>, busy);
+    /// `foreign`.
+    pub(crate) const FOREIGN: usize = core::mem::offset_of!(Owned<u8>, foreign);
+    /// The value, for an `Owned<T>`.
+    pub(crate) const fn val<T>() -> usize {
+        core::mem::offset_of!(Owned<T>, val)
+    }
+    /// `foreign` in any `Owned<T>`: the first three words do not move with `T`.
+    const _: () = assert!(core::mem::offset_of!(Owned<u64>, foreign) == FOREIGN);
+    const _: () = assert!(core::mem::offset_of!(Owned<[u64; 4]>, busy) == BUSY);
 }
 
 // SAFETY: `val` is reached by the owner between `enter*` and the drop of
@@ -221,7 +243,7 @@ impl<T> Owned<T> {
         // foreign side's `membarrier`); the fence pairs with the Release of
         // `unhold`, so we see what the last foreign holder wrote. On x86-64
         // both are plain: a load the compiler can fold into a compare.
-        if self.foreign.load(Ordering::Relaxed) == 0 {
+        if self.foreign_is_clear() {
             crate::sync::fence(Ordering::Acquire);
             #[cfg(loom)]
             loom_ipi::point();
@@ -229,6 +251,36 @@ impl<T> Owned<T> {
         }
         crate::sync::release_u32(&self.busy);
         None
+    }
+
+    /// The fast entry's read of `foreign`: is it 0? On x86-64 one
+    /// `cmp dword ptr [..], 0` and a branch: a relaxed atomic load that
+    /// LLVM would not fold into the compare (a `mov` and a `test`, one
+    /// instruction more per call). The asm reads memory, so the compiler
+    /// keeps our `busy` store before it, as `compiler_fence` does.
+    #[inline(always)]
+    fn foreign_is_clear(&self) -> bool {
+        #[cfg(all(target_arch = "x86_64", not(loom)))]
+        {
+            // SAFETY: an aligned 4-byte load of `foreign`, a live atomic of
+            // `self`: on x86-64 a relaxed atomic load (a plain `mov` would be
+            // the same instruction); it writes nothing and touches no stack.
+            unsafe {
+                core::arch::asm!(
+                    "cmp dword ptr [{s} + {off}], 0",
+                    "jne {set}",
+                    s = in(reg) self as *const Self,
+                    off = const core::mem::offset_of!(Self, foreign),
+                    set = label { return false; },
+                    options(nostack, readonly),
+                );
+            }
+            true
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+        {
+            self.foreign.load(Ordering::Relaxed) == 0
+        }
     }
 
     /// The owner's entry on its slow paths, on the part `tag` names (or

@@ -102,7 +102,18 @@ const TRANSIT_RETRIES: usize = 1 << 16;
 /// leave; one stopped for longer has its objects counted as held.
 const BUSY_RETRIES: usize = 100;
 
-/// A pool of objects of one size. C sees it as the opaque `struct pool_head`.
+/// Where a handle's slot is: the first field of the pool's `Home`, the
+/// pool's first field (`repr(C)` both), a `u16`.
+#[cfg(not(loom))]
+pub(crate) const SLOT_OFFSET: usize = core::mem::offset_of!(Pool, home) + core::mem::offset_of!(Home, stack);
+const _: () =
+    assert!(core::mem::size_of::<crate::cache::Slot>() == 2, "the header reads the slot as an unsigned short");
+
+/// A pool of objects of one size. C sees it as the opaque `struct pool_head`
+/// (declared in cbindgen.toml: cbindgen would print a `repr(C)` struct's
+/// fields). `repr(C)`, `home` first: a handle points to the pool's slot,
+/// which the header's inline fast path reads (`crate::ffi::inline`).
+#[repr(C)]
 pub struct Pool {
     /// What the thread caches know of the pool: its slot, object size, cap.
     pub(crate) home: Home,

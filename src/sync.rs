@@ -185,7 +185,10 @@ pub(crate) fn thread_token() -> usize {
 /// the object the head names: the window in which the lock-free list can
 /// read memory another thread already gave back to the OS; and the window
 /// in which the maintenance thread holds its mutex (which a `fork()` must
-/// not cut). It belongs to the races, not to debugging, hence here.
+/// not cut); and the window in which a search at a pool's limit holds a
+/// thread's stack between reading and taking from it (what an owner that
+/// ignored the protocol, as a broken inline fast path would, runs into).
+/// It belongs to the races, not to debugging, hence here.
 static RACE_WINDOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 pub(crate) const RACE_YIELD: usize = usize::MAX;
 

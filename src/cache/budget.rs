@@ -262,7 +262,13 @@ pub(super) fn decay(local: &mut Local) {
 /// `l` is a live cache whose stack `slot` (and `reserved`) the caller may touch.
 pub(super) unsafe fn take_one(l: *mut Local, slot: Slot) -> *mut Link {
     // SAFETY: the caller's guarantee.
-    pop_head(unsafe { &mut *head_ptr(l, slot) })
+    let head = unsafe { &mut *head_ptr(l, slot) };
+    let top = head.top;
+    // Between reading the stack and taking from it: an owner that entered
+    // the stack now (it must not) would lose or double an object here.
+    crate::sync::race_window();
+    debug_assert!(core::ptr::eq(top, head.top), "nobody else touches a held stack");
+    pop_head(head)
 }
 
 /// Objects idle in `slot`'s stack.

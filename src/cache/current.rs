@@ -47,6 +47,13 @@ pub(super) fn is_own(tc: &ThreadCache) -> bool {
 /// than the rest of the fast path. mimalloc makes the same choice; glibc
 /// keeps spare static TLS for libraries loaded with `dlopen`, and one word
 /// fits.
+///
+/// The word is exported as `bufpool_fast_v1` (build.rs adds it to the
+/// shared object's exports): the header's inline fast path
+/// (`BUFPOOL_INLINE`, `crate::ffi::inline`) reads it from the program. The
+/// number is the inline ABI's (`BUFPOOL_INLINE_ABI`): a change of the
+/// layout that path reads renames the word, so that a program built for
+/// the old layout fails to load instead of misreading the new one.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
 mod word {
     use super::{ThreadCache, NO_CACHE};
@@ -54,11 +61,10 @@ mod word {
     core::arch::global_asm!(
         ".pushsection .tdata,\"awT\",@progbits",
         ".p2align 3",
-        ".globl bufpool_tls_cache",
-        ".hidden bufpool_tls_cache",
-        ".type bufpool_tls_cache, @object",
-        ".size bufpool_tls_cache, 8",
-        "bufpool_tls_cache:",
+        ".globl bufpool_fast_v1",
+        ".type bufpool_fast_v1, @object",
+        ".size bufpool_fast_v1, 8",
+        "bufpool_fast_v1:",
         ".quad {no_cache}",
         ".popsection",
         no_cache = sym NO_CACHE,
@@ -71,7 +77,7 @@ mod word {
         // above; the GOT entry holds its offset from the thread pointer.
         unsafe {
             core::arch::asm!(
-                "mov {p}, qword ptr [rip + bufpool_tls_cache@GOTTPOFF]",
+                "mov {p}, qword ptr [rip + bufpool_fast_v1@GOTTPOFF]",
                 "mov {p}, qword ptr fs:[{p}]",
                 p = out(reg) p,
                 options(nostack, readonly, preserves_flags),
@@ -87,7 +93,7 @@ mod word {
         // SAFETY: writes this thread's own word of the static TLS block.
         unsafe {
             core::arch::asm!(
-                "mov {t}, qword ptr [rip + bufpool_tls_cache@GOTTPOFF]",
+                "mov {t}, qword ptr [rip + bufpool_fast_v1@GOTTPOFF]",
                 "mov qword ptr fs:[{t}], {p}",
                 t = out(reg) _,
                 p = in(reg) p as *const ThreadCache,

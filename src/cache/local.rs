@@ -61,8 +61,10 @@ impl Slot {
     }
 }
 
-/// A stack of idle objects of one pool, in one thread's cache.
+/// A stack of idle objects of one pool, in one thread's cache. `repr(C)`:
+/// the header's inline fast path reads and writes `top` and `room`.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(super) struct Head {
     pub(super) top: *mut Link,
     /// Objects the stack may still take: `limit - count`. Kept instead of
@@ -104,6 +106,8 @@ impl Head {
 }
 
 /// The part of a thread cache that the owner/foreign protocol guards.
+/// `repr(C)`: the header's inline fast path finds `heads` in it.
+#[repr(C)]
 pub(crate) struct Local {
     /// `sum(limit * size)` over the stacks: at most the budget (or what a
     /// change of budget left, until the cache conforms).
@@ -170,6 +174,10 @@ impl Stacks {
 unsafe impl Send for Local {}
 
 /// A thread's cache: owned by its thread, held from outside now and then.
+/// `repr(C)`, `cell` first: the cache's address is its `Owned`'s, so the
+/// fast path's `foreign` compare (`Owned::enter`) addresses off the pointer
+/// it just read from TLS, with no add.
+#[repr(C)]
 pub(crate) struct ThreadCache {
     pub(super) cell: Owned<Local>,
     /// Which stacks have a limit (see `Stacks`); `cell`'s `Local` points here.
@@ -245,7 +253,10 @@ pub(super) unsafe fn head_ptr(l: *mut Local, slot: Slot) -> *mut Head {
 
 /// What a thread cache knows of a pool: embedded in the pool, enough to
 /// cache its objects and to send them back. The cache never sees the rest
-/// of the pool.
+/// of the pool. `repr(C)`, `stack` first: the pool's handle points to it
+/// (the pool's first field), and the header's inline fast path reads the
+/// slot there.
+#[repr(C)]
 pub(crate) struct Home {
     /// The stack the fast path enters: the pool's slot in every thread
     /// cache, or `Slot::NONE` for a pool without a thread cache.
@@ -411,6 +422,31 @@ pub(super) fn detach_all_of(head: &mut Head) -> (*mut Link, u32) {
     let n = head.count();
     head.room = head.limit();
     (std::mem::replace(&mut head.top, null_mut()), n)
+}
+
+/// Where the header's inline fast path (`BUFPOOL_INLINE`, `crate::ffi::inline`)
+/// finds a thread cache's words, from the address the TLS word holds: the
+/// owner's `busy` and `foreign`, a stack's `top` and `room` (each plus the
+/// pool's slot), and the countdown.
+#[cfg(not(loom))]
+pub(crate) mod layout {
+    use super::{Head, Local, ThreadCache, HEAD};
+    use crate::owned;
+    use core::mem::offset_of;
+
+    const CELL: usize = offset_of!(ThreadCache, cell);
+    /// `busy`.
+    pub(crate) const BUSY: usize = CELL + owned::layout::BUSY;
+    /// `foreign`.
+    pub(crate) const FOREIGN: usize = CELL + owned::layout::FOREIGN;
+    /// Where slot `s`'s stack is, less `s` (`head_ptr`: the heads, less one).
+    const HEADS: usize = CELL + owned::layout::val::<Local>() + offset_of!(Local, heads) - HEAD;
+    /// A stack's `top`, less the slot.
+    pub(crate) const TOP: usize = HEADS + offset_of!(Head, top);
+    /// A stack's `room`, less the slot.
+    pub(crate) const ROOM: usize = HEADS + offset_of!(Head, room);
+    /// The countdown to the next tick.
+    pub(crate) const COUNTDOWN: usize = offset_of!(ThreadCache, countdown);
 }
 
 #[cfg(all(test, not(loom)))]

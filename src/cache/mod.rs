@@ -48,6 +48,8 @@ pub(crate) use foreign::{
 };
 #[cfg(not(loom))]
 pub(crate) use fork::{fork_child, fork_parent, fork_prepare};
+#[cfg(not(loom))]
+pub(crate) use local::layout;
 pub(crate) use local::{claim_slot, Back, Home, Slot, TICK_EVERY};
 #[cfg(all(test, not(loom)))]
 pub(crate) use owner::test_hook;

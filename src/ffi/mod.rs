@@ -11,10 +11,12 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod buffers;
+mod inline;
 mod pools;
 
 pub use crate::flags::*;
 pub use buffers::*;
+pub use inline::*;
 pub use pools::*;
 mod version;
 pub use version::*;
