@@ -2,7 +2,9 @@
 # bench/run.sh DIR RUNS W1_OPS W2_OPS W3_MS W4_MS CG_OPS PNG   (called by bench/bench.mk)
 #
 # Runs DIR/bench-VARIANT (bench/bench.c, one binary per variant) for every
-# workload and size: RUNS runs of each, interleaved (run 1 of every variant,
+# workload and size: RUNS runs of each (W1 and W2: 3 x RUNS, which cost
+# little: a process lands in one of two speeds there, by where its stack
+# falls in its page, see docs/BENCH.md), interleaved (run 1 of every variant,
 # then run 2 of every variant..., the order rotated from run to run), each
 # run a fresh process; prints the medians of each workload as it completes,
 # then instructions per op under callgrind (W1 and W2), the summary as a
@@ -43,7 +45,7 @@ busy0=$1 steal0=$2
 echo "bufpool peer benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'): make bench" \
      "(RUNS=$runs W1_OPS=$ops1 W2_OPS=$ops2 W3_MS=$ms3 W4_MS=$ms4 CG_OPS=$cgops)"
 echo "machine: $cores cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "each variant: bench/bench.c, gcc -O2 -g, the same flags; timing: thread CPU time (CLOCK_THREAD_CPUTIME_ID) and wall time, medians of $runs interleaved runs"
+echo "each variant: bench/bench.c, gcc -O2 -g, the same flags; timing: thread CPU time (CLOCK_THREAD_CPUTIME_ID) and wall time, medians of $runs interleaved runs ($((runs * 3)) for W1 and W2)"
 
 variants="" skipped=""
 for v in so a inline glibc jemalloc mimalloc tcmalloc; do
@@ -130,8 +132,10 @@ for cell in "w1 64" "w1 1024" "w1 16384" "w2 64" "w2 1024" "w2 16384" \
     set -- $cell
     w=$1 size=$2
     case $w in w1) arg=$ops1 ;; w2) arg=$ops2 ;; w3) arg=$ms3 ;; w4) arg=$ms4 ;; esac
+    n=$runs
+    case $w in w1|w2) n=$((runs * 3)) ;; esac
     r=1
-    while [ "$r" -le "$runs" ]; do
+    while [ "$r" -le "$n" ]; do
         for v in $(rotate "$r" $variants); do
             if ! line=$("$dir/bench-$v" "$w" "$size" "$arg"); then
                 echo "bench: bench-$v $w $size $arg failed" >&2
@@ -158,7 +162,7 @@ if [ -z "$cg" ]; then
 fi
 
 echo
-echo "Summary (median of $runs; W1, W2: ns per op from thread CPU time; W3, W4: Mops/s from wall time;"
+echo "Summary (median of $runs, W1 and W2 of $((runs * 3)); W1, W2: ns per op from thread CPU time; W3, W4: Mops/s from wall time;"
 echo "in parentheses: speed vs bufpool.so, above 1 = faster than bufpool.so):"
 echo
 awk -f bench/report.awk -v mode=table -v variants="$variants" -v cores="$cores" "$dir/instr.txt" "$dir/results.txt" | tee "$dir/table.md"

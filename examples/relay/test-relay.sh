@@ -17,6 +17,15 @@ ctl() { "$BIN/loadgen" ctl --unix "$T/$1.sock" "${@:2}"; }
 info() { ctl "$1" show info | sed -n "s/^$2: //p"; }
 # info_ge NAME KEY N: show info's KEY is at least N (for wait_for: asked each time)
 info_ge() { local v; v=$(info "$1" "$2"); [ -n "$v" ] && [ "$v" -ge "$3" ]; }
+# held_ge NAME USED BUSY: 'buffers used' and 'server busy' at least USED
+# and BUSY in one look, which is kept in $T/NAME.held ("USED BUSY") for the
+# check that follows: a second look could come after a send timer freed one.
+held_ge() {
+    local u b
+    u=$(info "$1" 'buffers used'); b=$(info "$1" 'server busy')
+    echo "$u $b" > "$T/$1.held"
+    [ -n "$u" ] && [ -n "$b" ] && [ "$u" -ge "$2" ] && [ "$b" -ge "$3" ]
+}
 
 # raw NAME: stdin to the relay ($RPORT) on a new connection, its answer into $T/NAME
 raw() {
@@ -327,13 +336,13 @@ check "the response in flight completed byte for byte (curl exit $crc)" "[ $crc 
 check "the relay exited 0 after draining (exit $RC)" "[ $RC = 0 ]" "$T/dr.err"
 
 # 11. Clients that stop reading: the send timer resets them, their buffers go back.
-echo "11. 3 clients that never read a 64 MiB response (--timeout-send 2000), buffer limit 8, maxconn 4"
-start_relay snd --buflimit 8 --reserve 2 --maxconn 4 --timeout-send 2000
+echo "11. 3 clients that never read a 64 MiB response (--timeout-send 4000), buffer limit 8, maxconn 4"
+start_relay snd --buflimit 8 --reserve 2 --maxconn 4 --timeout-send 4000
 "$BIN/loadgen" stuck --port "$RPORT" --conns 3 --path /size/67108864 --timeout 30 > "$T/stuck.out" 2>&1 &
 SPID=$!
 PIDS+=("$SPID")
-wait_for 20 info_ge snd 'buffers used' 3
-used=$(info snd 'buffers used'); busy=$(info snd 'server busy')
+wait_for 20 held_ge snd 3 3
+read -r used busy < "$T/snd.held"
 check "the stuck clients hold a response buffer and a server slot each ($used buffers used, $busy slots busy)" \
     "[ '$used' = 3 ] && [ '$busy' = 3 ]"
 "$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd-fast.out" 2>&1
@@ -360,9 +369,9 @@ start_relay snd2 --buflimit 8 --reserve 2 --maxconn 12 --timeout-send 2000
 "$BIN/loadgen" stuck --port "$RPORT" --conns 10 --path /size/67108864 --timeout 30 > "$T/stuck2.out" 2>&1 &
 SPID=$!
 PIDS+=("$SPID")
-wait_for 20 info_ge snd2 'buffers used' 8
-check "the stuck clients hold every buffer, the reserve included ($(info snd2 'buffers used') of 8 used)" \
-    "[ \"\$(info snd2 'buffers used')\" = 8 ]"
+wait_for 20 held_ge snd2 8 0
+read -r used busy < "$T/snd2.held"
+check "the stuck clients hold every buffer, the reserve included ($used of 8 used)" "[ '$used' = 8 ]"
 "$BIN/loadgen" load --port "$RPORT" --conns 5 --requests 20 --path /size/20000 --verify --timeout 20 > "$T/snd2-fast.out" 2>&1
 lrc=$?
 check "all 100 requests served once the send timer freed buffers (loadgen exit $lrc, $(info snd2 'queue timeouts') queue timeouts)" \
