@@ -976,8 +976,18 @@ BUFPOOL_NOPLT const char *bufpool_version(void);
  * program must be linked with the library (-lbufpool, shared or static),
  * not reach it only through dlopen; an LD_PRELOAD interposer of
  * `pool_alloc`/`pool_free` sees only the calls that reach the library.
+ * Under ThreadSanitizer the calls stay calls: it cannot see the inline
+ * path's one-instruction read of the cache's foreign word (and GCC refuses
+ * its fence there).
  */
-#if defined(BUFPOOL_INLINE) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__SANITIZE_THREAD__)
+#define BUFPOOL_INLINE_NO_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define BUFPOOL_INLINE_NO_TSAN 1
+#endif
+#endif
+#if defined(BUFPOOL_INLINE) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(BUFPOOL_INLINE_NO_TSAN)
 #define BUFPOOL_INLINE_ACTIVE 1
 
 /* The calling thread's cache (never NULL: a stand-in that always sends the
