@@ -242,7 +242,8 @@ impl<T> Owned<T> {
         // ordering after our store comes from the barriers above and the
         // foreign side's `membarrier`); the fence pairs with the Release of
         // `unhold`, so we see what the last foreign holder wrote. On x86-64
-        // both are plain: a load the compiler can fold into a compare.
+        // both are plain: the load is one compare (`foreign_is_clear`), the
+        // fence no instruction.
         if self.foreign_is_clear() {
             crate::sync::fence(Ordering::Acquire);
             #[cfg(loom)]
