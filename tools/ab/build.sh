@@ -30,7 +30,8 @@ if [ -n "${LIB_FROM:-}" ]; then
         cp -f "$ab/$LIB_FROM/lib/libbufpool.so.0" "$ab/$LIB_FROM/lib/libbufpool.a" "$out/lib/"
     fi
 else
-    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ab/target}"
+    # One target dir per variant: cargo once kept one variant's library for the next.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ab/target-$name}"
     # The rustc flags the tree's Makefile gives the C libraries (-C llvm-args=...).
     mk=$(grep -o -- '-C llvm-args=[^ ]*' "$src/Makefile" | tr '\n' ' ' || true)
     ( cd "$src" && cargo rustc --release --lib --crate-type cdylib,staticlib -q -- $mk "$@" )
