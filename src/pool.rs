@@ -481,15 +481,8 @@ impl Pool {
             // SAFETY: the caller holds `ptr`, an object of this pool counted out.
             unsafe { self.release(ptr.cast()) };
         }
-        thread_local! {
-            static SLOW_FREES: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
-        }
-        SLOW_FREES.with(|n| {
-            let v = n.get().wrapping_add(1);
-            n.set(v);
-            // Relaxed: a hint; a tick more or less changes nothing.
-            v % cache::TICK_EVERY == 0 || HURRY.load(Relaxed)
-        })
+        // Relaxed: a hint; a tick more or less changes nothing.
+        cache::count_slow_free().is_multiple_of(cache::TICK_EVERY) || HURRY.load(Relaxed)
     }
 
     /// Takes a new object from the OS, or, at the limit, any idle object;

@@ -88,6 +88,35 @@ mod word {
         unsafe { &*p }
     }
 
+    // The thread's count of slow releases (`count_slow_free`), a second
+    // word of the static TLS block, local to the library.
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 2",
+        "bufpool_slow_frees:",
+        ".zero 4",
+        ".popsection",
+    );
+
+    /// Adds one to this thread's count of slow releases; the new count.
+    #[inline(always)]
+    pub(super) fn count_slow_free() -> u32 {
+        let v: u32;
+        // SAFETY: this thread's own word of the static TLS block defined
+        // above, through the GOT entry of its offset.
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, qword ptr [rip + bufpool_slow_frees@GOTTPOFF]",
+                "add dword ptr fs:[{t}], 1",
+                "mov {v:e}, dword ptr fs:[{t}]",
+                t = out(reg) _,
+                v = out(reg) v,
+                options(nostack),
+            );
+        }
+        v
+    }
+
     #[inline(always)]
     pub(super) fn set(p: &'static ThreadCache) {
         // SAFETY: writes this thread's own word of the static TLS block.
@@ -129,6 +158,32 @@ mod word {
     pub(super) fn set(p: &'static ThreadCache) {
         CURRENT.with(|c| c.set(p))
     }
+
+    #[cfg(not(loom))]
+    thread_local! {
+        static SLOW_FREES: Cell<u32> = const { Cell::new(0) };
+    }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static SLOW_FREES: Cell<u32> = Cell::new(0);
+    }
+
+    pub(super) fn count_slow_free() -> u32 {
+        SLOW_FREES.with(|n| {
+            let v = n.get().wrapping_add(1);
+            n.set(v);
+            v
+        })
+    }
+}
+
+/// Adds one to this thread's count of releases that reached a slow path
+/// (the clock of threads whose releases never reach a cache); the new
+/// count. One word of the static TLS block beside the cache's (a Rust
+/// `thread_local!` in the shared object costs a `__tls_get_addr` call).
+#[inline(always)]
+pub(crate) fn count_slow_free() -> u32 {
+    word::count_slow_free()
 }
 
 /// This thread's cache, or the stand-in.

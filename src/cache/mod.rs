@@ -40,6 +40,7 @@ mod list;
 mod local;
 mod owner;
 
+pub(crate) use current::count_slow_free;
 pub(crate) use fast::{put, take, CACHED, REFUSED};
 #[cfg(all(test, not(loom)))]
 pub(crate) use foreign::idle;
