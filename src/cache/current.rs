@@ -89,10 +89,15 @@ mod word {
     }
 
     // The thread's count of slow releases (`count_slow_free`), a second
-    // word of the static TLS block, local to the library.
+    // word of the static TLS block: global for the other codegen units
+    // that read it, hidden (never exported).
     core::arch::global_asm!(
         ".pushsection .tbss,\"awT\",@nobits",
         ".p2align 2",
+        ".globl bufpool_slow_frees",
+        ".hidden bufpool_slow_frees",
+        ".type bufpool_slow_frees, @object",
+        ".size bufpool_slow_frees, 4",
         "bufpool_slow_frees:",
         ".zero 4",
         ".popsection",
