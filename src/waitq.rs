@@ -1256,6 +1256,12 @@ mod loom_tests {
         w.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| f.checked_sub(1)).is_ok()
     }
 
+    /// Frees a buffer and offers it by margin (`b_release`'s two steps).
+    fn release_fit(w: &World) {
+        w.free.fetch_add(1, Ordering::AcqRel);
+        w.q.offer_fit(null_mut(), || w.free.load(Ordering::Acquire) as isize);
+    }
+
     /// # Safety
     /// `t` is a live `World`.
     unsafe fn enter<'a>(t: *mut c_void) -> &'a World {
@@ -1408,10 +1414,7 @@ mod loom_tests {
                 w2.q.offer(null_mut(), 0, || 1, || w2.free.load(Ordering::Acquire) as isize);
             });
             let w3 = w.clone();
-            let release = loom::thread::spawn(move || {
-                w3.free.fetch_add(1, Ordering::AcqRel);
-                w3.q.offer_fit(null_mut(), || w3.free.load(Ordering::Acquire) as isize);
-            });
+            let release = loom::thread::spawn(move || release_fit(&w3));
             budget.join().unwrap();
             release.join().unwrap();
             assert_eq!(w.got.load(Ordering::Relaxed), 1, "lost wake-up: a fitting waiter stays queued");
@@ -1442,10 +1445,7 @@ mod loom_tests {
         loom::model(move || {
             let w = world(take_cb);
             let w2 = w.clone();
-            let releaser = loom::thread::spawn(move || {
-                w2.free.fetch_add(1, Ordering::AcqRel);
-                w2.q.offer_fit(null_mut(), || w2.free.load(Ordering::Acquire) as isize);
-            });
+            let releaser = loom::thread::spawn(move || release_fit(&w2));
             if try_take(&w) {
                 w.got.fetch_add(1, Ordering::Relaxed);
             } else {
