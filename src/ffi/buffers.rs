@@ -77,6 +77,15 @@ fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
     unsafe { buf.as_mut() }
 }
 
+/// `buf` when `alloc` allocated it with `margin` (a negative one counts as
+/// 0), else NULL (NULL `buf` too): the C face of both margin allocations.
+fn alloc_by(buf: *mut Buffer, margin: c_int, alloc: fn(&mut Buffer, usize) -> bool) -> *mut Buffer {
+    match buf_mut(buf).map(|b| alloc(b, margin.max(0) as usize)) {
+        Some(true) => buf,
+        _ => null_mut(),
+    }
+}
+
 /// Allocates `*buf` if, after it, `margin` more buffers can still be had
 /// (with a limit `L`: `used + 1 + margin <= L`; without a limit the reserve
 /// is kept really allocated, taken from the OS if needed). When `buf->size`
@@ -100,16 +109,7 @@ fn buf_mut<'a>(buf: *mut Buffer) -> Option<&'a mut Buffer> {
 /// happens to be the buffer size is not caught here (see `b_free`).
 #[no_mangle]
 pub extern "C" fn b_alloc_margin(buf: *mut Buffer, margin: c_int) -> *mut Buffer {
-    match buf_mut(buf) {
-        Some(b) => {
-            if dynbuf::alloc_margin(b, margin.max(0) as usize) {
-                buf
-            } else {
-                null_mut()
-            }
-        }
-        None => null_mut(),
-    }
+    alloc_by(buf, margin, dynbuf::alloc_margin)
 }
 
 /// `b_alloc_margin(buf, 0)`: fails only when callers really hold `limit`
@@ -188,16 +188,7 @@ pub extern "C" fn b_release(buf: *mut Buffer) {
 /// or no `dynbuf_init` yet: NULL; a negative margin counts as 0.
 #[no_mangle]
 pub extern "C" fn b_alloc_margin_fair(buf: *mut Buffer, margin: c_int) -> *mut Buffer {
-    match buf_mut(buf) {
-        Some(b) => {
-            if dynbuf::alloc_margin_fair(b, margin.max(0) as usize) {
-                buf
-            } else {
-                null_mut()
-            }
-        }
-        None => null_mut(),
-    }
+    alloc_by(buf, margin, dynbuf::alloc_margin_fair)
 }
 
 /// Moves the buffer held by `*src` into `*dst` (`size`, `area`, `data` and
